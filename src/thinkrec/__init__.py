@@ -1,0 +1,3 @@
+"""thinkrec: reasoning-enhanced generative recommendation."""
+
+__version__ = "0.1.0"

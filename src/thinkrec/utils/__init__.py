@@ -1,0 +1,1 @@
+"""Shared utilities (no dependency on any funnel stage)."""
