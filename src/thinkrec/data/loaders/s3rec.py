@@ -12,71 +12,94 @@ from pathlib import Path
 import polars as pl
 
 from thinkrec.data.dataset import DataFormatError, Dataset
+from thinkrec.data.loaders._common import iter_lines, require_file, sort_by_int_id, split_categories
+
+ITEMS_JSONL_SCHEMA: dict[str, pl.DataType] = {
+    "item_id": pl.Utf8,
+    "title": pl.Utf8,
+    "brand": pl.Utf8,
+    "categories": pl.List(pl.Utf8),
+    "description": pl.Utf8,
+    "price": pl.Float64,
+    "asin": pl.Utf8,
+}
 
 
 def read_s3rec_sequences(path: str | Path) -> pl.DataFrame:
     """Parse ``user item item ...`` lines into (user_id, item_id, ts=position) rows."""
-    path = Path(path)
+    path = require_file(path, "S3-Rec sequence file")
     users: list[str] = []
     items: list[str] = []
     pos: list[int] = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) < 2:
-                raise DataFormatError(path, "a sequence line needs a user id and at least one item", lineno)
-            for col, tok in enumerate(parts):
-                if not tok.isdigit():
-                    field = "user" if col == 0 else f"item #{col}"
-                    raise DataFormatError(path, f"expected an integer id, got {tok!r}", lineno, field)
-            users.extend([parts[0]] * (len(parts) - 1))
-            items.extend(parts[1:])
-            pos.extend(range(len(parts) - 1))
+    for lineno, line in iter_lines(path):
+        parts = line.split()
+        if len(parts) < 2:
+            raise DataFormatError(
+                path, "a sequence line needs a user id and at least one item", lineno, "item #1"
+            )
+        for col, tok in enumerate(parts):
+            # isascii(): str.isdigit() also accepts digits such as '²' that int() rejects.
+            if not (tok.isascii() and tok.isdigit()):
+                field = "user" if col == 0 else f"item #{col}"
+                raise DataFormatError(path, f"expected an integer id, got {tok!r}", lineno, field)
+        users.extend([parts[0]] * (len(parts) - 1))
+        items.extend(parts[1:])
+        pos.extend(range(len(parts) - 1))
     if not users:
         raise DataFormatError(path, "no sequences found")
-    return pl.DataFrame({"user_id": users, "item_id": items, "ts": pos}, schema={"user_id": pl.Utf8, "item_id": pl.Utf8, "ts": pl.Int64})
+    return pl.DataFrame(
+        {"user_id": users, "item_id": items, "ts": pos},
+        schema={"user_id": pl.Utf8, "item_id": pl.Utf8, "ts": pl.Int64},
+    )
 
 
 def read_items_jsonl(path: str | Path, id_field: str = "s3rec_id") -> pl.DataFrame:
-    path = Path(path)
+    """Read one JSON object per item (the ``*.items.jsonl`` files in the shared data) into catalogue columns."""
+    path = require_file(path, "item metadata file")
     rows = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
+    for lineno, line in iter_lines(path):
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataFormatError(path, f"invalid JSON ({exc.msg})", lineno) from None
+        if not isinstance(obj, dict):
+            raise DataFormatError(path, "expected a JSON object per line", lineno)
+        if obj.get(id_field) is None:
+            raise DataFormatError(path, "missing item id", lineno, id_field)
+        price = obj.get("price")
+        if price in (None, ""):
+            price = None
+        else:
             try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataFormatError(path, f"invalid JSON ({exc.msg})", lineno) from None
-            if id_field not in obj:
-                raise DataFormatError(path, "missing item id", lineno, id_field)
-            cats = obj.get("categories") or []
-            if isinstance(cats, str):
-                cats = [c.strip() for c in cats.split(",") if c.strip()]
-            rows.append(
-                {
-                    "item_id": str(obj[id_field]),
-                    "title": obj.get("title") or obj.get("name") or "",
-                    "brand": obj.get("brand") or "",
-                    "categories": [str(c) for c in cats],
-                    "description": obj.get("description") or "",
-                    "price": float(obj["price"]) if obj.get("price") not in (None, "") else None,
-                    "asin": str(obj.get("asin") or obj.get("business_id") or ""),
-                }
-            )
+                price = float(price)
+            except (TypeError, ValueError):
+                raise DataFormatError(path, f"expected a number, got {price!r}", lineno, "price") from None
+        rows.append(
+            {
+                "item_id": str(obj[id_field]),
+                "title": obj.get("title") or obj.get("name") or "",
+                "brand": obj.get("brand") or "",
+                "categories": split_categories(obj.get("categories"), ","),
+                "description": obj.get("description") or "",
+                "price": price,
+                "asin": str(obj.get("asin") or obj.get("business_id") or ""),
+            }
+        )
+    return pl.DataFrame(rows, schema=ITEMS_JSONL_SCHEMA)
+
+
+def read_datamaps_items(path: str | Path) -> pl.DataFrame:
+    """P5 ``datamaps.json`` -> (item_id, asin) from its ``id2item`` map."""
+    path = require_file(path, "P5 datamaps file")
+    try:
+        id2item = json.loads(path.read_text(encoding="utf-8"))["id2item"]
+    except json.JSONDecodeError as exc:
+        raise DataFormatError(path, f"invalid JSON ({exc.msg})", exc.lineno) from None
+    except (KeyError, TypeError):
+        raise DataFormatError(path, "not a P5 datamaps file", field="id2item") from None
     return pl.DataFrame(
-        rows,
-        schema={
-            "item_id": pl.Utf8,
-            "title": pl.Utf8,
-            "brand": pl.Utf8,
-            "categories": pl.List(pl.Utf8),
-            "description": pl.Utf8,
-            "price": pl.Float64,
-            "asin": pl.Utf8,
-        },
+        {"item_id": [str(k) for k in id2item], "asin": [str(v) for v in id2item.values()]},
+        schema={"item_id": pl.Utf8, "asin": pl.Utf8},
     )
 
 
@@ -86,19 +109,43 @@ def load_s3rec(
     datamaps: str | Path | None = None,
     name: str | None = None,
 ) -> Dataset:
-    sequences = Path(sequences)
+    """Load an S3-Rec sequence file; metadata files that do not exist are skipped (they are optional)."""
+    sequences = require_file(sequences, "S3-Rec sequence file")
     inter = read_s3rec_sequences(sequences)
     items = None
     if items_jsonl is not None and Path(items_jsonl).exists():
         items = read_items_jsonl(items_jsonl)
     elif datamaps is not None and Path(datamaps).exists():
-        try:
-            dm = json.loads(Path(datamaps).read_text())
-            id2item = dm["id2item"]
-        except (json.JSONDecodeError, KeyError) as exc:
-            raise DataFormatError(datamaps, f"not a P5 datamaps file ({exc})", field="id2item") from None
-        items = pl.DataFrame({"item_id": list(id2item.keys()), "asin": list(id2item.values())})
-    if items is not None:
-        # Number items by their S3-Rec id so dense id = s3rec_id - 1, matching LETTER's 0-based files.
-        items = items.with_columns(pl.col("item_id").cast(pl.Int64).alias("_k")).sort("_k").drop("_k")
-    return Dataset.from_frames(name or sequences.stem, inter, items, meta={"source": str(sequences), "format": "s3rec"})
+        items = read_datamaps_items(datamaps)
+    if items is None:
+        # No catalogue: number items by their integer id anyway, so numbering never depends on line order.
+        items = pl.DataFrame({"item_id": inter["item_id"].unique()})
+    bad = items.filter(~pl.col("item_id").str.contains(r"^\d+$"))
+    if bad.height:
+        src = items_jsonl if items_jsonl is not None and Path(items_jsonl).exists() else datamaps
+        raise DataFormatError(
+            src or sequences, f"expected integer item ids, got {bad['item_id'][0]!r}", field="item_id"
+        )
+    # Number items by their S3-Rec id so dense id = s3rec_id - 1, matching LETTER's 0-based files.
+    items = sort_by_int_id(items, "item_id")
+    return Dataset.from_frames(
+        name or sequences.stem, inter, items, meta={"source": str(sequences), "format": "s3rec"}
+    )
+
+
+def load_s3rec_path(path: str | Path, name: str | None = None) -> Dataset:
+    """``path`` is a sequence file, or a folder holding exactly one ``*.txt`` sequence file.
+
+    Metadata next to it is picked up by name: ``<stem>.items.jsonl`` then ``datamaps.json``.
+    """
+    path = require_file(path, "S3-Rec file or folder")
+    if path.is_dir():
+        txts = sorted(p for p in path.glob("*.txt") if p.name.lower() not in {"readme.txt", "source.txt"})
+        if len(txts) != 1:
+            raise FileNotFoundError(
+                f"{path}: expected exactly one S3-Rec '*.txt' sequence file in the folder, found {len(txts)}"
+            )
+        path = txts[0]
+    return load_s3rec(
+        path, path.with_name(f"{path.stem}.items.jsonl"), path.with_name("datamaps.json"), name=name
+    )

@@ -1,0 +1,177 @@
+"""The ``thinkrec`` command line (typer + rich)."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+app = typer.Typer(help="thinkrec — reasoning-enhanced generative recommendation.", no_args_is_help=True, add_completion=False)
+data_app = typer.Typer(help="Inspect and prepare datasets.", no_args_is_help=True)
+train_app = typer.Typer(help="Train one stage of the funnel.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(train_app, name="train")
+console = Console()
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML preset (configs/*.yaml).")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a config value: key.sub=value (repeatable).")]
+DatasetOpt = Annotated[str | None, typer.Option("--dataset", "-d", help="Named dataset or prepared folder.")]
+RootOpt = Annotated[str | None, typer.Option("--data-root", help="Folder holding the datasets (default: $THINKREC_DATA or ../shared/data).")]
+
+
+def _fail(msg: str) -> None:
+    console.print(f"[bold red]error:[/] {msg}")
+    raise typer.Exit(2)
+
+
+def _load_config(config: Path | None, sets: list[str] | None, dataset: str | None = None, data_root: str | None = None, name: str | None = None):
+    from thinkrec.pipeline.config import RunConfig
+    from thinkrec.utils.config import ConfigError, load_config
+
+    overrides = list(sets or [])
+    if dataset:
+        overrides.append(f"data.dataset={dataset}")
+    if data_root:
+        overrides.append(f"data.data_root={data_root}")
+    if name:
+        overrides.append(f"run.name={name}")
+    try:
+        cfg = load_config(RunConfig, config, overrides)
+    except ConfigError as exc:
+        _fail(str(exc))
+    if cfg.run.name == "default" and not name:
+        cfg.run.name = Path(cfg.data.dataset).name
+    return cfg
+
+
+@contextlib.contextmanager
+def _progress() -> Iterator:
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True, disable=not sys.stderr.isatty() and not sys.stdout.isatty()) as prog:
+        tasks: dict[str, int] = {}
+
+        def update(stage: str, step: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = prog.add_task(stage, total=total)
+            if step == 1:
+                prog.reset(tasks[stage], total=total)
+            prog.update(tasks[stage], completed=step)
+
+        yield update
+
+
+def _run(cfg, stages: list[str] | None = None, run_dir: Path | None = None) -> Path:
+    from thinkrec.data.dataset import DataFormatError
+    from thinkrec.pipeline.run import run_pipeline
+
+    try:
+        with _progress() as update:
+            return run_pipeline(cfg, stages, log=lambda m: console.print(m, highlight=False), progress=update, run_dir=run_dir)
+    except (DataFormatError, FileNotFoundError, KeyError, ValueError) as exc:
+        _fail(str(exc))
+    raise AssertionError  # unreachable
+
+
+def _print_metrics(root: Path) -> None:
+    from thinkrec.utils.io import read_json
+
+    m = read_json(root / "metrics.json")["test"]
+    models = [k for k in m if k != "paired_tests"]
+    if not models:
+        return
+    keys = list(m[models[0]]["metrics"])
+    table = Table(title=f"test metrics — {root}")
+    table.add_column("model")
+    for k in keys:
+        table.add_column(k, justify="right")
+    for name in models:
+        table.add_row(name, *(f"{m[name]['metrics'][k]:.4f}" for k in keys))
+    console.print(table)
+    for pair, t in m.get("paired_tests", {}).items():
+        console.print(f"paired test {pair}: ΔNDCG {t['diff']:+.4f} [{t['diff_low']:+.4f}, {t['diff_high']:+.4f}], p(t)={t['p_ttest']:.3g}")
+
+
+@data_app.command("stats")
+def data_stats(dataset: DatasetOpt = "synthetic", data_root: RootOpt = None) -> None:
+    """Print users, items, interactions and sequence statistics of a dataset."""
+    from thinkrec.data import DataFormatError, load_dataset
+
+    try:
+        ds = load_dataset(dataset or "synthetic", data_root)
+    except (DataFormatError, FileNotFoundError, KeyError) as exc:
+        _fail(str(exc))
+    table = Table(title=f"dataset {ds.name}")
+    table.add_column("statistic")
+    table.add_column("value", justify="right")
+    for k, v in ds.stats().items():
+        table.add_row(k, f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else (f"{v:.6g}" if isinstance(v, float) else str(v)))
+    console.print(table)
+
+
+@data_app.command("prepare")
+def data_prepare(
+    dataset: DatasetOpt = "synthetic",
+    data_root: RootOpt = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder (default runs/<dataset>/data).")] = None,
+) -> None:
+    """Load a dataset and write it as parquet (interactions, items, users[, impressions]) + meta.json."""
+    from thinkrec.data import DataFormatError, load_dataset
+
+    try:
+        ds = load_dataset(dataset or "synthetic", data_root)
+    except (DataFormatError, FileNotFoundError, KeyError) as exc:
+        _fail(str(exc))
+    target = out or Path("runs") / Path(dataset or "synthetic").name / "data"
+    ds.save(target)
+    console.print(f"wrote {target} ({ds.n_users:,} users, {ds.n_items:,} items, {ds.n_interactions:,} interactions)")
+
+
+@train_app.command("sasrec")
+def train_sasrec_cmd(
+    config: ConfigOpt = None, set_: SetOpt = None, dataset: DatasetOpt = None, data_root: RootOpt = None,
+    name: Annotated[str | None, typer.Option(help="Run name (folder under run.out_dir).")] = None,
+) -> None:
+    """Train SASRec (full-softmax CE, early stopping on validation NDCG@10) into a run directory."""
+    cfg = _load_config(config, set_, dataset, data_root, name)
+    root = _run(cfg, ["data", "sasrec"])
+    console.print(f"model: {root / 'sasrec' / 'model.safetensors'}")
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    run: Annotated[Path, typer.Option("--run", "-r", help="Run directory to evaluate.")],
+    set_: SetOpt = None,
+) -> None:
+    """Evaluate every trained model of a run on the test split (full ranking, CIs, paired tests)."""
+    if not (run / "config.yaml").exists():
+        _fail(f"{run}: not a run directory (no config.yaml)")
+    cfg = _load_config(run / "config.yaml", set_)
+    root = _run(cfg, ["evaluate", "report"], run_dir=run)
+    _print_metrics(root)
+
+
+@app.command("run")
+def run_cmd(
+    config: ConfigOpt = None, set_: SetOpt = None, dataset: DatasetOpt = None, data_root: RootOpt = None,
+    name: Annotated[str | None, typer.Option(help="Run name (folder under run.out_dir).")] = None,
+) -> None:
+    """Run the whole funnel: data → baselines → evaluation → report."""
+    cfg = _load_config(config, set_, dataset, data_root, name)
+    root = _run(cfg)
+    _print_metrics(root)
+    console.print(f"report: {root / 'report.md'}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""Ranking metrics.
+
+Next-item metrics work from the 0-based rank of the single target item: HR@K = Recall@K = 1[rank < K],
+NDCG@K = 1/log2(rank + 2) if rank < K (the ideal DCG of one relevant item is 1), MRR = 1/(rank + 1).
+
+Labelled-list metrics follow LibRerank's ``evaluate_multi``: for a displayed order with labels y,
+NDCG@K = DCG@K / IDCG@K with gain 2^y − 1 and the ideal order = labels sorted descending;
+MAP@K = Σ_{i≤K, y_i>0} (#hits in top i / i) / #hits in top K. A list with no positive label scores 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+
+def ranks_from_scores(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """0-based rank of each target among all items; ties count against the target (pessimistic).
+
+    ``scores``: [B, N]; ``targets``: [B]. Masked items should carry ``-inf``.
+    """
+    target_scores = scores.gather(1, targets.view(-1, 1))
+    greater = (scores > target_scores).sum(1)
+    ties = (scores == target_scores).sum(1) - 1
+    return greater + ties
+
+
+def rank_metrics(ranks: np.ndarray | torch.Tensor, ks: Sequence[int] = (5, 10, 20)) -> dict[str, np.ndarray]:
+    """Per-example next-item metrics from 0-based target ranks."""
+    r = np.asarray(ranks.cpu() if isinstance(ranks, torch.Tensor) else ranks, dtype=np.float64)
+    out: dict[str, np.ndarray] = {}
+    for k in ks:
+        hit = r < k
+        out[f"recall@{k}"] = hit.astype(np.float64)
+        out[f"ndcg@{k}"] = np.where(hit, 1.0 / np.log2(r + 2.0), 0.0)
+    out["mrr"] = 1.0 / (r + 1.0)
+    return out
+
+
+def _list_arrays(labels: np.ndarray, order: np.ndarray | None) -> np.ndarray:
+    labels = np.asarray(labels, dtype=np.float64)
+    if order is not None:
+        labels = np.take_along_axis(labels, np.asarray(order, dtype=np.int64), axis=1)
+    return labels
+
+
+def list_ndcg(labels_in_order: np.ndarray, k: int, valid: np.ndarray | None = None) -> np.ndarray:
+    """Per-list NDCG@K (gain 2^y − 1). ``labels_in_order``: [n_lists, L] in displayed order; padding = 0."""
+    y = np.asarray(labels_in_order, dtype=np.float64)
+    if valid is not None:
+        y = np.where(valid, y, 0.0)
+    kk = min(k, y.shape[1])
+    disc = 1.0 / np.log2(np.arange(2, kk + 2, dtype=np.float64))
+    dcg = ((2.0 ** y[:, :kk] - 1.0) * disc).sum(1)
+    ideal = -np.sort(-y, axis=1)[:, :kk]
+    idcg = ((2.0**ideal - 1.0) * disc).sum(1)
+    return np.divide(dcg, idcg, out=np.zeros_like(dcg), where=idcg > 0)
+
+
+def list_map(labels_in_order: np.ndarray, k: int, valid: np.ndarray | None = None) -> np.ndarray:
+    """Per-list MAP@K as in LibRerank: mean precision at each hit within the top K, over hits in the top K."""
+    y = np.asarray(labels_in_order, dtype=np.float64)
+    if valid is not None:
+        y = np.where(valid, y, 0.0)
+    hits = (y[:, :k] > 0).astype(np.float64)
+    cum = np.cumsum(hits, axis=1)
+    prec = cum / np.arange(1, hits.shape[1] + 1, dtype=np.float64)
+    n_hits = hits.sum(1)
+    return np.divide((prec * hits).sum(1), n_hits, out=np.zeros_like(n_hits), where=n_hits > 0)
+
+
+def list_metrics(
+    labels: np.ndarray, order: np.ndarray | None = None, ks: Sequence[int] = (5, 10), valid: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """Per-list MAP@K and NDCG@K of ``labels`` ([n, L], original candidate order) shown in ``order`` ([n, L]
+    candidate indices, best first; None = as given). ``valid`` masks padded slots of ragged lists (in
+    displayed order)."""
+    y = _list_arrays(labels, order)
+    out: dict[str, np.ndarray] = {}
+    for k in ks:
+        out[f"map@{k}"] = list_map(y, k, valid)
+        out[f"ndcg@{k}"] = list_ndcg(y, k, valid)
+    return out
+
+
+def mean_metrics(per_example: dict[str, np.ndarray]) -> dict[str, float]:
+    return {k: float(np.mean(v)) if len(v) else 0.0 for k, v in per_example.items()}

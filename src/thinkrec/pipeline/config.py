@@ -1,0 +1,44 @@
+"""The full run configuration: one section per funnel stage, loaded from configs/*.yaml + overrides."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from thinkrec.baselines.sasrec import SASRecConfig
+
+
+@dataclass
+class RunSection:
+    name: str = "default"
+    out_dir: str = "runs"
+    seed: int = 0
+    device: str = "cpu"
+    threads: int | None = None  # torch threads; None = torch's default
+
+
+@dataclass
+class DataSection:
+    dataset: str = "synthetic"
+    data_root: str | None = None
+    split: str = "loo"  # loo | temporal
+    valid_frac: float = 0.1  # temporal split only
+    test_frac: float = 0.1
+    options: dict[str, Any] = field(default_factory=dict)  # passed to the loader / synthetic generator
+
+
+@dataclass
+class EvalSection:
+    ks: list[int] = field(default_factory=lambda: [5, 10, 20])
+    mask_history: bool = False
+    batch_size: int = 1024
+    bootstrap: int = 1000  # resamples for confidence intervals
+
+
+@dataclass
+class RunConfig:
+    run: RunSection = field(default_factory=RunSection)
+    data: DataSection = field(default_factory=DataSection)
+    sasrec: SASRecConfig = field(default_factory=SASRecConfig)
+    eval: EvalSection = field(default_factory=EvalSection)
+    stages: list[str] = field(default_factory=lambda: ["data", "popularity", "sasrec", "evaluate", "report"])

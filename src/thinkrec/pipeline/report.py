@@ -1,0 +1,91 @@
+"""A short Markdown report of a run directory, with plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from thinkrec.utils.io import atomic_file, atomic_path, read_json
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def plot_training_curve(history: list[dict[str, Any]], path: Path, title: str) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    if not epochs:
+        return None
+    fig, ax1 = plt.subplots(figsize=(6, 3.5))
+    ax1.plot(epochs, [h["loss"] for h in history], "o-", color="tab:blue", label="train loss")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("train loss", color="tab:blue")
+    val = [(h["epoch"], h["valid_ndcg@10"]) for h in history if "valid_ndcg@10" in h]
+    if val:
+        ax2 = ax1.twinx()
+        ax2.plot(*zip(*val, strict=True), "s-", color="tab:orange", label="valid NDCG@10")
+        ax2.set_ylabel("valid NDCG@10", color="tab:orange")
+    ax1.set_title(title)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path
+
+
+def write_report(root: str | Path, config: Any = None) -> Path:
+    root = Path(root)
+    lines = [f"# thinkrec run `{root.name}`", ""]
+    data_done = root / "data" / "done.json"
+    if data_done.exists():
+        st = read_json(data_done)["stats"]
+        lines += [
+            "## Data",
+            f"dataset **{st['dataset']}**: {st['users']:,} users, {st['items']:,} items, {st['interactions']:,} interactions "
+            f"(sequence length {st['seq_len_min']}/{st['seq_len_mean']}/{st['seq_len_max']} min/mean/max)",
+            "",
+        ]
+    metrics_file = root / "metrics.json"
+    if metrics_file.exists():
+        m = read_json(metrics_file)
+        test = m["test"]
+        models = [k for k in test if k != "paired_tests"]
+        if models:
+            keys = list(test[models[0]]["metrics"])
+            lines += [f"## Test metrics ({m.get('split', '')} split, full ranking)", "",
+                      "| model | " + " | ".join(keys) + " | users/s |", "|---" * (len(keys) + 2) + "|"]
+            for name in models:
+                r = test[name]
+                cells = [f"{r['metrics'][k]:.4f} [{r['ci95'][k][0]:.4f}, {r['ci95'][k][1]:.4f}]" for k in keys]
+                lines.append(f"| {name} | " + " | ".join(cells) + f" | {r['users_per_s']:.0f} |")
+            lines += ["", "Brackets: 95 % bootstrap confidence interval over users.", ""]
+        for pair, t in test.get("paired_tests", {}).items():
+            lines.append(
+                f"- paired test {pair.replace('_vs_', ' vs ')} (NDCG@10): diff {t['diff']:+.4f} "
+                f"[{t['diff_low']:+.4f}, {t['diff_high']:+.4f}], p(bootstrap) {t['p_bootstrap']:.4g}, "
+                f"p(t) {t['p_ttest']:.4g}, p(Wilcoxon) {t['p_wilcoxon']:.4g}, n={t['n']}"
+            )
+        lines.append("")
+    hist_file = root / "sasrec" / "history.json"
+    if hist_file.exists():
+        history = read_json(hist_file)
+        tm = read_json(root / "sasrec" / "train_metrics.json")
+        plot = plot_training_curve(history, root / "plots" / "sasrec_training.png", "SASRec training")
+        lines += ["## SASRec training", "",
+                  f"{tm['epochs']} epochs, {tm['s_per_epoch']:.1f} s/epoch, {tm['wall_s']:.1f} s in all; best valid NDCG@10 {tm['best_valid_ndcg@10']:.4f}", ""]
+        if plot:
+            lines += ["![SASRec training](plots/sasrec_training.png)", ""]
+    timings = root / "timings.json"
+    if timings.exists():
+        lines += ["## Stage timings", "", "| stage | seconds |", "|---|---|"]
+        lines += [f"| {k} | {v:.1f} |" for k, v in read_json(timings).items()]
+        lines.append("")
+    out = root / "report.md"
+    with atomic_file(out) as fh:
+        fh.write("\n".join(lines) + "\n")
+    return out
