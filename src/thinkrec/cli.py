@@ -23,6 +23,7 @@ console = Console()
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML preset (configs/*.yaml).")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a config value: key.sub=value (repeatable).")]
 DatasetOpt = Annotated[str | None, typer.Option("--dataset", "-d", help="Named dataset or prepared folder.")]
+FormatOpt = Annotated[str | None, typer.Option("--format", help="Format of a dataset given as a path (s3rec, lcrec, recbole, movielens, mind, csv, parquet, amazon).")]
 RootOpt = Annotated[str | None, typer.Option("--data-root", help="Folder holding the datasets (default: $THINKREC_DATA or ../shared/data).")]
 
 
@@ -99,14 +100,14 @@ def _print_metrics(root: Path) -> None:
 
 
 @data_app.command("stats")
-def data_stats(dataset: DatasetOpt = "synthetic", data_root: RootOpt = None) -> None:
+def data_stats(dataset: DatasetOpt = "synthetic", data_root: RootOpt = None, format_: FormatOpt = None) -> None:
     """Print users, items, interactions and sequence statistics of a dataset."""
     from thinkrec.data import DataFormatError, load_dataset
 
     try:
-        ds = load_dataset(dataset or "synthetic", data_root)
-    except (DataFormatError, FileNotFoundError, KeyError) as exc:
-        _fail(str(exc))
+        ds = load_dataset(dataset or "synthetic", data_root, format=format_)
+    except (DataFormatError, FileNotFoundError, KeyError, ValueError) as exc:
+        _fail(str(exc).strip("'\""))
     table = Table(title=f"dataset {ds.name}")
     table.add_column("statistic")
     table.add_column("value", justify="right")
@@ -119,15 +120,16 @@ def data_stats(dataset: DatasetOpt = "synthetic", data_root: RootOpt = None) -> 
 def data_prepare(
     dataset: DatasetOpt = "synthetic",
     data_root: RootOpt = None,
+    format_: FormatOpt = None,
     out: Annotated[Path | None, typer.Option(help="Output folder (default runs/<dataset>/data).")] = None,
 ) -> None:
     """Load a dataset and write it as parquet (interactions, items, users[, impressions]) + meta.json."""
     from thinkrec.data import DataFormatError, load_dataset
 
     try:
-        ds = load_dataset(dataset or "synthetic", data_root)
-    except (DataFormatError, FileNotFoundError, KeyError) as exc:
-        _fail(str(exc))
+        ds = load_dataset(dataset or "synthetic", data_root, format=format_)
+    except (DataFormatError, FileNotFoundError, KeyError, ValueError) as exc:
+        _fail(str(exc).strip("'\""))
     target = out or Path("runs") / Path(dataset or "synthetic").name / "data"
     ds.save(target)
     console.print(f"wrote {target} ({ds.n_users:,} users, {ds.n_items:,} items, {ds.n_interactions:,} interactions)")

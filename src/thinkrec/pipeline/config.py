@@ -21,6 +21,7 @@ class RunSection:
 class DataSection:
     dataset: str = "synthetic"
     data_root: str | None = None
+    format: str | None = None  # for a path: s3rec, lcrec, recbole, movielens, mind, csv, parquet, amazon, prepared
     split: str = "loo"  # loo | temporal
     valid_frac: float = 0.1  # temporal split only
     test_frac: float = 0.1

@@ -61,7 +61,7 @@ def stage_data(ctx: Context) -> None:
         ctx.log("data: prepared dataset found, skipping")
         return
     t = time.perf_counter()
-    dataset = load_dataset(d.dataset, d.data_root, **d.options)
+    dataset = load_dataset(d.dataset, d.data_root, format=d.format, **d.options)
     dataset.save(ctx.rundir.root / "data")
     ctx.dataset = dataset
     ctx.rundir.mark_done("data", d, stats=dataset.stats())

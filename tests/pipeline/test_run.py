@@ -1,0 +1,74 @@
+import json
+
+from typer.testing import CliRunner
+
+from thinkrec.cli import app
+from thinkrec.utils.io import read_json
+
+runner = CliRunner()
+
+TINY = [
+    "data.options.n_users=150",
+    "data.options.n_items=80",
+    "data.options.n_impressions=50",
+    "sasrec.epochs=2",
+    "sasrec.d_model=16",
+    "sasrec.n_layers=1",
+    "sasrec.max_len=20",
+    "eval.bootstrap=50",
+]
+
+
+def _args(out_dir, name="t"):
+    args = ["--config", "configs/synthetic.yaml", "--name", name, "--set", f"run.out_dir={out_dir}"]
+    for s in TINY:
+        args += ["--set", s]
+    return args
+
+
+def test_run_writes_a_complete_run_directory_and_resumes(tmp_path):
+    res = runner.invoke(app, ["run", *_args(tmp_path)])
+    assert res.exit_code == 0, res.output
+    root = tmp_path / "t"
+    for rel in ["config.yaml", "metrics.json", "log.txt", "report.md", "sasrec/model.safetensors", "sasrec/history.json",
+                "data/meta.json", "data/interactions.parquet", "eval/per_user.parquet", "plots/sasrec_training.png"]:
+        assert (root / rel).exists(), rel
+    metrics = read_json(root / "metrics.json")["test"]
+    assert set(metrics) >= {"popularity", "sasrec", "paired_tests"}
+    assert 0 <= metrics["sasrec"]["metrics"]["ndcg@10"] <= metrics["sasrec"]["metrics"]["recall@10"] <= 1
+    assert "sasrec" in res.output and "ndcg@10" in res.output
+    report = (root / "report.md").read_text()
+    assert "Test metrics" in report and "paired test" in report
+
+    # A second run with the same config reuses the prepared data and the trained model.
+    res2 = runner.invoke(app, ["run", *_args(tmp_path)])
+    assert res2.exit_code == 0, res2.output
+    assert "skipping" in res2.output and "trained model found" in res2.output
+    assert read_json(root / "metrics.json")["test"]["sasrec"]["metrics"] == metrics["sasrec"]["metrics"]
+
+    # evaluate on an existing run directory
+    res3 = runner.invoke(app, ["evaluate", "--run", str(root)])
+    assert res3.exit_code == 0, res3.output
+
+
+def test_cli_errors_are_clear(tmp_path):
+    res = runner.invoke(app, ["run", "--config", "configs/synthetic.yaml", "--set", "sasrec.dmodel=3"])
+    assert res.exit_code == 2 and "sasrec.dmodel" in res.output
+    res = runner.invoke(app, ["data", "stats", "--dataset", "no-such-dataset"])
+    assert res.exit_code == 2 and "unknown dataset" in res.output
+    bad = tmp_path / "seq.txt"
+    bad.write_text("1 1 2 3\n2 4 x 6\n")
+    res = runner.invoke(app, ["data", "stats", "--dataset", str(bad)])
+    assert res.exit_code == 2 and "line 2" in res.output, res.output
+
+
+def test_data_stats_and_prepare(tmp_path):
+    res = runner.invoke(app, ["data", "stats", "--dataset", "synthetic"])
+    assert res.exit_code == 0 and "interactions" in res.output
+    out = tmp_path / "prep"
+    res = runner.invoke(app, ["data", "prepare", "--dataset", "synthetic", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["stats"]["users"] > 0
+    res = runner.invoke(app, ["data", "stats", "--dataset", str(out)])
+    assert res.exit_code == 0 and f"{meta['stats']['interactions']:,}" in res.output
