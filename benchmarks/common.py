@@ -32,12 +32,11 @@ def row(benchmark: str, dataset: str, model: str, metrics: dict[str, Any], wall_
             "command": command_line(), "machine": machine(), **extra}
 
 
-def save_rows(benchmark: str, rows: list[dict[str, Any]], replace_models: bool = True) -> Path:
-    """Write ``results/<benchmark>.json``; rows of models measured again replace the old ones."""
+def save_rows(benchmark: str, rows: list[dict[str, Any]], key: str = "model") -> Path:
+    """Write ``results/<benchmark>.json``; rows measured again (same dataset and ``key``) replace the old ones."""
     path = RESULTS / f"{benchmark}.json"
     old = read_json(path) if path.exists() else []
-    if replace_models:
-        new_keys = {(r["dataset"], r["model"]) for r in rows}
-        old = [r for r in old if (r["dataset"], r["model"]) not in new_keys]
+    new_keys = {(r["dataset"], r.get(key)) for r in rows}
+    old = [r for r in old if (r["dataset"], r.get(key)) not in new_keys]
     write_json(path, old + rows)
     return path

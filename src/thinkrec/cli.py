@@ -76,7 +76,7 @@ def _run(cfg, stages: list[str] | None = None, run_dir: Path | None = None) -> P
         with _progress() as update:
             return run_pipeline(cfg, stages, log=lambda m: console.print(m, highlight=False), progress=update, run_dir=run_dir)
     except (DataFormatError, FileNotFoundError, KeyError, ValueError) as exc:
-        _fail(str(exc))
+        _fail(str(exc).strip("'\""))
     raise AssertionError  # unreachable
 
 
@@ -144,6 +144,22 @@ def train_sasrec_cmd(
     cfg = _load_config(config, set_, dataset, data_root, name)
     root = _run(cfg, ["data", "sasrec"])
     console.print(f"model: {root / 'sasrec' / 'model.safetensors'}")
+
+
+@app.command("tokenize")
+def tokenize_cmd(
+    config: ConfigOpt = None, set_: SetOpt = None, dataset: DatasetOpt = None, data_root: RootOpt = None,
+    method: Annotated[str | None, typer.Option("--method", "-m", help="rqkmeans | rqkmeans_balanced | rqvae | coba")] = None,
+    name: Annotated[str | None, typer.Option(help="Run name (folder under run.out_dir).")] = None,
+) -> None:
+    """Stage 1: embed item text, fit a quantizer, build bijective Semantic IDs and print the SID report."""
+    sets = list(set_ or [])
+    if method:
+        sets.append(f"tokenize.method={method}")
+    cfg = _load_config(config, sets, dataset, data_root, name)
+    root = _run(cfg, ["data", "tokenize"])
+    console.print((root / "sids" / "report.md").read_text(), markup=False, highlight=False)
+    console.print(f"Semantic IDs: {root / 'sids'}")
 
 
 @app.command("evaluate")

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from thinkrec.baselines.sasrec import SASRecConfig
+from thinkrec.tokenize.stage import TokenizeConfig
 
 
 @dataclass
@@ -41,5 +42,6 @@ class RunConfig:
     run: RunSection = field(default_factory=RunSection)
     data: DataSection = field(default_factory=DataSection)
     sasrec: SASRecConfig = field(default_factory=SASRecConfig)
+    tokenize: TokenizeConfig = field(default_factory=TokenizeConfig)
     eval: EvalSection = field(default_factory=EvalSection)
-    stages: list[str] = field(default_factory=lambda: ["data", "popularity", "sasrec", "evaluate", "report"])
+    stages: list[str] = field(default_factory=lambda: ["data", "popularity", "sasrec", "tokenize", "evaluate", "report"])

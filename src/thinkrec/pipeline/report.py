@@ -80,6 +80,12 @@ def write_report(root: str | Path, config: Any = None) -> Path:
                   f"{tm['epochs']} epochs, {tm['s_per_epoch']:.1f} s/epoch, {tm['wall_s']:.1f} s in all; best valid NDCG@10 {tm['best_valid_ndcg@10']:.4f}", ""]
         if plot:
             lines += ["![SASRec training](plots/sasrec_training.png)", ""]
+    sid_md = root / "sids" / "report.md"
+    if sid_md.exists():
+        body = sid_md.read_text().strip().splitlines()
+        lines += ["## Semantic IDs", "", *[ln for ln in body if not ln.startswith("# ")], ""]
+        if (root / "sids" / "code_usage.png").exists():
+            lines += ["![code usage](sids/code_usage.png)", ""]
     timings = root / "timings.json"
     if timings.exists():
         lines += ["## Stage timings", "", "| stage | seconds |", "|---|---|"]

@@ -105,6 +105,20 @@ def stage_sasrec(ctx: Context) -> None:
     ctx.rundir.mark_done("sasrec", key, wall_s=wall)
 
 
+def stage_tokenize(ctx: Context) -> None:
+    """Stage 1: Semantic IDs for every item (embeddings → quantizer → bijective SIDs → report)."""
+    from thinkrec.tokenize.stage import run_tokenize
+
+    cfg = ctx.config.tokenize
+    key = {"tokenize": cfg, "data": ctx.config.data}
+    if ctx.rundir.is_done("sids", key):
+        ctx.log("tokenize: Semantic IDs found, skipping")
+        return
+    t = time.perf_counter()
+    art = run_tokenize(ctx.get_dataset(), ctx.get_split(), cfg, ctx.rundir.root / "sids", log=ctx.log)
+    ctx.rundir.mark_done("sids", key, wall_s=time.perf_counter() - t, unique_before_dedup=art.report["unique_before_dedup"])
+
+
 def stage_evaluate(ctx: Context) -> None:
     """Test-set full ranking for every trained model, with bootstrap CIs and paired tests vs the best."""
     ev = ctx.config.eval
@@ -153,6 +167,7 @@ STAGES: dict[str, Callable[[Context], None]] = {
     "data": stage_data,
     "popularity": stage_popularity,
     "sasrec": stage_sasrec,
+    "tokenize": stage_tokenize,
     "evaluate": stage_evaluate,
     "report": stage_report,
 }

