@@ -149,13 +149,21 @@ def _lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
 
 
 def _epoch_batches(rows: np.ndarray, lengths: np.ndarray, config: SASRecConfig, rng: np.random.Generator) -> list[np.ndarray]:
-    """Shuffled batches; with bucketing, rows are sorted by (noisy) length first so a batch pads little."""
+    """Shuffled batches for one epoch.
+
+    With bucketing, rows are sorted by (noisy) length and cut into batches holding about the same number of
+    *targets* as a random batch of ``batch_size`` rows would (many short rows or a few long ones). Equal target
+    counts keep every target's weight in the loss the same as with random batches, while padding all but
+    disappears; batches of a fixed row count would over-weight the targets of short sequences.
+    """
     if not config.length_bucketing:
         order = rng.permutation(rows)
         return [order[s : s + config.batch_size] for s in range(0, len(order), config.batch_size)]
-    capped = np.minimum(lengths[rows], config.max_len + 1).astype(np.float64)
-    order = rows[np.argsort(capped + rng.random(len(rows)) * 2.0, kind="stable")]
-    batches = [order[s : s + config.batch_size] for s in range(0, len(order), config.batch_size)]
+    targets = np.minimum(lengths[rows] - 1, config.max_len).astype(np.float64)
+    budget = config.batch_size * float(targets.mean())
+    order = np.argsort(targets + rng.random(len(rows)) * 2.0, kind="stable")
+    cuts = np.searchsorted(np.cumsum(targets[order]), np.arange(budget, targets.sum(), budget))
+    batches = [rows[idx] for idx in np.split(order, np.unique(cuts)) if len(idx)]
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
@@ -179,7 +187,7 @@ def train_sasrec(
     )
     lengths = split.train_offsets[1:] - split.train_offsets[:-1]
     rows_all = np.nonzero(lengths >= 2)[0]
-    steps_per_epoch = math.ceil(len(rows_all) / config.batch_size)
+    steps_per_epoch = len(_epoch_batches(rows_all, lengths, config, np.random.default_rng(0)))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(config.warmup_steps, steps_per_epoch * config.epochs))
 
     best, best_state, bad, history = -1.0, None, 0, []
