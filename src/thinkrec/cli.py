@@ -89,9 +89,10 @@ def _print_metrics(root: Path) -> None:
         return
     keys = list(m[models[0]]["metrics"])
     table = Table(title=f"test metrics — {root}")
-    table.add_column("model")
+    table.add_column("model", no_wrap=True)
     for k in keys:
-        table.add_column(k, justify="right")
+        short = k.replace("recall@", "R@").replace("ndcg@", "N@").replace("map@", "MAP@").replace("mrr", "MRR")
+        table.add_column(short, justify="right", no_wrap=True)
     for name in models:
         table.add_row(name, *(f"{m[name]['metrics'][k]:.4f}" for k in keys))
     console.print(table)
