@@ -15,12 +15,14 @@ Same architecture, loss and collapse switches as the RQ-VAE, plus three independ
 * ``load_balance`` — usage-aware assignment: to each code's squared distance add
   ``balance_strength · s_l · min(K · u_k, balance_clip)``, where ``u_k`` is the code's EMA usage share
   (decay ``usage_ema``, initialised uniform) and ``s_l`` an EMA of the level's mean gap between the second-nearest
-  and nearest code (so the strength is scale-free: 1 ≈ one typical assignment margin per uniform share). Used for every training step; after training, the fitting items are re-assigned
-  level by level with ``balance_final_iters`` small-step fixed-point rounds on their own usage
-  (``u ← (1 − balance_final_step) u + balance_final_step · share``; large steps make all marginal items herd to the
-  same under-used codes and oscillate)
-  (:meth:`CoBa.fit_encode` returns that balanced assignment); the final usage and scale are frozen and saved, and
-  :meth:`CoBa.encode` applies them to new items when ``balance_at_encode``.
+  and nearest code (so the strength is scale-free: 1 ≈ one typical assignment margin per uniform share).
+  Assignment is *online* in chunks of ``balance_chunk`` rows: each chunk sees the usage share of the EMA prior
+  (worth one chunk) plus the rows already assigned — in every training batch, and after training for the fitting
+  items (one pass over a seeded random order; :meth:`CoBa.fit_encode` returns this assignment). A one-shot
+  assignment of many rows against one usage vector is avoided on purpose: with a steep penalty all marginal rows
+  flip to the same under-used codes at once, and the pure assignment oscillates instead of balancing. The final
+  usage shares and scale are frozen and saved; :meth:`CoBa.encode` applies them to new items when
+  ``balance_at_encode``.
 
 Note on :meth:`CoBa.encode`: new items have no training co-occurrences, so their content vector *is* their
 aligned vector. ``encode`` therefore quantizes its input as given; for the fitting items use the codes returned by
@@ -45,8 +47,8 @@ class CoBaConfig(RQVAEConfig):
     # ---- collaborative alignment of the input
     collaborative: bool = True
     cooc_window: int = 3  # items at distance 1 … window−1 in a training sequence co-occur
-    alpha: float = 0.5  # restart weight α of the propagation
-    prop_hops: int = 2  # K: H(0) … H(K)
+    alpha: float = 0.2  # restart weight α of the propagation (smaller = more collaborative smoothing)
+    prop_hops: int = 3  # K: H(0) … H(K)
     # ---- uniformity (codeword repulsion)
     uniformity: bool = True
     uniformity_weight: float = 0.1
@@ -56,8 +58,7 @@ class CoBaConfig(RQVAEConfig):
     balance_strength: float = 1.0
     balance_clip: float = 4.0  # penalty term is capped at balance_clip × the uniform-usage value
     usage_ema: float = 0.95
-    balance_final_iters: int = 100  # small-step fixed-point rounds for the fitting items' final assignment
-    balance_final_step: float = 0.05  # u ← (1 − step) u + step · usage (large steps herd and oscillate)
+    balance_chunk: int = 64  # rows per chunk of the online balanced assignment (training batches, final pass)
     balance_at_encode: bool = True
 
     def __post_init__(self) -> None:
@@ -119,7 +120,7 @@ def propagate(x: np.ndarray, a_hat: sp.csr_matrix, alpha: float, hops: int) -> n
     return out.astype(np.float32)
 
 
-def collaborative_align(x: np.ndarray, context: FitContext, window: int = 3, alpha: float = 0.5, hops: int = 2) -> np.ndarray:
+def collaborative_align(x: np.ndarray, context: FitContext, window: int = 3, alpha: float = 0.2, hops: int = 3) -> np.ndarray:
     """``H_align`` of ``x`` (rows = item ids) from the training sequences in ``context``."""
     if context is None or context.train_offsets is None or context.train_items is None:
         raise ValueError("collaborative alignment needs FitContext.train_offsets / train_items (training split)")
@@ -168,28 +169,40 @@ class CoBa(RQVAE):
         cfg = self.config
         return cfg.balance_strength * scale * (usage * cfg.codebook_size).clamp(max=cfg.balance_clip)
 
+    def _online_assign(
+        self, level: int, d: torch.Tensor, prior: torch.Tensor, scale: torch.Tensor, order: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Assign rows of ``d`` chunk by chunk (in ``order``), each chunk penalised by the usage share of the
+        prior (worth one chunk) plus the rows assigned so far."""
+        n, chunk = d.shape[0], max(1, self.config.balance_chunk)
+        counts = prior * min(chunk, n)
+        c = torch.empty(n, dtype=torch.long, device=d.device)
+        for start in range(0, n, chunk):
+            idx = torch.arange(start, min(start + chunk, n), device=d.device) if order is None else order[start : start + chunk]
+            ci = (d[idx] + self._penalty(level, counts / counts.sum(), scale)).argmin(1)
+            c[idx] = ci
+            counts = counts + torch.bincount(ci, minlength=d.shape[1]).to(counts.dtype)
+        return c
+
     def _assign(self, level: int, d: torch.Tensor, train: bool, final: bool) -> torch.Tensor:
         cfg = self.config
         if not cfg.load_balance:
             return d.argmin(1)
         K = cfg.codebook_size
         if train:
-            near = _gap(d)
+            gap = _gap(d)
             s = self.dist_scale[level]
-            self.dist_scale[level] = near if float(s) == 0.0 else cfg.usage_ema * s + (1 - cfg.usage_ema) * near
-            c = (d + self._penalty(level, self.usage[level], self.dist_scale[level])).argmin(1)
+            self.dist_scale[level] = gap if float(s) == 0.0 else cfg.usage_ema * s + (1 - cfg.usage_ema) * gap
+            c = self._online_assign(level, d, self.usage[level], self.dist_scale[level], order=None)
             frac = torch.bincount(c, minlength=K).to(d.dtype) / c.numel()
             self.usage[level] = cfg.usage_ema * self.usage[level] + (1 - cfg.usage_ema) * frac
             return c
         if final:
             scale = _gap(d)
-            u = self.usage[level].clone()
-            for _ in range(max(1, cfg.balance_final_iters)):
-                c = (d + self._penalty(level, u, scale)).argmin(1)
-                frac = torch.bincount(c, minlength=K).to(d.dtype) / c.numel()
-                u = (1 - cfg.balance_final_step) * u + cfg.balance_final_step * frac
-            c = (d + self._penalty(level, u, scale)).argmin(1)
-            self.final_usage[level] = u
+            gen = torch.Generator().manual_seed(cfg.seed + 17 + level)
+            order = torch.randperm(d.shape[0], generator=gen).to(d.device)
+            c = self._online_assign(level, d, self.usage[level], scale, order=order)
+            self.final_usage[level] = torch.bincount(c, minlength=K).to(d.dtype) / c.numel()
             self.final_scale[level] = scale
             self._final_ready = True
             return c
