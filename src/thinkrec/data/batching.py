@@ -7,7 +7,6 @@ most recent item is always at the last position.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 
 def pad_histories(offsets: np.ndarray, items: np.ndarray, rows: np.ndarray, max_len: int) -> np.ndarray:
@@ -22,22 +21,6 @@ def pad_histories(offsets: np.ndarray, items: np.ndarray, rows: np.ndarray, max_
     valid = cols[None, :] >= (max_len - lengths)[:, None]
     out[valid] = items[src[valid]] + 1
     return out
-
-
-def history_batches(
-    offsets: np.ndarray, items: np.ndarray, max_len: int, batch_size: int, device: str | torch.device = "cpu"
-):
-    """Yield ``(row_indices, padded_tokens)`` over all CSR rows in order."""
-    n = len(offsets) - 1
-    for start in range(0, n, batch_size):
-        rows = np.arange(start, min(n, start + batch_size))
-        yield rows, torch.from_numpy(pad_histories(offsets, items, rows, max_len)).to(device)
-
-
-def training_windows(offsets: np.ndarray, items: np.ndarray, max_len: int, min_len: int = 2) -> np.ndarray:
-    """Rows with at least ``min_len`` training items (input = seq[:-1], target = seq[1:])."""
-    lengths = offsets[1:] - offsets[:-1]
-    return np.nonzero(lengths >= min_len)[0]
 
 
 def shifted_pair(offsets: np.ndarray, items: np.ndarray, rows: np.ndarray, max_len: int) -> tuple[np.ndarray, np.ndarray]:

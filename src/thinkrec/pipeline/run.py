@@ -51,7 +51,9 @@ class Context:
     def get_split(self) -> SequenceSplit:
         if self.split is None:
             d = self.config.data
-            self.split = make_split(self.get_dataset(), d.split, **({"valid_frac": d.valid_frac, "test_frac": d.test_frac} if d.split.startswith("temporal") or d.split.startswith("global") else {}))
+            temporal = d.split.startswith(("temporal", "global"))
+            kwargs = {"valid_frac": d.valid_frac, "test_frac": d.test_frac} if temporal else {}
+            self.split = make_split(self.get_dataset(), d.split, **kwargs)
         return self.split
 
 
@@ -82,24 +84,21 @@ def stage_sasrec(ctx: Context) -> None:
         ctx.scorers["sasrec"] = SASRec.load(out / "model.safetensors", cfg, split.n_items, ctx.config.run.device).eval()
         return
     t = time.perf_counter()
-    steps = {"n": 0}
 
     def progress(step: int, total: int) -> None:
         if ctx.progress:
             ctx.progress("sasrec", step, total)
 
     model, history = train_sasrec(split, cfg, ctx.config.run.device, log=lambda m: ctx.log(f"sasrec: {m}"), progress=progress)
-    del steps
     wall = time.perf_counter() - t
     model.save(out / "model.safetensors")
     write_json(out / "history.json", history)
     with atomic_file(out / "config.yaml") as fh:
         fh.write(dump_yaml(cfg))
-    epochs = [h for h in history]
     write_json(
         out / "train_metrics.json",
-        {"wall_s": wall, "epochs": len(epochs), "s_per_epoch": float(np.mean([h["train_s"] for h in epochs])),
-         "best_valid_ndcg@10": max((h.get("valid_ndcg@10", 0.0) for h in epochs), default=0.0)},
+        {"wall_s": wall, "epochs": len(history), "s_per_epoch": float(np.median([h["train_s"] for h in history])),
+         "best_valid_ndcg@10": max((h.get("valid_ndcg@10", 0.0) for h in history), default=0.0)},
     )
     ctx.scorers["sasrec"] = model
     ctx.rundir.mark_done("sasrec", key, wall_s=wall)
