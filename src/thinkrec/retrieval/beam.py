@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -11,57 +12,62 @@ from thinkrec.retrieval.model import GenerativeRetriever
 from thinkrec.tokenize.sids import SIDMap, SIDTrie
 
 
-@torch.no_grad()
+@dataclass
+class BeamResult:
+    codes: torch.Tensor  # [B, beam, L] int64, −1 for dead beams
+    scores: torch.Tensor  # [B, beam] summed log-probs, descending; −inf for dead beams
+    thoughts: torch.Tensor | None = None  # [B, beam, L, d] thinking tokens of each beam's path (S²GR)
+
+
+@torch.inference_mode()
 def constrained_beam_search(
     model: GenerativeRetriever,
-    memory: torch.Tensor,
-    memory_mask: torch.Tensor,
+    tokens: torch.Tensor,
     trie: SIDTrie,
     beam_size: int,
-    n_levels: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-``beam_size`` valid SIDs per user.
+    return_thoughts: bool = False,
+) -> BeamResult:
+    """Top-``beam_size`` valid SIDs for each history in ``tokens [B, T]`` (item + 1, 0 = pad).
 
-    ``memory [B, S, d]`` / ``memory_mask [B, S]`` come from ``model.encode``. At every level the trie masks
-    codes that no valid SID continues with (−inf), log-probs accumulate, and each user keeps the top
-    ``beam_size`` of its ``beam × K`` candidates. With thinking on, each beam runs one extra decoder step per
-    level (not beam-expanded). The model is run in eval mode (its mode is restored afterwards).
-
-    Returns ``(codes [B, beam, n_levels] int64, scores [B, beam])``, sorted by score, descending. When a user
-    has fewer valid SIDs than ``beam_size``, the rest have score −inf and codes −1.
+    The encoder runs once per user and its cross-attention keys/values are shared by the user's beams. At
+    every level the trie masks codes that no valid SID continues with, log-probs accumulate, and each user
+    keeps the top ``beam_size`` of its ``beam × K`` candidates. With thinking on, each beam takes one extra
+    decoder step per level (a thinking token, not beam-expanded). The model runs in eval mode (restored after).
+    When a user has fewer valid SIDs than ``beam_size``, the rest have score −inf and codes −1.
     """
-    n_levels = trie.depth if n_levels is None else n_levels
-    if n_levels > model.n_levels or n_levels > trie.depth:
-        raise ValueError(f"n_levels={n_levels} exceeds the model ({model.n_levels}) or trie ({trie.depth}) depth")
+    if trie.depth != model.n_levels:
+        raise ValueError(f"trie depth {trie.depth} != model SID length {model.n_levels}")
     was_training = model.training
     model.eval()
     try:
-        b, k = memory.shape[0], beam_size
-        dev = memory.device
-        mem = memory.repeat_interleave(k, 0)
-        mem_mask = memory_mask.repeat_interleave(k, 0)
-        inputs = model.bos_input(b * k)
+        b, k, L = tokens.shape[0], beam_size, model.n_levels
+        dev = tokens.device
+        memory, mmask, _ = model.encode(tokens)
+        state = model.start(memory, mmask, k)
         scores = torch.full((b, k), float("-inf"), device=dev)
         scores[:, 0] = 0.0  # one live beam at the start, so no duplicate prefixes
-        codes = torch.zeros(b * k, 0, dtype=torch.int64, device=dev)
-        rows = torch.arange(b, device=dev)[:, None] * k
-        for lv in range(n_levels):
-            logits, inputs = model.decode_step(lv, inputs, mem, mem_mask)
-            logp = torch.log_softmax(logits.float(), -1)
-            allowed = trie.allowed_next(codes).to(dev)
+        codes = torch.zeros(b, k, 0, dtype=torch.int64, device=dev)
+        thoughts: list[torch.Tensor] = []
+        h = model.step(state, model.bos_input(b, k))[:, :, -1]
+        for lv in range(L):
+            if model.thinking:
+                t_l = model.thought(lv, h)
+                thoughts.append(t_l)
+                h = model.step(state, t_l[:, :, None])[:, :, -1]
+            logp = torch.log_softmax(model.heads[lv](h).float(), -1)  # [B, k, K]
+            allowed = trie.allowed_next(codes.reshape(b * k, lv)).to(dev).view(b, k, -1)
             logp = logp.masked_fill(~allowed, float("-inf"))
-            n_codes = logp.shape[1]
-            total = (scores.reshape(-1, 1) + logp).reshape(b, k * n_codes)
-            scores, idx = total.topk(k, dim=1)
-            parent = (rows + idx // n_codes).reshape(-1)
-            chosen = (idx % n_codes).reshape(-1)
-            codes = torch.cat([codes[parent], chosen[:, None]], 1)
-            inputs = inputs[parent]
-            if lv < n_levels - 1:
-                inputs = torch.cat([inputs, model.code_input(lv, chosen)], 1)
-        codes = codes.reshape(b, k, n_levels)
+            n_codes = logp.shape[-1]
+            scores, idx = (scores[..., None] + logp).reshape(b, k * n_codes).topk(k, dim=1)
+            parent, chosen = idx // n_codes, idx % n_codes
+            codes = torch.cat([codes.gather(1, parent[..., None].expand(-1, -1, lv)), chosen[..., None]], 2)
+            thoughts = [t.gather(1, parent[..., None].expand(-1, -1, t.shape[-1])) for t in thoughts]
+            if lv < L - 1:
+                state.reorder(parent)
+                h = model.step(state, model.code_input(lv, chosen))[:, :, -1]
         codes = codes.masked_fill(~torch.isfinite(scores)[..., None], -1)
-        return codes, scores
+        th = torch.stack(thoughts, 2) if (return_thoughts and thoughts) else None
+        return BeamResult(codes, scores, th)
     finally:
         model.train(was_training)
 

@@ -1,22 +1,32 @@
-"""Encoder–decoder generative retriever over Semantic IDs (TIGER), with optional S²GR latent thinking.
+"""Encoder–decoder generative retriever over Semantic IDs: TIGER, and S²GR with stepwise latent thinking.
 
 The encoder reads the user's history, either one token per SID code (``input_mode="code"``, TIGER) or one
-token per item whose embedding is the sum of its per-level code embeddings (``input_mode="item"``). The
-decoder emits the next item's SID code by code, with one output head and one input embedding table per level
-(level l has ``radix[l]`` codes).
+token per item whose embedding is the sum of its per-level code embeddings (``input_mode="item"``, 3–4×
+shorter). The decoder emits the next item's SID code by code, with one input embedding table and one output
+head per level (level l has ``radix[l]`` codes).
 
-With ``thinking=True`` (S²GR) the decoder sequence is ``BOS → t1 → s1 → t2 → s2 …``: before each code, the
+With ``thinking=True`` (S²GR) the decoder sequence is ``BOS → t1 → s1 → t2 → s2 …``: before each code the
 decoder's last hidden state plus a learned per-level position vector ``p_l`` is fed back as the next input
-embedding (a continuous thinking token, no vocabulary entry); the code is predicted from the hidden state at
-the thinking position, and thinking positions carry no cross-entropy loss.
+embedding (a continuous thinking token, no vocabulary entry), and code ``s_l`` is read from the hidden state
+at ``t_l``. Semantic supervision (each a switch):
 
-The decoder is re-run over its whole (short: ≤ 2L + 1) prefix at every step instead of keeping a KV cache.
+* ``align``: ``t_l`` is classified by cosine against the centres of ``n_clusters`` k-means clusters of level
+  l's quantizer codewords (centre = mean of the model's embeddings of the cluster's codes), target = the
+  cluster of the true code ``s_l``;
+* ``aux_decoder``: a half-depth decoder predicts ``v_g`` from the history, trained with in-batch InfoNCE
+  toward the mean of the target SID's code embeddings; ``L_reg = 1 − cos(t_1, sg(v_g))``.
+
+Training is SASRec-like: with a causal encoder, one pass over a user's sequence yields a decoder "group" per
+position (history = items up to that position, target = the next item); all groups of a row share the
+memory, each seeing only its prefix through the cross-attention mask. The decoder keeps a KV cache, so the
+thinking steps cost one token each, in training and in beam search, where beams are groups of one user
+sharing the user's cross-attention keys and values.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -31,112 +41,214 @@ class RetrieverConfig:
     n_enc_layers: int = 2
     n_dec_layers: int = 2
     n_heads: int = 4
+    head_dim: int | None = None  # None: d_model / n_heads (T5, the paper's model: 6 heads × 64 at d_model 128)
     ffn: int = 512
     dropout: float = 0.1
     max_len: int = 50  # history items kept (the last ones)
-    input_mode: str = "code"  # "code": one token per SID code (TIGER) | "item": one token per item
-    thinking: bool = False  # S²GR latent thinking token before each code
+    input_mode: str = "item"  # "code": one token per SID code (TIGER) | "item": one token per item
+    item_embedding: bool = False  # item mode: add a learned per-item embedding to the summed code embeddings
+    causal_encoder: bool = True  # True: every position of a sequence is a training target in one pass
+    # S²GR
+    thinking: bool = False  # latent thinking token before each code
+    align: bool = True  # cluster-alignment loss on thinking tokens
+    n_clusters: int = 16  # K_c per level
+    align_tau: float = 0.1
+    align_weight: float = 1.0
+    aux_decoder: bool = True  # half-depth decoder, InfoNCE, L_reg on t_1
+    nce_tau: float = 0.1
+    nce_weight: float = 1.0
+    reg_weight: float = 0.1  # λ
+
+    @classmethod
+    def paper(cls, **overrides: Any) -> RetrieverConfig:
+        """TIGER's T5 size: 4 + 4 layers, d_model 128, 6 heads × 64, FFN 1024, dropout 0.1, code tokens."""
+        base = dict(n_enc_layers=4, n_dec_layers=4, n_heads=6, head_dim=64, ffn=1024, dropout=0.1, input_mode="code")
+        return cls(**{**base, **overrides})
+
+    @property
+    def s2gr_losses(self) -> bool:
+        return self.thinking and (self.align or self.aux_decoder)
 
 
 class Attention(nn.Module):
-    """Multi-head attention (self or cross) on SDPA."""
+    """Multi-head attention on SDPA; keys/values computed separately so they can be cached or shared."""
 
-    def __init__(self, d: int, n_heads: int, dropout: float):
+    def __init__(self, d: int, n_heads: int, head_dim: int, dropout: float):
         super().__init__()
-        self.n_heads = n_heads
-        self.q = nn.Linear(d, d)
-        self.kv = nn.Linear(d, 2 * d)
-        self.proj = nn.Linear(d, d)
+        self.h, self.dh = n_heads, head_dim
+        inner = n_heads * head_dim
+        self.q = nn.Linear(d, inner)
+        self.kv = nn.Linear(d, 2 * inner)
+        self.proj = nn.Linear(inner, d)
         self.attn_dropout = dropout
 
-    def forward(
-        self, x: torch.Tensor, ctx: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False
+    def keys_values(self, ctx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``ctx [N, S, d]`` → keys, values ``[N, h, S, dh]``."""
+        n, s, _ = ctx.shape
+        k, v = self.kv(ctx).view(n, s, 2, self.h, self.dh).permute(2, 0, 3, 1, 4)
+        return k, v
+
+    def attend(
+        self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None, is_causal: bool = False
     ) -> torch.Tensor:
-        b, t, d = x.shape
-        s = ctx.shape[1]
-        h = self.n_heads
-        q = self.q(x).view(b, t, h, d // h).transpose(1, 2)
-        k, v = self.kv(ctx).view(b, s, 2, h, d // h).permute(2, 0, 3, 1, 4)
-        a = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, is_causal=is_causal, dropout_p=self.attn_dropout if self.training else 0.0
-        )
-        return self.proj(a.transpose(1, 2).reshape(b, t, d))
+        n, t, _ = x.shape
+        q = self.q(x).view(n, t, self.h, self.dh).transpose(1, 2)
+        drop = self.attn_dropout if self.training else 0.0
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=drop)
+        return self.proj(a.transpose(1, 2).reshape(n, t, self.h * self.dh))
+
+
+def _ffn(d: int, ffn: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(d, ffn), nn.GELU(), nn.Dropout(dropout), nn.Linear(ffn, d))
 
 
 class EncoderBlock(nn.Module):
-    def __init__(self, d: int, n_heads: int, ffn: int, dropout: float):
+    def __init__(self, d: int, n_heads: int, head_dim: int, ffn: int, dropout: float):
         super().__init__()
-        self.ln1 = nn.LayerNorm(d)
-        self.attn = Attention(d, n_heads, dropout)
-        self.ln2 = nn.LayerNorm(d)
-        self.ffn = nn.Sequential(nn.Linear(d, ffn), nn.GELU(), nn.Dropout(dropout), nn.Linear(ffn, d))
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.attn = Attention(d, n_heads, head_dim, dropout)
+        self.ffn = _ffn(d, ffn, dropout)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         h = self.ln1(x)
-        x = x + self.drop(self.attn(h, h, attn_mask))
+        k, v = self.attn.keys_values(h)
+        x = x + self.drop(self.attn.attend(h, k, v, mask))
         return x + self.drop(self.ffn(self.ln2(x)))
 
 
 class DecoderBlock(nn.Module):
-    def __init__(self, d: int, n_heads: int, ffn: int, dropout: float):
+    """Pre-LN decoder block over groups: ``x [B, G, t, d]``; self-attention within each group (cached),
+    cross-attention from all of a row's groups to the row's memory at once."""
+
+    def __init__(self, d: int, n_heads: int, head_dim: int, ffn: int, dropout: float):
         super().__init__()
-        self.ln1 = nn.LayerNorm(d)
-        self.self_attn = Attention(d, n_heads, dropout)
-        self.ln2 = nn.LayerNorm(d)
-        self.cross_attn = Attention(d, n_heads, dropout)
-        self.ln3 = nn.LayerNorm(d)
-        self.ffn = nn.Sequential(nn.Linear(d, ffn), nn.GELU(), nn.Dropout(dropout), nn.Linear(ffn, d))
+        self.ln1, self.ln2, self.ln3 = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
+        self.self_attn = Attention(d, n_heads, head_dim, dropout)
+        self.cross_attn = Attention(d, n_heads, head_dim, dropout)
+        self.ffn = _ffn(d, ffn, dropout)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, memory: torch.Tensor, cross_mask: torch.Tensor) -> torch.Tensor:
-        h = self.ln1(x)
-        x = x + self.drop(self.self_attn(h, h, is_causal=True))
-        x = x + self.drop(self.cross_attn(self.ln2(x), memory, cross_mask))
-        return x + self.drop(self.ffn(self.ln3(x)))
+    def forward(
+        self,
+        x: torch.Tensor,
+        cache: tuple[torch.Tensor, torch.Tensor] | None,
+        cross_kv: tuple[torch.Tensor, torch.Tensor],
+        cross_mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        b, g, t, d = x.shape
+        h = self.ln1(x).reshape(b * g, t, d)
+        k, v = self.self_attn.keys_values(h)
+        if cache is not None:
+            k, v = torch.cat([cache[0], k], 2), torch.cat([cache[1], v], 2)
+        past = k.shape[2] - t
+        mask = None
+        if t > 1:  # new token i sees the cache and new tokens ≤ i
+            mask = torch.ones(t, past + t, dtype=torch.bool, device=x.device).tril(past)
+        x = x + self.drop(self.self_attn.attend(h, k, v, mask).view(b, g, t, d))
+        h = self.ln2(x).reshape(b, g * t, d)
+        s = cross_mask.shape[-1]
+        cm = cross_mask[:, :, :, None, :].expand(b, 1, g, t, s).reshape(b, 1, g * t, s)
+        x = x + self.drop(self.cross_attn.attend(h, *cross_kv, cm).view(b, g, t, d))
+        return x + self.drop(self.ffn(self.ln3(x))), (k, v)
+
+
+@dataclass
+class DecoderState:
+    """Incremental decoding state of ``B`` rows × ``G`` groups (beams, or target positions in training)."""
+
+    cross_kv: list[tuple[torch.Tensor, torch.Tensor]]  # per layer, [B, h, S, dh]
+    cross_mask: torch.Tensor  # [B, 1, G or 1, S] bool
+    cache: list[tuple[torch.Tensor, torch.Tensor] | None]  # per layer, [B·G, h, t, dh]
+    batch: int
+    groups: int
+    pos: int = 0
+
+    def reorder(self, parent: torch.Tensor) -> None:
+        """Keep groups ``parent [B, G]`` (indices within each row) — beam search's survivor selection."""
+        b, g = self.batch, self.groups
+        flat = (parent + torch.arange(b, device=parent.device)[:, None] * g).reshape(-1)
+        self.cache = [None if c is None else (c[0][flat], c[1][flat]) for c in self.cache]
+        if self.cross_mask.shape[2] > 1:
+            self.cross_mask = self.cross_mask.gather(2, parent[:, None, :, None].expand(-1, 1, -1, self.cross_mask.shape[3]))
+
+
+@dataclass
+class TargetOutputs:
+    """Teacher-forced decoder outputs for ``N`` selected groups."""
+
+    logits: list[torch.Tensor]  # per level [N, radix[l]]
+    thoughts: list[torch.Tensor]  # per level [N, d] (thinking only)
+    aux: torch.Tensor | None  # [N, d], auxiliary decoder output v_g
 
 
 class GenerativeRetriever(nn.Module):
     """Encoder–decoder Transformer generating the next item's SID.
 
     Args:
-        radix: codes per SID level (``SIDMap.radix``); ``L = len(radix)``.
+        item_codes: ``[n_items, L]`` SID of every item (``SIDMap.codes``); kept as a buffer so the model maps
+            history tokens to codes itself.
+        radix: codes per SID level (``SIDMap.radix``).
         config: :class:`RetrieverConfig`.
+        code_clusters: optional ``[L, max_radix]`` cluster id of every code per level (−1: level without
+            clusters), from :func:`thinkrec.retrieval.clusters.code_clusters`; needed by ``align``.
 
-    Histories are given as SID codes ``[B, T, L]`` with a validity mask ``[B, T]`` (True = real item; padding
-    may sit anywhere, its codes are ignored). Only the last ``max_len`` positions are used.
+    Histories are item tokens ``[B, T]`` (item + 1, 0 = padding, left-padded), as in ``thinkrec.eval``.
     """
 
-    def __init__(self, radix: Sequence[int], config: RetrieverConfig | None = None):
+    def __init__(
+        self,
+        item_codes: torch.Tensor,
+        radix: list[int],
+        config: RetrieverConfig | None = None,
+        code_clusters: torch.Tensor | None = None,
+    ):
         super().__init__()
         config = config or RetrieverConfig()
         if config.input_mode not in INPUT_MODES:
             raise ValueError(f"unknown input_mode {config.input_mode!r}; use one of {INPUT_MODES}")
-        if config.d_model % config.n_heads:
-            raise ValueError("d_model must be divisible by n_heads")
+        head_dim = config.head_dim or config.d_model // config.n_heads
+        if config.head_dim is None and config.d_model % config.n_heads:
+            raise ValueError("d_model must be divisible by n_heads (or set head_dim)")
+        item_codes = torch.as_tensor(item_codes, dtype=torch.int64)
         self.radix = [int(r) for r in radix]
-        self.n_levels = len(self.radix)
+        self.n_levels = L = len(self.radix)
+        if item_codes.ndim != 2 or item_codes.shape[1] != L:
+            raise ValueError(f"item_codes must be [n_items, {L}], got {list(item_codes.shape)}")
+        self.n_items = int(item_codes.shape[0])
         self.config = config
-        d, L = config.d_model, self.n_levels
-        # Encoder inputs.
+        d = config.d_model
+        self.register_buffer("item_codes", item_codes.clone())
+        # −1 everywhere = no clusters; filled by the caller (or from a checkpoint) for align.
+        clusters = torch.full((L, max(self.radix)), -1, dtype=torch.int64)
+        if code_clusters is not None:
+            clusters[:, : code_clusters.shape[1]] = torch.as_tensor(code_clusters, dtype=torch.int64)
+        self.register_buffer("code_clusters", clusters)
+        # Encoder.
         self.enc_code_emb = nn.ModuleList(nn.Embedding(k, d) for k in self.radix)
         self.enc_pos_emb = nn.Embedding(config.max_len, d)
-        self.enc_level_emb = nn.Embedding(L, d)  # used in "code" mode only
-        # Decoder inputs / outputs.
+        self.enc_level_emb = nn.Embedding(L, d)  # code mode only
+        self.item_emb = nn.Embedding(self.n_items, d) if config.item_embedding else None
+        args = (d, config.n_heads, head_dim, config.ffn, config.dropout)
+        self.enc_blocks = nn.ModuleList(EncoderBlock(*args) for _ in range(config.n_enc_layers))
+        self.enc_ln = nn.LayerNorm(d)
+        # Decoder.
         self.bos = nn.Parameter(torch.zeros(d))
         self.dec_code_emb = nn.ModuleList(nn.Embedding(k, d) for k in self.radix)
         self.dec_pos_emb = nn.Embedding(2 * L + 1, d)
-        self.think_pos = nn.Parameter(torch.zeros(L, d))  # p_l of S²GR
+        self.think_pos = nn.Parameter(torch.zeros(L, d))  # p_l
+        self.dec_blocks = nn.ModuleList(DecoderBlock(*args) for _ in range(config.n_dec_layers))
+        self.dec_ln = nn.LayerNorm(d)
         self.heads = nn.ModuleList(nn.Linear(d, k) for k in self.radix)
         self.drop = nn.Dropout(config.dropout)
-        args = (d, config.n_heads, config.ffn, config.dropout)
-        self.enc_blocks = nn.ModuleList(EncoderBlock(*args) for _ in range(config.n_enc_layers))
-        self.dec_blocks = nn.ModuleList(DecoderBlock(*args) for _ in range(config.n_dec_layers))
-        self.enc_ln = nn.LayerNorm(d)
-        self.dec_ln = nn.LayerNorm(d)
+        # S²GR auxiliary light decoder (half depth).
+        if config.thinking and config.aux_decoder:
+            self.aux_query = nn.Parameter(torch.zeros(d))
+            self.aux_blocks = nn.ModuleList(DecoderBlock(*args) for _ in range(max(1, config.n_dec_layers // 2)))
+            self.aux_ln = nn.LayerNorm(d)
         self.apply(self._init)
-        nn.init.normal_(self.bos, std=0.02)
-        nn.init.normal_(self.think_pos, std=0.02)
+        for p in (self.bos, self.think_pos, *([self.aux_query] if hasattr(self, "aux_query") else [])):
+            nn.init.normal_(p, std=0.02)
 
     @staticmethod
     def _init(m: nn.Module) -> None:
@@ -150,92 +262,174 @@ class GenerativeRetriever(nn.Module):
     def thinking(self) -> bool:
         return self.config.thinking
 
-    # ------------------------------------------------------------------ encoder
-    def encode(self, history: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Encode histories ``[B, T, L]`` (codes) with validity ``mask [B, T]``.
+    def has_clusters(self, level: int) -> bool:
+        return bool((self.code_clusters[level] >= 0).any())
 
-        Returns ``(memory [B, S, d], memory_mask [B, S])`` with ``S = T`` ("item") or ``T·L`` ("code"),
-        ``memory_mask`` True at real tokens. A history with no real item keeps one (meaningless) key visible
-        so attention stays finite.
+    # ------------------------------------------------------------------ encoder
+    def encode(self, tokens: torch.Tensor, causal: bool | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Encode history tokens ``[B, T]`` (item + 1, 0 = pad; the last ``max_len`` are kept).
+
+        Returns ``(memory [B, S, d], memory_mask [B, S] bool, key_item [S])`` where ``S = T`` ("item") or
+        ``T·L`` ("code") and ``key_item`` is the history position each memory token belongs to (for causal
+        per-position cross-attention in training). ``causal`` defaults to the config.
         """
-        if history.ndim != 3 or history.shape[2] != self.n_levels:
-            raise ValueError(f"history must be [B, T, {self.n_levels}], got {list(history.shape)}")
-        history, mask = history[:, -self.config.max_len :], mask[:, -self.config.max_len :].bool()
-        b, t, L = history.shape
-        codes = history.clamp(min=0) * mask[..., None]  # padding → code 0 (masked anyway)
-        per_level = torch.stack([self.enc_code_emb[lv](codes[..., lv]) for lv in range(L)], 2)  # [B, T, L, d]
-        pos = self.enc_pos_emb(torch.arange(self.config.max_len - t, self.config.max_len, device=history.device))
+        causal = self.config.causal_encoder if causal is None else causal
+        tokens = tokens[:, -self.config.max_len :]
+        b, t = tokens.shape
+        L, dev = self.n_levels, tokens.device
+        valid = tokens > 0
+        items = (tokens - 1).clamp(min=0)
+        codes = self.item_codes[items]  # [B, T, L]
+        per_level = torch.stack([self.enc_code_emb[lv](codes[..., lv]) for lv in range(L)], 2)
+        # Positions count from the first real item, so a training prefix and a test history of the same
+        # length look alike.
+        pos = self.enc_pos_emb((valid.long().cumsum(1) - 1).clamp(min=0))  # [B, T, d]
+        key_item = torch.arange(t, device=dev)
         if self.config.input_mode == "item":
             x = per_level.sum(2) + pos
-            valid = mask
+            if self.item_emb is not None:
+                x = x + self.item_emb(items)
+            mask = valid
         else:
-            x = (per_level + self.enc_level_emb.weight[None, None] + pos[None, :, None]).reshape(b, t * L, -1)
-            valid = mask[..., None].expand(b, t, L).reshape(b, t * L)
-        valid = valid.clone()
-        valid[:, -1] |= ~valid.any(1)
-        x = self.drop(x)
-        attn_mask = valid[:, None, None, :]
+            x = (per_level + self.enc_level_emb.weight + pos[:, :, None]).reshape(b, t * L, -1)
+            mask = valid[..., None].expand(b, t, L).reshape(b, t * L)
+            key_item = key_item.repeat_interleave(L)
+        s = x.shape[1]
+        attn = mask[:, None, None, :]
+        if causal:
+            attn = attn & (key_item[None, :] <= key_item[:, None])[None, None]
+        attn = attn | torch.eye(s, dtype=torch.bool, device=dev)  # every query sees itself: no empty rows
+        x = self.drop(x * valid.repeat_interleave(s // t, 1)[..., None])
         for blk in self.enc_blocks:
-            x = blk(x, attn_mask)
-        return self.enc_ln(x), valid
+            x = blk(x, attn)
+        return self.enc_ln(x), mask, key_item
 
     # ------------------------------------------------------------------ decoder
-    def bos_input(self, batch: int) -> torch.Tensor:
-        """The decoder's first input ``[batch, 1, d]``."""
-        return self.bos.expand(batch, 1, -1)
+    def start(self, memory: torch.Tensor, memory_mask: torch.Tensor, groups: int = 1,
+              group_mask: torch.Tensor | None = None, blocks: nn.ModuleList | None = None) -> DecoderState:
+        """Decoding state for ``groups`` groups per row; ``group_mask [B, G, S]`` restricts what each group
+        sees of the memory (default: all real tokens). A row with no real token sees its first token."""
+        blocks = self.dec_blocks if blocks is None else blocks
+        mm = memory_mask.clone()
+        mm[:, 0] |= ~mm.any(1)
+        cross = mm[:, None, None, :] if group_mask is None else group_mask[:, None]
+        if group_mask is not None:
+            cross = cross.clone()
+            cross[..., 0] |= ~cross.any(-1)
+        kv = [blk.cross_attn.keys_values(memory) for blk in blocks]
+        return DecoderState(kv, cross, [None] * len(blocks), memory.shape[0], groups)
+
+    def step(self, state: DecoderState, x: torch.Tensor, blocks: nn.ModuleList | None = None,
+             ln: nn.Module | None = None) -> torch.Tensor:
+        """Feed new input embeddings ``x [B, G, t, d]``; returns their hidden states ``[B, G, t, d]``."""
+        blocks = self.dec_blocks if blocks is None else blocks
+        t = x.shape[2]
+        pos = torch.arange(state.pos, state.pos + t, device=x.device)
+        x = self.drop(x + self.dec_pos_emb(pos)[:, :])
+        for i, blk in enumerate(blocks):
+            x, state.cache[i] = blk(x, state.cache[i], state.cross_kv[i], state.cross_mask)
+        state.pos += t
+        return (self.dec_ln if ln is None else ln)(x)
+
+    def bos_input(self, b: int, g: int) -> torch.Tensor:
+        return self.bos.expand(b, g, 1, -1)
 
     def code_input(self, level: int, codes: torch.Tensor) -> torch.Tensor:
-        """Decoder input embeddings ``[B, 1, d]`` of level-``level`` codes ``[B]``."""
-        return self.dec_code_emb[level](codes)[:, None]
+        """Decoder input embeddings ``[B, G, 1, d]`` of level-``level`` codes ``[B, G]``."""
+        return self.dec_code_emb[level](codes)[:, :, None]
 
-    def decode(self, inputs: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor) -> torch.Tensor:
-        """Causal decoder over input embeddings ``[B, t, d]`` (positions added here) → hidden ``[B, t, d]``."""
-        t = inputs.shape[1]
-        x = self.drop(inputs + self.dec_pos_emb(torch.arange(t, device=inputs.device)))
-        cross = memory_mask[:, None, None, :].bool()
-        for blk in self.dec_blocks:
-            x = blk(x, memory, cross)
-        return self.dec_ln(x)
+    def thought(self, level: int, hidden: torch.Tensor) -> torch.Tensor:
+        """Thinking token ``t_level`` from a last hidden state ``[..., d]``: hidden + p_level."""
+        return hidden + self.think_pos[level]
 
-    def think(self, level: int, inputs: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor) -> torch.Tensor:
-        """S²GR thinking token for ``level``: last hidden state + ``p_level``, as an input ``[B, 1, d]``."""
-        h = self.decode(inputs, memory, memory_mask)[:, -1]
-        return (h + self.think_pos[level])[:, None]
+    def forward_targets(
+        self,
+        memory: torch.Tensor,
+        memory_mask: torch.Tensor,
+        targets: torch.Tensor,
+        select: torch.Tensor,
+        group_mask: torch.Tensor | None = None,
+    ) -> TargetOutputs:
+        """Teacher-forced outputs for target SIDs ``targets [B, G, L]`` at selected groups ``select [B, G]``."""
+        b, g, L = targets.shape
+        state = self.start(memory, memory_mask, g, group_mask)
+        logits, thoughts = [], []
+        if not self.thinking:  # one pass over BOS, s1, …, s_{L−1}
+            seq = torch.cat([self.bos_input(b, g), *(self.code_input(lv, targets[..., lv]) for lv in range(L - 1))], 2)
+            h = self.step(state, seq)[select]  # [N, L, d]
+            logits = [self.heads[lv](h[:, lv]) for lv in range(L)]
+        else:  # BOS → t1; then [t_l, s_l] per level: logits from t_l, t_{l+1} from s_l
+            h = self.step(state, self.bos_input(b, g))[:, :, 0]
+            t_l = self.thought(0, h)
+            for lv in range(L):
+                x = t_l[:, :, None]
+                if lv < L - 1:
+                    x = torch.cat([x, self.code_input(lv, targets[..., lv])], 2)
+                h = self.step(state, x)
+                thoughts.append(t_l[select])
+                logits.append(self.heads[lv](h[:, :, 0][select]))
+                if lv < L - 1:
+                    t_l = self.thought(lv + 1, h[:, :, 1])
+        aux = None
+        if self.thinking and self.config.aux_decoder:
+            st = self.start(memory, memory_mask, g, group_mask, self.aux_blocks)
+            q = self.aux_query.expand(b, g, 1, -1)
+            aux = self.step(st, q, self.aux_blocks, self.aux_ln)[:, :, 0][select]
+        return TargetOutputs(logits, thoughts, aux)
 
-    def decode_step(
-        self, level: int, inputs: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One code step. ``inputs [B, t, d]`` is the decoder prefix (BOS and, with thinking, earlier
-        thinking tokens and codes). With thinking on, a thinking token is appended first.
+    # ------------------------------------------------------------------ losses
+    def cluster_centres(self, level: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(centres [K_c, d], cluster of each code [radix])``: mean code embedding per cluster."""
+        assign = self.code_clusters[level, : self.radix[level]]
+        n_c = int(assign.max()) + 1
+        member = F.one_hot(assign.clamp(min=0), n_c).float() * (assign >= 0)[:, None]
+        centres = (member.T @ self.dec_code_emb[level].weight) / member.sum(0).clamp(min=1)[:, None]
+        return centres, assign
 
-        Returns ``(logits [B, radix[level]], inputs)`` — the prefix after any thinking token; append the
-        chosen code's :meth:`code_input` before the next level.
+    def losses(self, tokens: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Training losses for histories ``tokens [B, T]`` and next-item targets.
+
+        Causal encoder: ``targets [B, T]`` item tokens (0 = no target), position g's target follows history
+        ``tokens[:, :g+1]``. Bidirectional: ``targets [B]`` item tokens after the whole history.
+        Returns ``{"loss", "rec", ["align", "nce", "reg"]}``.
         """
-        if self.thinking:
-            inputs = torch.cat([inputs, self.think(level, inputs, memory, memory_mask)], 1)
-        h = self.decode(inputs, memory, memory_mask)[:, -1]
-        return self.heads[level](h), inputs
-
-    def code_logits(self, memory: torch.Tensor, memory_mask: torch.Tensor, target: torch.Tensor) -> list[torch.Tensor]:
-        """Teacher-forced logits per level (list of ``[B, radix[l]]``) for target SIDs ``[B, L]``."""
-        b, L = target.shape
-        if self.n_levels != L:
-            raise ValueError(f"target must be [B, {self.n_levels}], got {list(target.shape)}")
-        inputs = self.bos_input(b)
-        if not self.thinking:  # one causal pass: BOS, s1, …, s_{L-1}
-            seq = torch.cat([inputs, *(self.code_input(lv, target[:, lv]) for lv in range(L - 1))], 1)
-            h = self.decode(seq, memory, memory_mask)
-            return [self.heads[lv](h[:, lv]) for lv in range(L)]
-        out = []
-        for lv in range(L):
-            logits, inputs = self.decode_step(lv, inputs, memory, memory_mask)
-            out.append(logits)
-            if lv < L - 1:
-                inputs = torch.cat([inputs, self.code_input(lv, target[:, lv])], 1)
-        return out
-
-    def loss(self, history: torch.Tensor, mask: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Mean (over levels) cross-entropy of the target SIDs ``[B, L]`` given histories ``[B, T, L]``."""
-        memory, memory_mask = self.encode(history, mask)
-        logits = self.code_logits(memory, memory_mask, target)
-        return torch.stack([F.cross_entropy(lg, target[:, lv]) for lv, lg in enumerate(logits)]).mean()
+        cfg = self.config
+        causal = targets.ndim == 2
+        memory, mmask, key_item = self.encode(tokens, causal=causal)
+        t = tokens.shape[1]
+        if causal:
+            targets = targets[:, -t:]
+            select = targets > 0
+            gm = mmask[:, None, :] & (key_item[None, None, :] <= torch.arange(t, device=tokens.device)[None, :, None])
+        else:
+            targets = targets[:, None]
+            select = targets > 0
+            gm = None
+        tgt_items = (targets - 1).clamp(min=0)
+        codes = self.item_codes[tgt_items]  # [B, G, L]
+        out = self.forward_targets(memory, mmask, codes, select, gm)
+        sel_codes, sel_items = codes[select], tgt_items[select]  # [N, L], [N]
+        rec = torch.stack([F.cross_entropy(lg, sel_codes[:, lv]) for lv, lg in enumerate(out.logits)]).mean()
+        parts = {"rec": rec}
+        loss = rec
+        if self.thinking and cfg.align:
+            terms = []
+            for lv, t_l in enumerate(out.thoughts):
+                if not self.has_clusters(lv):
+                    continue
+                centres, assign = self.cluster_centres(lv)
+                sim = F.normalize(t_l, dim=-1) @ F.normalize(centres, dim=-1).T / cfg.align_tau
+                terms.append(F.cross_entropy(sim, assign[sel_codes[:, lv]]))
+            if terms:
+                parts["align"] = torch.stack(terms).mean()
+                loss = loss + cfg.align_weight * parts["align"]
+        if out.aux is not None:
+            v_bar = torch.stack([self.dec_code_emb[lv](sel_codes[:, lv]) for lv in range(self.n_levels)], 0).mean(0).detach()
+            sim = F.normalize(out.aux, dim=-1) @ F.normalize(v_bar, dim=-1).T / cfg.nce_tau
+            same = sel_items[:, None] == sel_items[None, :]
+            sim = sim.masked_fill(same & ~torch.eye(len(sel_items), dtype=torch.bool, device=sim.device), float("-inf"))
+            parts["nce"] = F.cross_entropy(sim, torch.arange(len(sel_items), device=sim.device))
+            parts["reg"] = 1.0 - F.cosine_similarity(out.thoughts[0], out.aux.detach(), dim=-1).mean()
+            loss = loss + cfg.nce_weight * parts["nce"] + cfg.reg_weight * parts["reg"]
+        parts["loss"] = loss
+        return parts

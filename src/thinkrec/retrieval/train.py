@@ -1,0 +1,259 @@
+"""Training the generative retriever: AdamW with warm-up and cosine decay, early stopping on validation
+N@10 (beam search over a fixed validation subset), a checkpoint every epoch, and exact resume.
+
+Resume equals an uninterrupted run because every epoch draws its batch order and dropout from generators
+seeded by ``(seed, epoch)``, and the checkpoint holds model, optimiser, scheduler, best state and history.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file, save_file
+
+from thinkrec.data.batching import shifted_pair
+from thinkrec.data.splits import SequenceSplit
+from thinkrec.eval.protocol import evaluate_full_ranking
+from thinkrec.retrieval.inference import GenerativeScorer
+from thinkrec.retrieval.model import GenerativeRetriever, RetrieverConfig
+from thinkrec.tokenize.sids import SIDMap
+from thinkrec.utils.config import config_hash, from_dict
+from thinkrec.utils.io import atomic_file, atomic_path
+
+
+@dataclass
+class RetrieverTrainConfig:
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    batch_size: int = 256  # rows (users) per batch on average; bucketing keeps the target count equal
+    epochs: int = 30
+    patience: int = 3  # epochs without validation N@10 gain before stopping
+    warmup_steps: int = 200
+    min_lr_ratio: float = 0.05
+    grad_clip: float = 1.0
+    max_train_s: float | None = None  # stop after the epoch that crosses this training-time budget
+    valid_users: int | None = 3000  # validation subset for early stopping (None = all)
+    eval_beam: int = 20
+    eval_batch_size: int = 256
+    seed: int = 0
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim < 2 or "emb" in name else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lr_lambda(warmup: int, total: int, floor: float) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return f
+
+
+def epoch_batches(lengths: np.ndarray, rows: np.ndarray, batch_size: int, max_len: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Shuffled length-bucketed batches holding about ``batch_size × mean targets`` targets each."""
+    targets = np.minimum(lengths[rows] - 1, max_len).astype(np.float64)
+    budget = batch_size * float(targets.mean())
+    order = np.argsort(targets + rng.random(len(rows)) * 2.0, kind="stable")
+    cuts = np.searchsorted(np.cumsum(targets[order]), np.arange(budget, targets.sum(), budget))
+    batches = [rows[idx] for idx in np.split(order, np.unique(cuts)) if len(idx)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def prefix_batch(offsets: np.ndarray, items: np.ndarray, rows: np.ndarray, ends: np.ndarray, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Bidirectional-encoder samples: history = row's items before ``ends`` (left-padded), target = item at ``ends``."""
+    starts = offsets[rows]
+    lengths = np.minimum(ends, max_len)
+    t = int(lengths.max())
+    cols = np.arange(t)
+    src = (starts + ends)[:, None] - (t - cols)[None, :]
+    valid = cols[None, :] >= (t - lengths)[:, None]
+    hist = np.zeros((len(rows), t), dtype=np.int64)
+    hist[valid] = items[src[valid]] + 1
+    return hist, items[starts + ends] + 1
+
+
+class _Batches:
+    """Training batches of one epoch, for the causal (per-sequence) or bidirectional (per-prefix) encoder."""
+
+    def __init__(self, split: SequenceSplit, causal: bool, batch_size: int, max_len: int):
+        self.split, self.causal, self.batch_size, self.max_len = split, causal, batch_size, max_len
+        lengths = split.train_offsets[1:] - split.train_offsets[:-1]
+        if causal:
+            self.lengths = lengths
+            self.units = np.nonzero(lengths >= 2)[0]
+        else:  # one unit per (row, target position ≥ 1)
+            rows = np.repeat(np.arange(len(lengths)), np.maximum(lengths - 1, 0))
+            pos = np.concatenate([np.arange(1, n) for n in lengths if n >= 2]) if len(rows) else np.zeros(0, np.int64)
+            self.unit_rows, self.unit_ends = rows, pos
+            self.lengths = np.minimum(pos, max_len) + 1  # "targets" = 1, sorted by history length
+            self.units = np.arange(len(rows))
+
+    def epoch(self, rng: np.random.Generator) -> list[np.ndarray]:
+        if self.causal:
+            return epoch_batches(self.lengths, self.units, self.batch_size, self.max_len, rng)
+        order = np.argsort(self.lengths + rng.random(len(self.units)) * 2.0, kind="stable")
+        batches = [order[s : s + self.batch_size] for s in range(0, len(order), self.batch_size)]
+        return [batches[i] for i in rng.permutation(len(batches))]
+
+    def tensors(self, units: np.ndarray, device: str | torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        sp = self.split
+        if self.causal:
+            inp, tgt = shifted_pair(sp.train_offsets, sp.train_items, units, self.max_len)
+            first = int(np.nonzero((tgt > 0).any(0))[0][0])  # drop all-padding leading columns
+            inp, tgt = inp[:, first:], tgt[:, first:]
+        else:
+            inp, tgt = prefix_batch(sp.train_offsets, sp.train_items, self.unit_rows[units], self.unit_ends[units], self.max_len)
+        return torch.from_numpy(inp).to(device), torch.from_numpy(tgt).to(device)
+
+
+# ---------------------------------------------------------------------------------------------- persistence
+def save_retriever(model: GenerativeRetriever, path: str | Path) -> Path:
+    """``path/model.safetensors`` + ``path/config.json`` (model config and SID radix)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path / "model.safetensors") as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    with atomic_file(path / "config.json") as fh:
+        json.dump({"config": asdict(model.config), "radix": model.radix}, fh, indent=2)
+    return path
+
+
+def load_retriever(path: str | Path, device: str | torch.device = "cpu") -> GenerativeRetriever:
+    path = Path(path)
+    meta = json.loads((path / "config.json").read_text())
+    cfg = from_dict(RetrieverConfig, meta["config"], where=str(path / "config.json"))
+    state = load_file(str(path / "model.safetensors"))
+    model = GenerativeRetriever(state["item_codes"], meta["radix"], cfg)
+    model.load_state_dict(state)
+    return model.to(device).eval()
+
+
+def _save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    with atomic_path(path) as tmp:
+        Path(tmp).write_bytes(buf.getvalue())
+
+
+# ---------------------------------------------------------------------------------------------- training
+def train_retriever(
+    split: SequenceSplit,
+    sidmap: SIDMap,
+    model_config: RetrieverConfig,
+    config: RetrieverTrainConfig,
+    device: str = "cpu",
+    code_clusters: torch.Tensor | None = None,
+    checkpoint_dir: str | Path | None = None,
+    log: Callable[[str], None] = print,
+    progress: Callable[[int, int], None] | None = None,
+    stop_after_epochs: int | None = None,
+) -> tuple[GenerativeRetriever, list[dict[str, Any]]]:
+    """Train (or resume from ``checkpoint_dir/last.pt``) and return the best model by validation N@10.
+
+    ``stop_after_epochs`` ends this call early (as a kill would) — for tests and chunked runs.
+    """
+    if sidmap.n_items != split.n_items:
+        raise ValueError(f"SID map covers {sidmap.n_items} items but the split has {split.n_items}")
+    torch.manual_seed(config.seed)
+    model = GenerativeRetriever(torch.from_numpy(sidmap.codes), sidmap.radix, model_config, code_clusters).to(device)
+    if model_config.thinking and model_config.align and not any(model.has_clusters(lv) for lv in range(model.n_levels)):
+        log("warning: alignment is on but no level has code clusters; L_align is skipped")
+    opt = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr)
+    data = _Batches(split, model_config.causal_encoder, config.batch_size, model_config.max_len)
+    steps_per_epoch = len(data.epoch(np.random.default_rng(0)))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lr_lambda(config.warmup_steps, steps_per_epoch * config.epochs, config.min_lr_ratio)
+    )
+    valid = split.valid
+    if config.valid_users and len(valid) > config.valid_users:
+        valid = valid.subset(np.sort(np.random.default_rng(config.seed).choice(len(valid), config.valid_users, replace=False)))
+    scorer = GenerativeScorer(model, sidmap, config.eval_beam)
+
+    key = config_hash({"model": model_config, "train": config, "radix": sidmap.radix, "n_items": sidmap.n_items})
+    ckpt = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
+    start_epoch, best, best_state, bad, history, train_time = 1, -1.0, None, 0, [], 0.0
+    if ckpt is not None and ckpt.exists():
+        state = torch.load(ckpt, map_location=device, weights_only=False)
+        if state["key"] != key:
+            raise ValueError(f"{ckpt}: checkpoint is from a different configuration; remove it or change the run")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        start_epoch, best, best_state, bad = state["epoch"] + 1, state["best"], state["best_state"], state["bad"]
+        history, train_time = state["history"], state["train_time"]
+        log(f"resumed from {ckpt} after epoch {state['epoch']}")
+        if state.get("finished"):
+            start_epoch = config.epochs + 1
+
+    epoch = start_epoch
+    for epoch in range(start_epoch, config.epochs + 1):
+        rng = np.random.default_rng([config.seed, epoch])
+        torch.manual_seed(config.seed * 100_003 + epoch)
+        model.train()
+        t0 = time.perf_counter()
+        sums: dict[str, float] = {}
+        n = 0
+        batches = data.epoch(rng)
+        for step, units in enumerate(batches):
+            inp, tgt = data.tensors(units, device)
+            parts = model.losses(inp, tgt)
+            opt.zero_grad(set_to_none=True)
+            parts["loss"].backward()
+            if config.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            opt.step()
+            sched.step()
+            w = int((tgt > 0).sum())
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach()) * w
+            n += w
+            if progress:
+                progress(step + 1, len(batches))
+        train_s = time.perf_counter() - t0
+        train_time += train_s
+        row: dict[str, Any] = {"epoch": epoch, **{k: v / max(1, n) for k, v in sums.items()}, "train_s": train_s,
+                               "samples_per_s": n / max(train_s, 1e-9)}
+        t1 = time.perf_counter()
+        metrics, _ = evaluate_full_ranking(scorer.score, valid, ks=(10,), max_len=model_config.max_len,
+                                           batch_size=config.eval_batch_size, device=device)
+        row.update({f"valid_{k}": v for k, v in metrics.items()}, eval_s=time.perf_counter() - t1)
+        if metrics["ndcg@10"] > best:
+            best, bad = metrics["ndcg@10"], 0
+            best_state = copy.deepcopy(model.state_dict())
+            row["best"] = True
+        else:
+            bad += 1
+        history.append(row)
+        log(f"epoch {epoch}: loss {row['loss']:.4f} (rec {row['rec']:.4f}) train {train_s:.1f}s "
+            f"{row['samples_per_s']:.0f} samples/s  valid N@10 {metrics['ndcg@10']:.4f} R@10 {metrics['recall@10']:.4f}")
+        stop = bad >= config.patience or (config.max_train_s is not None and train_time >= config.max_train_s)
+        if ckpt is not None:
+            _save_checkpoint(ckpt, {"key": key, "epoch": epoch, "model": model.state_dict(), "opt": opt.state_dict(),
+                                    "sched": sched.state_dict(), "best": best, "best_state": best_state, "bad": bad,
+                                    "history": history, "train_time": train_time, "finished": stop})
+        if stop:
+            log(f"stopping after epoch {epoch} (best valid N@10 {best:.4f}, {train_time:.0f}s of training)")
+            break
+        if stop_after_epochs is not None and epoch - start_epoch + 1 >= stop_after_epochs:
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return model, history
