@@ -281,9 +281,9 @@ class GenerativeRetriever(nn.Module):
         items = (tokens - 1).clamp(min=0)
         codes = self.item_codes[items]  # [B, T, L]
         per_level = torch.stack([self.enc_code_emb[lv](codes[..., lv]) for lv in range(L)], 2)
-        # Positions count from the first real item, so a training prefix and a test history of the same
-        # length look alike.
-        pos = self.enc_pos_emb((valid.long().cumsum(1) - 1).clamp(min=0))  # [B, T, d]
+        # Positions count back from the window's end (SASRec's convention with left padding): a user's most
+        # recent training target and its test history both end at position max_len − 1.
+        pos = self.enc_pos_emb(torch.arange(self.config.max_len - t, self.config.max_len, device=dev))[None].expand(b, -1, -1)
         key_item = torch.arange(t, device=dev)
         if self.config.input_mode == "item":
             x = per_level.sum(2) + pos
