@@ -27,15 +27,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import peak_rss_mb, row, save_rows  # noqa: E402
 from thinkrec.baselines.sasrec import SASRecConfig, train_sasrec  # noqa: E402
 from thinkrec.data import load_dataset  # noqa: E402
+from thinkrec.data.batching import pad_histories  # noqa: E402
 from thinkrec.data.splits import leave_one_out  # noqa: E402
 from thinkrec.eval.metrics import mean_metrics, rank_metrics  # noqa: E402
 from thinkrec.eval.protocol import compute_ranks  # noqa: E402
 from thinkrec.eval.stats import bootstrap_ci, paired_test  # noqa: E402
 from thinkrec.retrieval import GenerativeScorer, RetrieverConfig, RetrieverTrainConfig, train_retriever  # noqa: E402
+from thinkrec.retrieval.beam import constrained_beam_search  # noqa: E402
 from thinkrec.retrieval.clusters import code_clusters  # noqa: E402
 from thinkrec.retrieval.inference import thought_agreement  # noqa: E402
-from thinkrec.retrieval.beam import constrained_beam_search  # noqa: E402
-from thinkrec.data.batching import pad_histories  # noqa: E402
 from thinkrec.tokenize.stage import TokenizeConfig, load_tokenize, run_tokenize  # noqa: E402
 
 KS = (5, 10)

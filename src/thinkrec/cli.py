@@ -147,6 +147,62 @@ def train_sasrec_cmd(
     console.print(f"model: {root / 'sasrec' / 'model.safetensors'}")
 
 
+@train_app.command("retriever")
+def train_retriever_cmd(
+    config: ConfigOpt = None, set_: SetOpt = None, dataset: DatasetOpt = None, data_root: RootOpt = None,
+    model: Annotated[str, typer.Option("--model", "-m", help="tiger | s2gr")] = "s2gr",
+    name: Annotated[str | None, typer.Option(help="Run name (folder under run.out_dir).")] = None,
+) -> None:
+    """Stage 2: train a generative retriever (TIGER, or S²GR with latent thinking) over the run's Semantic IDs,
+    resuming from its last checkpoint, then evaluate it on the test split."""
+    if model not in ("tiger", "s2gr"):
+        _fail(f"--model must be tiger or s2gr, got {model!r}")
+    cfg = _load_config(config, [*(set_ or []), f"retrieval.models=[{model}]"], dataset, data_root, name)
+    root = _run(cfg, ["data", "tokenize", "retrieval", "evaluate", "report"])
+    _print_metrics(root)
+    console.print(f"model: {root / 'retrieval' / model}")
+
+
+@app.command("recommend")
+def recommend_cmd(
+    user: Annotated[str, typer.Option("--user", "-u", help="User id as in the dataset (or #N for dense index N).")],
+    config: ConfigOpt = None, set_: SetOpt = None, dataset: DatasetOpt = None, data_root: RootOpt = None,
+    model: Annotated[str, typer.Option("--model", "-m", help="tiger | s2gr")] = "s2gr",
+    k: Annotated[int, typer.Option("-k", help="How many items.")] = 10,
+    explain: Annotated[bool, typer.Option("--explain", help="Show each item's thinking tokens: nearest code cluster, its dominant categories, and whether the code generated next falls in it.")] = False,
+    name: Annotated[str | None, typer.Option(help="Run name (folder under run.out_dir).")] = None,
+) -> None:
+    """Recommend the next items for a user with a trained retriever (after the user's whole known history)."""
+    from thinkrec.retrieval.explain import explain_recommendations
+
+    cfg = _load_config(config, set_, dataset, data_root, name)
+    root = Path(cfg.run.out_dir) / cfg.run.name
+    if not (root / "retrieval" / model / "model.safetensors").exists():
+        _fail(f"no trained {model} under {root / 'retrieval'}; run `thinkrec train retriever --model {model}"
+              + (f" --dataset {cfg.data.dataset}`" if cfg.data.dataset else "`") + " first")
+    try:
+        result = explain_recommendations(root, model, user, k, cfg.retrieval.beam, cfg.run.device)
+    except (KeyError, ValueError) as exc:
+        _fail(str(exc).strip("'\""))
+    console.print(f"[bold]user {result.user_id}[/] — last {len(result.history)} of {result.history_len} items:")
+    for it in result.history:
+        console.print(f"  · {it.title}  [dim]{it.category}[/]", highlight=False)
+    table = Table(title=f"{model} top-{k}")
+    for col in ("#", "item", "title", "category", "log-prob", "SID"):
+        table.add_column(col, overflow="fold")
+    if explain:
+        table.add_column("thinking → nearest cluster (dominant categories) ✓/✗ agrees with next code", overflow="fold")
+    for i, rec in enumerate(result.items, 1):
+        cells = [str(i), rec.item_id, rec.title, rec.category, f"{rec.score:.3f}", rec.sid]
+        if explain:
+            cells.append("\n".join(rec.thoughts or []) or "(no thinking: TIGER)")
+        table.add_row(*cells)
+    console.print(table)
+    if explain and result.agreement is not None:
+        console.print("thinking-token / next-code cluster agreement over these beams: "
+                      + ", ".join(f"level {lv + 1}: {a:.0%}" for lv, a in result.agreement.items()))
+
+
 @app.command("tokenize")
 def tokenize_cmd(
     config: ConfigOpt = None, set_: SetOpt = None, dataset: DatasetOpt = None, data_root: RootOpt = None,

@@ -16,6 +16,15 @@ TINY = [
     "sasrec.n_layers=1",
     "sasrec.max_len=20",
     "eval.bootstrap=50",
+    "retrieval.model.d_model=16",
+    "retrieval.model.n_heads=2",
+    "retrieval.model.ffn=32",
+    "retrieval.model.n_enc_layers=1",
+    "retrieval.model.n_dec_layers=1",
+    "retrieval.model.max_len=20",
+    "retrieval.model.n_clusters=4",
+    "retrieval.train.epochs=2",
+    "retrieval.train.valid_users=40",
 ]
 
 
@@ -31,10 +40,11 @@ def test_run_writes_a_complete_run_directory_and_resumes(tmp_path):
     assert res.exit_code == 0, res.output
     root = tmp_path / "t"
     for rel in ["config.yaml", "metrics.json", "log.txt", "report.md", "sasrec/model.safetensors", "sasrec/history.json",
-                "data/meta.json", "data/interactions.parquet", "eval/per_user.parquet", "plots/sasrec_training.png"]:
+                "data/meta.json", "data/interactions.parquet", "eval/per_user.parquet", "plots/sasrec_training.png",
+                "retrieval/s2gr/model.safetensors", "retrieval/s2gr/last.pt", "retrieval/tiger/history.json"]:
         assert (root / rel).exists(), rel
     metrics = read_json(root / "metrics.json")["test"]
-    assert set(metrics) >= {"popularity", "sasrec", "paired_tests"}
+    assert set(metrics) >= {"popularity", "sasrec", "tiger", "s2gr", "paired_tests"}
     assert 0 <= metrics["sasrec"]["metrics"]["ndcg@10"] <= metrics["sasrec"]["metrics"]["recall@10"] <= 1
     assert "sasrec" in res.output and "ndcg@10" in res.output
     report = (root / "report.md").read_text()
@@ -43,8 +53,17 @@ def test_run_writes_a_complete_run_directory_and_resumes(tmp_path):
     # A second run with the same config reuses the prepared data and the trained model.
     res2 = runner.invoke(app, ["run", *_args(tmp_path)])
     assert res2.exit_code == 0, res2.output
-    assert "skipping" in res2.output and "trained model found" in res2.output
-    assert read_json(root / "metrics.json")["test"]["sasrec"]["metrics"] == metrics["sasrec"]["metrics"]
+    assert "skipping" in res2.output and "trained model found" in res2.output and "trained s2gr found" in res2.output
+    again = read_json(root / "metrics.json")["test"]
+    for name in ("sasrec", "tiger", "s2gr"):
+        assert again[name]["metrics"] == metrics[name]["metrics"], name
+
+    # recommend with explanations from the trained S²GR
+    res4 = runner.invoke(app, ["recommend", *_args(tmp_path), "--user", "#3", "--model", "s2gr", "-k", "5", "--explain"])
+    assert res4.exit_code == 0, res4.output
+    assert "t1 →" in res4.output and "cluster" in res4.output and "agreement" in res4.output
+    res5 = runner.invoke(app, ["recommend", *_args(tmp_path), "--user", "nobody", "--model", "tiger"])
+    assert res5.exit_code == 2 and "unknown user" in res5.output
 
     # evaluate on an existing run directory
     res3 = runner.invoke(app, ["evaluate", "--run", str(root)])

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from thinkrec.baselines.sasrec import SASRecConfig
+from thinkrec.retrieval.stage import RetrievalConfig
 from thinkrec.tokenize.stage import TokenizeConfig
 
 
@@ -43,5 +44,8 @@ class RunConfig:
     data: DataSection = field(default_factory=DataSection)
     sasrec: SASRecConfig = field(default_factory=SASRecConfig)
     tokenize: TokenizeConfig = field(default_factory=TokenizeConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     eval: EvalSection = field(default_factory=EvalSection)
-    stages: list[str] = field(default_factory=lambda: ["data", "popularity", "sasrec", "tokenize", "evaluate", "report"])
+    stages: list[str] = field(
+        default_factory=lambda: ["data", "popularity", "sasrec", "tokenize", "retrieval", "evaluate", "report"]
+    )

@@ -26,6 +26,7 @@ from thinkrec.eval.protocol import compute_ranks
 from thinkrec.eval.stats import bootstrap_ci, paired_test
 from thinkrec.pipeline.config import RunConfig
 from thinkrec.pipeline.rundir import RunDir
+from thinkrec.retrieval.inference import GenerativeScorer
 from thinkrec.utils.config import dump_yaml
 from thinkrec.utils.io import atomic_file, atomic_path, read_json, write_json
 
@@ -118,6 +119,48 @@ def stage_tokenize(ctx: Context) -> None:
     ctx.rundir.mark_done("sids", key, wall_s=time.perf_counter() - t, unique_before_dedup=art.report["unique_before_dedup"])
 
 
+def stage_retrieval(ctx: Context) -> None:
+    """Stage 2: generative retrievers (TIGER, S²GR) over the run's Semantic IDs."""
+    from thinkrec.retrieval.stage import load_scorer, train_one
+    from thinkrec.tokenize.stage import load_tokenize
+
+    cfg = ctx.config.retrieval
+    if not (ctx.rundir.root / "sids" / "sidmap").exists():
+        stage_tokenize(ctx)
+    sids = load_tokenize(ctx.rundir.root / "sids")
+    out = ctx.rundir.stage_dir("retrieval")
+    device = ctx.config.run.device
+    for name in cfg.models:
+        key = {"retrieval": cfg.model_config(name), "train": cfg.train, "tokenize": ctx.config.tokenize, "data": ctx.config.data}
+        stage = f"retrieval_{name}"
+        if ctx.rundir.is_done(stage, key):
+            ctx.log(f"retrieval: trained {name} found, loading")
+            ctx.scorers[name] = load_scorer(out / name, sids, cfg.beam, device)
+            continue
+
+        def progress(step: int, total: int, name: str = name) -> None:
+            if ctx.progress:
+                ctx.progress(name, step, total)
+
+        model, summary = train_one(name, ctx.get_split(), sids, cfg, out, device,
+                                   log=lambda m, name=name: ctx.log(f"{name}: {m}"), progress=progress)
+        ctx.scorers[name] = GenerativeScorer(model, sids.sidmap, cfg.beam)
+        ctx.rundir.mark_done(stage, key, **summary)
+
+
+def _load_trained_retrievers(ctx: Context) -> None:
+    """Register retrievers trained in an earlier invocation (evaluate-only runs)."""
+    from thinkrec.retrieval.stage import load_scorer
+    from thinkrec.tokenize.stage import load_tokenize
+
+    root = ctx.rundir.root / "retrieval"
+    names = [n for n in ctx.config.retrieval.models if (root / n / "model.safetensors").exists() and n not in ctx.scorers]
+    if names:
+        sids = load_tokenize(ctx.rundir.root / "sids")
+        for n in names:
+            ctx.scorers[n] = load_scorer(root / n, sids, ctx.config.retrieval.beam, ctx.config.run.device)
+
+
 def stage_evaluate(ctx: Context) -> None:
     """Test-set full ranking for every trained model, with bootstrap CIs and paired tests vs the best."""
     ev = ctx.config.eval
@@ -126,6 +169,7 @@ def stage_evaluate(ctx: Context) -> None:
         stage_popularity(ctx)
     if "sasrec" not in ctx.scorers and (ctx.rundir.root / "sasrec" / "model.safetensors").exists():
         stage_sasrec(ctx)
+    _load_trained_retrievers(ctx)
     out = ctx.rundir.stage_dir("eval")
     results: dict[str, Any] = {}
     per_user: dict[str, dict[str, np.ndarray]] = {}
@@ -167,6 +211,7 @@ STAGES: dict[str, Callable[[Context], None]] = {
     "popularity": stage_popularity,
     "sasrec": stage_sasrec,
     "tokenize": stage_tokenize,
+    "retrieval": stage_retrieval,
     "evaluate": stage_evaluate,
     "report": stage_report,
 }

@@ -1,0 +1,74 @@
+"""Stage 2 as one call: train TIGER and/or S²GR on a split's sequences over stage 1's SIDs, save to a folder.
+
+Each model lands in ``<out_dir>/<name>/``: ``model.safetensors`` + ``config.json`` (the model), ``last.pt``
+(the per-epoch checkpoint a killed run resumes from), ``history.json`` and ``train_metrics.json``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from thinkrec.data.splits import SequenceSplit
+from thinkrec.retrieval.clusters import code_clusters
+from thinkrec.retrieval.inference import GenerativeScorer
+from thinkrec.retrieval.model import GenerativeRetriever, RetrieverConfig
+from thinkrec.retrieval.train import RetrieverTrainConfig, load_retriever, save_retriever, train_retriever
+from thinkrec.tokenize.stage import TokenizeArtifact
+from thinkrec.utils.io import write_json
+
+MODEL_NAMES = ("tiger", "s2gr")
+
+
+@dataclass
+class RetrievalConfig:
+    models: list[str] = field(default_factory=lambda: ["tiger", "s2gr"])  # TIGER = S²GR with thinking off
+    model: RetrieverConfig = field(default_factory=RetrieverConfig)
+    train: RetrieverTrainConfig = field(default_factory=RetrieverTrainConfig)
+    beam: int = 20  # beam size at evaluation / recommendation (the ranked list's length)
+
+    def model_config(self, name: str) -> RetrieverConfig:
+        if name not in MODEL_NAMES:
+            raise ValueError(f"unknown retriever {name!r}; use one of {MODEL_NAMES}")
+        return replace(self.model, thinking=name == "s2gr")
+
+
+def train_one(
+    name: str,
+    split: SequenceSplit,
+    sids: TokenizeArtifact,
+    cfg: RetrievalConfig,
+    out_dir: str | Path,
+    device: str = "cpu",
+    log: Callable[[str], None] = print,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[GenerativeRetriever, dict[str, Any]]:
+    """Train retriever ``name`` ("tiger" | "s2gr") into ``out_dir/name``; resumes from its checkpoint."""
+    mcfg = cfg.model_config(name)
+    out = Path(out_dir) / name
+    clusters = None
+    if mcfg.thinking and mcfg.align:
+        clusters = code_clusters(sids.quantizer.codebooks(), sids.sidmap.radix, mcfg.n_clusters, seed=cfg.train.seed)
+    t = time.perf_counter()
+    model, history = train_retriever(split, sids.sidmap, mcfg, cfg.train, device, clusters, out, log, progress)
+    wall = time.perf_counter() - t
+    save_retriever(model, out)
+    write_json(out / "history.json", history)
+    summary = {
+        "wall_s": wall,
+        "train_s": float(sum(h["train_s"] for h in history)),
+        "epochs": len(history),
+        "samples_per_s": float(np.median([h["samples_per_s"] for h in history])) if history else 0.0,
+        "best_valid_ndcg@10": max((h["valid_ndcg@10"] for h in history), default=0.0),
+    }
+    write_json(out / "train_metrics.json", summary)
+    return model, summary
+
+
+def load_scorer(path: str | Path, sids: TokenizeArtifact, beam: int, device: str = "cpu") -> GenerativeScorer:
+    return GenerativeScorer(load_retriever(path, device), sids.sidmap, beam)
