@@ -88,8 +88,8 @@ def test_beam_scores_match_teacher_forcing(thinking, mode):
     with torch.no_grad():
         memory, mmask, _ = model.encode(tokens)
         out = model.forward_targets(memory, mmask, res.codes, torch.ones(4, 6, dtype=torch.bool))
-    tf = sum(torch.log_softmax(lg, -1).gather(1, res.codes.reshape(-1, sm.sid_length)[:, lv : lv + 1])[:, 0]
-             for lv, lg in enumerate(out.logits))
+    flat = res.codes.reshape(-1, sm.sid_length)
+    tf = sum(model.level_log_probs(lv, lg, flat[:, :lv]).gather(1, flat[:, lv : lv + 1])[:, 0] for lv, lg in enumerate(out.logits))
     torch.testing.assert_close(res.scores.reshape(-1), tf, atol=1e-4, rtol=1e-4)
 
 
@@ -105,7 +105,8 @@ def test_losses_and_gradients_of_every_s2gr_part():
                                     RetrieverConfig(d_model=32, n_enc_layers=1, n_dec_layers=2, n_heads=2, ffn=64,
                                                     max_len=8, thinking=thinking), clusters)
         parts = model.losses(tokens, targets)
-        assert set(parts) == ({"loss", "rec", "align", "nce", "reg"} if thinking else {"loss", "rec"})
+        levels = {f"rec_l{i + 1}" for i in range(sm.sid_length)}
+        assert set(parts) == ({"loss", "rec", "align", "nce", "reg"} if thinking else {"loss", "rec"}) | levels
         assert all(torch.isfinite(v) for v in parts.values())
         parts["loss"].backward()
         g = model.think_pos.grad

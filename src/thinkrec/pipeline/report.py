@@ -86,6 +86,21 @@ def write_report(root: str | Path, config: Any = None) -> Path:
         lines += ["## Semantic IDs", "", *[ln for ln in body if not ln.startswith("# ")], ""]
         if (root / "sids" / "code_usage.png").exists():
             lines += ["![code usage](sids/code_usage.png)", ""]
+    for name in ("tiger", "s2gr"):
+        rdir = root / "retrieval" / name
+        if not (rdir / "history.json").exists():
+            continue
+        history = read_json(rdir / "history.json")
+        tm = read_json(rdir / "train_metrics.json")
+        label = "S²GR" if name == "s2gr" else "TIGER"
+        plot = plot_training_curve(history, root / "plots" / f"{name}_training.png", f"{label} training")
+        last = history[-1] if history else {}
+        parts = ", ".join(f"{k} {last[k]:.3f}" for k in ("rec", "align", "nce", "reg", "item") if k in last)
+        lines += [f"## {label} retriever training", "",
+                  f"{tm['epochs']} epochs, {tm['train_s']:.0f} s of training ({tm['samples_per_s']:.0f} samples/s), "
+                  f"best valid NDCG@10 {tm['best_valid_ndcg@10']:.4f}; last epoch losses: {parts}", ""]
+        if plot:
+            lines += [f"![{label} training](plots/{name}_training.png)", ""]
     timings = root / "timings.json"
     if timings.exists():
         lines += ["## Stage timings", "", "| stage | seconds |", "|---|---|"]

@@ -48,14 +48,16 @@ def constrained_beam_search(
         scores[:, 0] = 0.0  # one live beam at the start, so no duplicate prefixes
         codes = torch.zeros(b, k, 0, dtype=torch.int64, device=dev)
         thoughts: list[torch.Tensor] = []
-        h = model.step(state, model.bos_input(b, k))[:, :, -1]
+        h = model.step(state, model.bos_input(b, k, model.last_state(memory).expand(b, k, -1)))[:, :, -1]
         for lv in range(L):
             if model.thinking:
                 t_l = model.thought(lv, h)
                 thoughts.append(t_l)
                 h = model.step(state, t_l[:, :, None])[:, :, -1]
-            logp = torch.log_softmax(model.heads[lv](h).float(), -1)  # [B, k, K]
-            allowed = trie.allowed_next(codes.reshape(b * k, lv)).to(dev).view(b, k, -1)
+            logits = model.heads[lv](h)  # [B, k, K]
+            prefix = codes.reshape(b * k, lv)
+            logp = model.level_log_probs(lv, logits.reshape(b * k, -1), prefix).view(b, k, -1)
+            allowed = trie.allowed_next(prefix).to(dev).view(b, k, -1)
             logp = logp.masked_fill(~allowed, float("-inf"))
             n_codes = logp.shape[-1]
             scores, idx = (scores[..., None] + logp).reshape(b, k * n_codes).topk(k, dim=1)

@@ -32,6 +32,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from thinkrec.tokenize.sids import SIDTrie
+
 INPUT_MODES = ("code", "item")
 
 
@@ -48,6 +50,11 @@ class RetrieverConfig:
     input_mode: str = "item"  # "code": one token per SID code (TIGER) | "item": one token per item
     item_embedding: bool = False  # item mode: add a learned per-item embedding to the summed code embeddings
     causal_encoder: bool = True  # True: every position of a sequence is a training target in one pass
+    state_bos: bool = True  # decoder's first input = BOS + projection of the encoder state at the last history item
+    constrained_softmax: bool = True  # normalise each level over the trie's valid children (training and decoding)
+    item_loss_weight: float = 0.0  # >0: auxiliary full-softmax next-item CE on the encoder state (tied item table)
+    tie_heads: bool = False  # output head of level l shares weights with the decoder's level-l code embeddings
+    codebook_init: bool = False  # initialise code embeddings from the quantizer's codewords (PCA to d_model)
     # S²GR
     thinking: bool = False  # latent thinking token before each code
     align: bool = True  # cluster-alignment loss on thinking tokens
@@ -234,6 +241,7 @@ class GenerativeRetriever(nn.Module):
         self.enc_ln = nn.LayerNorm(d)
         # Decoder.
         self.bos = nn.Parameter(torch.zeros(d))
+        self.state_proj = nn.Linear(d, d) if config.state_bos else None
         self.dec_code_emb = nn.ModuleList(nn.Embedding(k, d) for k in self.radix)
         self.dec_pos_emb = nn.Embedding(2 * L + 1, d)
         self.think_pos = nn.Parameter(torch.zeros(L, d))  # p_l
@@ -247,6 +255,9 @@ class GenerativeRetriever(nn.Module):
             self.aux_blocks = nn.ModuleList(DecoderBlock(*args) for _ in range(max(1, config.n_dec_layers // 2)))
             self.aux_ln = nn.LayerNorm(d)
         self.apply(self._init)
+        if config.tie_heads:
+            for head, emb in zip(self.heads, self.dec_code_emb, strict=True):
+                head.weight = emb.weight
         for p in (self.bos, self.think_pos, *([self.aux_query] if hasattr(self, "aux_query") else [])):
             nn.init.normal_(p, std=0.02)
 
@@ -257,6 +268,46 @@ class GenerativeRetriever(nn.Module):
             nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Embedding):
             nn.init.normal_(m.weight, std=0.02)
+
+    @torch.no_grad()
+    def init_code_embeddings(self, codebooks: list) -> None:
+        """Initialise the encoder's and decoder's code embeddings from the quantizer's codewords.
+
+        All levels' codewords are projected on their top ``d_model`` principal directions (one shared
+        projection, so residual levels keep their smaller scale) and rescaled to the default init's std, so
+        codes that mean similar things start close together. Levels without a codebook keep their init.
+        """
+        books = [torch.as_tensor(b, dtype=torch.float32) for b in codebooks[: self.n_levels]]
+        stacked = torch.cat(books)
+        mean = stacked.mean(0)
+        k = min(self.config.d_model, stacked.shape[0], stacked.shape[1])
+        _, _, v = torch.linalg.svd(stacked - mean, full_matrices=False)
+        proj = v[:k].T  # [D, k]
+        scale = 0.02 / ((stacked - mean) @ proj).std().clamp(min=1e-8)
+        for lv, book in enumerate(books):
+            if book.shape[0] != self.radix[lv]:
+                raise ValueError(f"level {lv}: {book.shape[0]} codewords for {self.radix[lv]} codes")
+            x = ((book - mean) @ proj) * scale
+            for table in (self.enc_code_emb[lv], self.dec_code_emb[lv]):
+                table.weight.zero_()
+                table.weight[:, :k] = x.to(table.weight.device)
+
+    def trie(self) -> SIDTrie:
+        """Prefix trie of the model's item SIDs (built once, on the model's device)."""
+        dev = self.item_codes.device
+        if getattr(self, "_trie", None) is None or self._trie.device != dev:
+            self._trie = SIDTrie(self.item_codes.cpu().numpy(), self.radix, dev)
+        return self._trie
+
+    def level_log_probs(self, level: int, logits: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities of level-``level`` codes ``[N, K]`` after ``prefix [N, level]``: with
+        ``constrained_softmax`` normalised over the valid children only (invalid codes −inf)."""
+        logits = logits.float()
+        if not self.config.constrained_softmax:
+            return torch.log_softmax(logits, -1)
+        allowed = self.trie().allowed_next(prefix)
+        allowed[:, 0] |= ~allowed.any(1)  # a prefix with no valid child (dead beam) stays finite
+        return torch.log_softmax(logits.masked_fill(~allowed, float("-inf")), -1)
 
     @property
     def thinking(self) -> bool:
@@ -331,8 +382,19 @@ class GenerativeRetriever(nn.Module):
         state.pos += t
         return (self.dec_ln if ln is None else ln)(x)
 
-    def bos_input(self, b: int, g: int) -> torch.Tensor:
-        return self.bos.expand(b, g, 1, -1)
+    def bos_input(self, b: int, g: int, user_state: torch.Tensor | None = None) -> torch.Tensor:
+        """The decoder's first input ``[B, G, 1, d]``: BOS, plus (``state_bos``) a projection of the user's state
+        ``[B, G, d]`` — the encoder output at the group's last history item, as SASRec would read it."""
+        if self.state_proj is None or user_state is None:
+            return self.bos.expand(b, g, 1, -1)
+        return (self.bos + self.state_proj(user_state))[:, :, None]
+
+    def last_state(self, memory: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Encoder output at the last token of history item ``positions [G]`` (default: the last item) → ``[B, G, d]``."""
+        if positions is None:
+            return memory[:, -1:]
+        per_item = self.n_levels if self.config.input_mode == "code" else 1
+        return memory[:, positions * per_item + per_item - 1]
 
     def code_input(self, level: int, codes: torch.Tensor) -> torch.Tensor:
         """Decoder input embeddings ``[B, G, 1, d]`` of level-``level`` codes ``[B, G]``."""
@@ -349,17 +411,21 @@ class GenerativeRetriever(nn.Module):
         targets: torch.Tensor,
         select: torch.Tensor,
         group_mask: torch.Tensor | None = None,
+        user_state: torch.Tensor | None = None,
     ) -> TargetOutputs:
-        """Teacher-forced outputs for target SIDs ``targets [B, G, L]`` at selected groups ``select [B, G]``."""
+        """Teacher-forced outputs for target SIDs ``targets [B, G, L]`` at selected groups ``select [B, G]``;
+        ``user_state [B, G, d]`` defaults to the last memory token for every group."""
         b, g, L = targets.shape
+        if user_state is None:
+            user_state = self.last_state(memory).expand(b, g, -1)
         state = self.start(memory, memory_mask, g, group_mask)
         logits, thoughts = [], []
         if not self.thinking:  # one pass over BOS, s1, …, s_{L−1}
-            seq = torch.cat([self.bos_input(b, g), *(self.code_input(lv, targets[..., lv]) for lv in range(L - 1))], 2)
+            seq = torch.cat([self.bos_input(b, g, user_state), *(self.code_input(lv, targets[..., lv]) for lv in range(L - 1))], 2)
             h = self.step(state, seq)[select]  # [N, L, d]
             logits = [self.heads[lv](h[:, lv]) for lv in range(L)]
         else:  # BOS → t1; then [t_l, s_l] per level: logits from t_l, t_{l+1} from s_l
-            h = self.step(state, self.bos_input(b, g))[:, :, 0]
+            h = self.step(state, self.bos_input(b, g, user_state))[:, :, 0]
             t_l = self.thought(0, h)
             for lv in range(L):
                 x = t_l[:, :, None]
@@ -374,8 +440,15 @@ class GenerativeRetriever(nn.Module):
         if self.thinking and self.config.aux_decoder:
             st = self.start(memory, memory_mask, g, group_mask, self.aux_blocks)
             q = self.aux_query.expand(b, g, 1, -1)
+            if self.state_proj is not None:
+                q = q + self.state_proj(user_state)[:, :, None]
             aux = self.step(st, q, self.aux_blocks, self.aux_ln)[:, :, 0][select]
         return TargetOutputs(logits, thoughts, aux)
+
+    def item_table(self) -> torch.Tensor:
+        """Every item's encoder input embedding (summed code embeddings, plus the item embedding) ``[n_items, d]``."""
+        x = sum(self.enc_code_emb[lv](self.item_codes[:, lv]) for lv in range(self.n_levels))
+        return x + self.item_emb.weight if self.item_emb is not None else x
 
     # ------------------------------------------------------------------ losses
     def cluster_centres(self, level: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -400,18 +473,27 @@ class GenerativeRetriever(nn.Module):
         if causal:
             targets = targets[:, -t:]
             select = targets > 0
-            gm = mmask[:, None, :] & (key_item[None, None, :] <= torch.arange(t, device=tokens.device)[None, :, None])
+            positions = torch.arange(t, device=tokens.device)
+            gm = mmask[:, None, :] & (key_item[None, None, :] <= positions[None, :, None])
+            user_state = self.last_state(memory, positions)
         else:
             targets = targets[:, None]
             select = targets > 0
-            gm = None
+            gm, user_state = None, None
         tgt_items = (targets - 1).clamp(min=0)
         codes = self.item_codes[tgt_items]  # [B, G, L]
-        out = self.forward_targets(memory, mmask, codes, select, gm)
+        out = self.forward_targets(memory, mmask, codes, select, gm, user_state)
         sel_codes, sel_items = codes[select], tgt_items[select]  # [N, L], [N]
-        rec = torch.stack([F.cross_entropy(lg, sel_codes[:, lv]) for lv, lg in enumerate(out.logits)]).mean()
+        nll = [F.nll_loss(self.level_log_probs(lv, lg, sel_codes[:, :lv]), sel_codes[:, lv]) for lv, lg in enumerate(out.logits)]
+        rec = torch.stack(nll).mean()
         parts = {"rec": rec}
+        for lv, v in enumerate(nll):
+            parts[f"rec_l{lv + 1}"] = v.detach()
         loss = rec
+        if cfg.item_loss_weight > 0:
+            states = (user_state if user_state is not None else self.last_state(memory))[select]
+            parts["item"] = F.cross_entropy(states @ self.item_table().T, sel_items)
+            loss = loss + cfg.item_loss_weight * parts["item"]
         if self.thinking and cfg.align:
             terms = []
             for lv, t_l in enumerate(out.thoughts):

@@ -55,7 +55,8 @@ def train_one(
     if mcfg.thinking and mcfg.align:
         clusters = code_clusters(sids.quantizer.codebooks(), sids.sidmap.radix, mcfg.n_clusters, seed=cfg.train.seed)
     t = time.perf_counter()
-    model, history = train_retriever(split, sids.sidmap, mcfg, cfg.train, device, clusters, out, log, progress)
+    model, history = train_retriever(split, sids.sidmap, mcfg, cfg.train, device, clusters, out, log, progress,
+                                     codebooks=sids.quantizer.codebooks() if mcfg.codebook_init else None)
     wall = time.perf_counter() - t
     save_retriever(model, out)
     write_json(out / "history.json", history)

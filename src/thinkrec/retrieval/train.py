@@ -129,7 +129,8 @@ def save_retriever(model: GenerativeRetriever, path: str | Path) -> Path:
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     with atomic_path(path / "model.safetensors") as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+        # clone: tied weights share storage, which safetensors refuses
+        save_file({k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}, str(tmp))
     with atomic_file(path / "config.json") as fh:
         json.dump({"config": asdict(model.config), "radix": model.radix}, fh, indent=2)
     return path
@@ -164,6 +165,7 @@ def train_retriever(
     log: Callable[[str], None] = print,
     progress: Callable[[int, int], None] | None = None,
     stop_after_epochs: int | None = None,
+    codebooks: list[np.ndarray] | None = None,
 ) -> tuple[GenerativeRetriever, list[dict[str, Any]]]:
     """Train (or resume from ``checkpoint_dir/last.pt``) and return the best model by validation N@10.
 
@@ -173,6 +175,10 @@ def train_retriever(
         raise ValueError(f"SID map covers {sidmap.n_items} items but the split has {split.n_items}")
     torch.manual_seed(config.seed)
     model = GenerativeRetriever(torch.from_numpy(sidmap.codes), sidmap.radix, model_config, code_clusters).to(device)
+    if model_config.codebook_init:
+        if codebooks is None:
+            raise ValueError("codebook_init needs the quantizer's codebooks")
+        model.init_code_embeddings(codebooks)
     if model_config.thinking and model_config.align and not any(model.has_clusters(lv) for lv in range(model.n_levels)):
         log("warning: alignment is on but no level has code clusters; L_align is skipped")
     opt = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr)
