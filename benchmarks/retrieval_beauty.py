@@ -81,6 +81,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--max-train-min", type=float, default=60.0)
+    p.add_argument("--model-epochs", action="append", default=[], help="per-model epochs, e.g. tiger=17 (same wall budget)")
     p.add_argument("--patience", type=int, default=4)
     p.add_argument("--beam", type=int, default=20)
     p.add_argument("--set", action="append", default=[], help="RetrieverConfig override key=value (all models)")
@@ -115,11 +116,13 @@ def main() -> None:
     for name in [s.strip() for s in args.models.split(",") if s.strip()]:
         label, cfg_over = MODELS[name]
         mcfg = RetrieverConfig(**{**cfg_over, **overrides})
-        tcfg = RetrieverTrainConfig(epochs=args.epochs, patience=args.patience, max_train_s=args.max_train_min * 60)
+        epochs = dict(kv.split("=") for kv in args.model_epochs).get(name, args.epochs)
+        tcfg = RetrieverTrainConfig(epochs=int(epochs), patience=args.patience, max_train_s=args.max_train_min * 60)
         clusters = code_clusters(art.quantizer.codebooks(), sm.radix, mcfg.n_clusters) if mcfg.thinking else None
         t = time.perf_counter()
         model, history = train_retriever(split, sm, mcfg, tcfg, code_clusters=clusters,
-                                         checkpoint_dir=Path(args.out) / args.dataset / name, log=print)
+                                         checkpoint_dir=Path(args.out) / args.dataset / name, log=print,
+                                         codebooks=art.quantizer.codebooks() if mcfg.codebook_init else None)
         wall = time.perf_counter() - t
         scorer = GenerativeScorer(model, sm, args.beam)
         t_eval = time.perf_counter()

@@ -106,7 +106,7 @@ def test_losses_and_gradients_of_every_s2gr_part():
                                                     max_len=8, thinking=thinking), clusters)
         parts = model.losses(tokens, targets)
         levels = {f"rec_l{i + 1}" for i in range(sm.sid_length)}
-        assert set(parts) == ({"loss", "rec", "align", "nce", "reg"} if thinking else {"loss", "rec"}) | levels
+        assert set(parts) == ({"loss", "rec", "item", "align", "nce", "reg"} if thinking else {"loss", "rec", "item"}) | levels
         assert all(torch.isfinite(v) for v in parts.values())
         parts["loss"].backward()
         g = model.think_pos.grad

@@ -48,11 +48,11 @@ class RetrieverConfig:
     dropout: float = 0.1
     max_len: int = 50  # history items kept (the last ones)
     input_mode: str = "item"  # "code": one token per SID code (TIGER) | "item": one token per item
-    item_embedding: bool = False  # item mode: add a learned per-item embedding to the summed code embeddings
+    item_embedding: bool = True  # item mode: add a learned per-item embedding to the summed code embeddings
     causal_encoder: bool = True  # True: every position of a sequence is a training target in one pass
     state_bos: bool = True  # decoder's first input = BOS + projection of the encoder state at the last history item
     constrained_softmax: bool = True  # normalise each level over the trie's valid children (training and decoding)
-    item_loss_weight: float = 0.0  # >0: auxiliary full-softmax next-item CE on the encoder state (tied item table)
+    item_loss_weight: float = 1.0  # >0: auxiliary full-softmax next-item CE on the encoder state (tied item table)
     tie_heads: bool = False  # output head of level l shares weights with the decoder's level-l code embeddings
     codebook_init: bool = False  # initialise code embeddings from the quantizer's codewords (PCA to d_model)
     # S²GR
