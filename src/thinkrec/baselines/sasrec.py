@@ -7,7 +7,6 @@ is empty, and skipping it makes training ~4x faster.
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from thinkrec.data.batching import shifted_pair
 from thinkrec.data.splits import SequenceSplit
 from thinkrec.eval.protocol import evaluate_full_ranking
 from thinkrec.utils.io import atomic_path
+from thinkrec.utils.training import EarlyStopping, length_bucketed_batches, lr_lambda, param_groups
 
 
 @dataclass
@@ -138,16 +138,6 @@ class SASRec(nn.Module):
         return model.to(device)
 
 
-def _lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return f
-
-
 def _epoch_batches(rows: np.ndarray, lengths: np.ndarray, config: SASRecConfig, rng: np.random.Generator) -> list[np.ndarray]:
     """Shuffled batches for one epoch.
 
@@ -159,12 +149,7 @@ def _epoch_batches(rows: np.ndarray, lengths: np.ndarray, config: SASRecConfig, 
     if not config.length_bucketing:
         order = rng.permutation(rows)
         return [order[s : s + config.batch_size] for s in range(0, len(order), config.batch_size)]
-    targets = np.minimum(lengths[rows] - 1, config.max_len).astype(np.float64)
-    budget = config.batch_size * float(targets.mean())
-    order = np.argsort(targets + rng.random(len(rows)) * 2.0, kind="stable")
-    cuts = np.searchsorted(np.cumsum(targets[order]), np.arange(budget, targets.sum(), budget))
-    batches = [rows[idx] for idx in np.split(order, np.unique(cuts)) if len(idx)]
-    return [batches[i] for i in rng.permutation(len(batches))]
+    return length_bucketed_batches(lengths, rows, config.batch_size, config.max_len, rng)
 
 
 def train_sasrec(
@@ -179,18 +164,13 @@ def train_sasrec(
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     model = SASRec(split.n_items, config).to(device)
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (no_decay if p.ndim < 2 or "emb" in name else decay).append(p)
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=config.lr
-    )
+    opt = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr)
     lengths = split.train_offsets[1:] - split.train_offsets[:-1]
     rows_all = np.nonzero(lengths >= 2)[0]
     steps_per_epoch = len(_epoch_batches(rows_all, lengths, config, np.random.default_rng(0)))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(config.warmup_steps, steps_per_epoch * config.epochs))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(config.warmup_steps, steps_per_epoch * config.epochs))
 
-    best, best_state, bad, history = -1.0, None, 0, []
+    stopper, history = EarlyStopping(config.patience), []
     for epoch in range(1, config.epochs + 1):
         model.train()
         t0 = time.perf_counter()
@@ -220,12 +200,8 @@ def train_sasrec(
                 model.score, split.valid, ks=(10,), max_len=config.max_len, batch_size=config.eval_batch_size, device=device
             )
             row.update({f"valid_{k}": v for k, v in metrics.items()}, eval_s=time.perf_counter() - t1)
-            if metrics["ndcg@10"] > best:
-                best, bad = metrics["ndcg@10"], 0
-                best_state = copy.deepcopy(model.state_dict())
+            if stopper.update(metrics["ndcg@10"], model):
                 row["best"] = True
-            else:
-                bad += 1
         history.append(row)
         log(
             f"epoch {epoch}: loss {row['loss']:.4f}  train {train_s:.1f}s"
@@ -233,10 +209,10 @@ def train_sasrec(
         )
         if on_epoch:
             on_epoch(row)
-        if bad >= config.patience:
-            log(f"early stop after epoch {epoch} (best valid N@10 {best:.4f})")
+        if stopper.exhausted:
+            log(f"early stop after epoch {epoch} (best valid N@10 {stopper.best:.4f})")
             break
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    if stopper.best_state is not None:
+        model.load_state_dict(stopper.best_state)
     model.eval()
     return model, history

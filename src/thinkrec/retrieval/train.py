@@ -7,10 +7,8 @@ seeded by ``(seed, epoch)``, and the checkpoint holds model, optimiser, schedule
 
 from __future__ import annotations
 
-import copy
 import io
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -30,6 +28,7 @@ from thinkrec.retrieval.model import GenerativeRetriever, RetrieverConfig
 from thinkrec.tokenize.sids import SIDMap
 from thinkrec.utils.config import config_hash, from_dict
 from thinkrec.utils.io import atomic_file, atomic_path
+from thinkrec.utils.training import EarlyStopping, length_bucketed_batches, lr_lambda, param_groups
 
 
 @dataclass
@@ -47,33 +46,6 @@ class RetrieverTrainConfig:
     eval_beam: int = 20
     eval_batch_size: int = 256
     seed: int = 0
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (no_decay if p.ndim < 2 or "emb" in name else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def lr_lambda(warmup: int, total: int, floor: float) -> Callable[[int], float]:
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return f
-
-
-def epoch_batches(lengths: np.ndarray, rows: np.ndarray, batch_size: int, max_len: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """Shuffled length-bucketed batches holding about ``batch_size × mean targets`` targets each."""
-    targets = np.minimum(lengths[rows] - 1, max_len).astype(np.float64)
-    budget = batch_size * float(targets.mean())
-    order = np.argsort(targets + rng.random(len(rows)) * 2.0, kind="stable")
-    cuts = np.searchsorted(np.cumsum(targets[order]), np.arange(budget, targets.sum(), budget))
-    batches = [rows[idx] for idx in np.split(order, np.unique(cuts)) if len(idx)]
-    return [batches[i] for i in rng.permutation(len(batches))]
 
 
 def prefix_batch(offsets: np.ndarray, items: np.ndarray, rows: np.ndarray, ends: np.ndarray, max_len: int) -> tuple[np.ndarray, np.ndarray]:
@@ -107,7 +79,7 @@ class _Batches:
 
     def epoch(self, rng: np.random.Generator) -> list[np.ndarray]:
         if self.causal:
-            return epoch_batches(self.lengths, self.units, self.batch_size, self.max_len, rng)
+            return length_bucketed_batches(self.lengths, self.units, self.batch_size, self.max_len, rng)
         order = np.argsort(self.lengths + rng.random(len(self.units)) * 2.0, kind="stable")
         batches = [order[s : s + self.batch_size] for s in range(0, len(order), self.batch_size)]
         return [batches[i] for i in rng.permutation(len(batches))]
@@ -194,7 +166,8 @@ def train_retriever(
 
     key = config_hash({"model": model_config, "train": config, "radix": sidmap.radix, "n_items": sidmap.n_items})
     ckpt = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
-    start_epoch, best, best_state, bad, history, train_time = 1, -1.0, None, 0, [], 0.0
+    stopper = EarlyStopping(config.patience)
+    start_epoch, history, train_time = 1, [], 0.0
     if ckpt is not None and ckpt.exists():
         state = torch.load(ckpt, map_location=device, weights_only=False)
         if state["key"] != key:
@@ -202,7 +175,8 @@ def train_retriever(
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
-        start_epoch, best, best_state, bad = state["epoch"] + 1, state["best"], state["best_state"], state["bad"]
+        start_epoch = state["epoch"] + 1
+        stopper.load(state)
         history, train_time = state["history"], state["train_time"]
         log(f"resumed from {ckpt} after epoch {state['epoch']}")
         if state.get("finished"):
@@ -240,26 +214,22 @@ def train_retriever(
         metrics, _ = evaluate_full_ranking(scorer.score, valid, ks=(10,), max_len=model_config.max_len,
                                            batch_size=config.eval_batch_size, device=device)
         row.update({f"valid_{k}": v for k, v in metrics.items()}, eval_s=time.perf_counter() - t1)
-        if metrics["ndcg@10"] > best:
-            best, bad = metrics["ndcg@10"], 0
-            best_state = copy.deepcopy(model.state_dict())
+        if stopper.update(metrics["ndcg@10"], model):
             row["best"] = True
-        else:
-            bad += 1
         history.append(row)
         log(f"epoch {epoch}: loss {row['loss']:.4f} (rec {row['rec']:.4f}) train {train_s:.1f}s "
             f"{row['samples_per_s']:.0f} samples/s  valid N@10 {metrics['ndcg@10']:.4f} R@10 {metrics['recall@10']:.4f}")
-        stop = bad >= config.patience or (config.max_train_s is not None and train_time >= config.max_train_s)
+        stop = stopper.exhausted or (config.max_train_s is not None and train_time >= config.max_train_s)
         if ckpt is not None:
             _save_checkpoint(ckpt, {"key": key, "epoch": epoch, "model": model.state_dict(), "opt": opt.state_dict(),
-                                    "sched": sched.state_dict(), "best": best, "best_state": best_state, "bad": bad,
+                                    "sched": sched.state_dict(), **stopper.state(),
                                     "history": history, "train_time": train_time, "finished": stop})
         if stop:
-            log(f"stopping after epoch {epoch} (best valid N@10 {best:.4f}, {train_time:.0f}s of training)")
+            log(f"stopping after epoch {epoch} (best valid N@10 {stopper.best:.4f}, {train_time:.0f}s of training)")
             break
         if stop_after_epochs is not None and epoch - start_epoch + 1 >= stop_after_epochs:
             break
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    if stopper.best_state is not None:
+        model.load_state_dict(stopper.best_state)
     model.eval()
     return model, history
