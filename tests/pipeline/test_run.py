@@ -58,6 +58,13 @@ def test_run_writes_a_complete_run_directory_and_resumes(tmp_path):
     for name in ("sasrec", "tiger", "s2gr"):
         assert again[name]["metrics"] == metrics[name]["metrics"], name
 
+    # train retriever reuses the trained model (same config hash) and reports test metrics
+    res6 = runner.invoke(app, ["train", "retriever", *_args(tmp_path), "--model", "tiger"])
+    assert res6.exit_code == 0, res6.output
+    assert "trained tiger found" in res6.output and "retrieval/tiger" in res6.output.replace("\n", "")
+    bad = runner.invoke(app, ["train", "retriever", *_args(tmp_path), "--model", "sasrec"])
+    assert bad.exit_code == 2 and "tiger or s2gr" in bad.output
+
     # recommend with explanations from the trained S²GR
     res4 = runner.invoke(app, ["recommend", *_args(tmp_path), "--user", "#3", "--model", "s2gr", "-k", "5", "--explain"])
     assert res4.exit_code == 0, res4.output
