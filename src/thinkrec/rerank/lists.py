@@ -1,0 +1,252 @@
+"""One list format for re-ranking, from impression logs and from the funnel.
+
+A :class:`RerankLists` holds ``n`` requests, each a user context (history) and up to ``L`` candidates *in their
+initial order* (the logging policy's display order, or the retriever's ranking), with labels (clicks, or 1 for
+the true next item) and per-candidate dense features. Re-rankers return a permutation of each list.
+
+Candidate features (``FEATURES``) are computed from behaviour that precedes the request, never from labels:
+impression lists take item statistics from the users' pre-impression histories; funnel lists from the
+training sequences of the split (the validation and test targets are never in them).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file, save_file
+
+from thinkrec.data.dataset import Dataset
+from thinkrec.data.splits import EvalExamples, SequenceSplit
+from thinkrec.utils.io import atomic_dir
+
+FEATURES = (
+    "init_pos",  # initial position / (L - 1)
+    "init_score_z",  # initial score standardised within the list (0 when the source has no scores)
+    "log_pop",  # log1p(item count in the statistics sequences), scaled to [0, 1]
+    "log_transition",  # log1p(count of last history item -> candidate transitions)
+    "same_cat_last",  # candidate shares the category of the last history item
+    "cat_share_hist",  # share of the last 10 history items in the candidate's category
+    "in_history",  # candidate already in the history
+    "cos_last",  # content cosine to the last history item (0 without item vectors)
+    "cos_hist",  # content cosine to the mean of the last 10 history items (0 without item vectors)
+)
+N_FEATURES = len(FEATURES)
+RECENT = 10
+
+
+@dataclass
+class RerankLists:
+    """Padded re-ranking requests. ``items`` −1 marks padding; lists are in their initial order."""
+
+    users: np.ndarray  # [n] int64
+    history: np.ndarray  # [n, H] int64 item id + 1, 0 = padding, left-padded (most recent last)
+    items: np.ndarray  # [n, L] int64, -1 = padding
+    labels: np.ndarray  # [n, L] float32
+    features: np.ndarray  # [n, L, F] float32
+    item_category: np.ndarray  # [n_items] int64 category id (0 = unknown)
+    source: str = "impressions"
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.items.shape[0])
+
+    @property
+    def list_len(self) -> int:
+        return int(self.items.shape[1])
+
+    @property
+    def mask(self) -> np.ndarray:
+        return self.items >= 0
+
+    @property
+    def n_items(self) -> int:
+        return int(self.item_category.shape[0])
+
+    @property
+    def n_categories(self) -> int:
+        return int(self.item_category.max(initial=0)) + 1
+
+    def subset(self, idx: np.ndarray) -> RerankLists:
+        idx = np.asarray(idx, dtype=np.int64)
+        return RerankLists(self.users[idx], self.history[idx], self.items[idx], self.labels[idx], self.features[idx],
+                           self.item_category, self.source, dict(self.meta))
+
+    def with_positives(self) -> RerankLists:
+        """Only the lists with at least one positive label (supervised ranking losses need one)."""
+        return self.subset(np.nonzero((self.labels > 0).any(1))[0])
+
+    def tensors(self, idx: np.ndarray | None = None, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+        idx = np.arange(len(self)) if idx is None else np.asarray(idx, dtype=np.int64)
+        items = self.items[idx]
+        return {
+            "history": torch.from_numpy(self.history[idx]).to(device),
+            "items": torch.from_numpy(np.maximum(items, 0) + 1).to(device) * torch.from_numpy(items >= 0).to(device),
+            "mask": torch.from_numpy(items >= 0).to(device),
+            "category": torch.from_numpy(self.item_category[np.maximum(items, 0)] * (items >= 0)).to(device),
+            "features": torch.from_numpy(self.features[idx]).to(device),
+            "labels": torch.from_numpy(self.labels[idx]).to(device),
+        }
+
+    # -- persistence (safetensors for arrays, JSON for the rest; written atomically)
+    def save(self, path: str | Path) -> Path:
+        with atomic_dir(path) as tmp:
+            save_file({"users": self.users, "history": self.history, "items": self.items, "labels": self.labels,
+                       "features": self.features, "item_category": self.item_category}, str(tmp / "lists.safetensors"))
+            (tmp / "meta.json").write_text(json.dumps({"source": self.source, "meta": self.meta, "features": FEATURES}, indent=2))
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> RerankLists:
+        path = Path(path)
+        if not (path / "lists.safetensors").exists():
+            raise FileNotFoundError(f"{path}: no lists.safetensors (build the re-ranking lists first)")
+        arrays = load_file(str(path / "lists.safetensors"))
+        info = json.loads((path / "meta.json").read_text())
+        if tuple(info.get("features", ())) != FEATURES:
+            raise ValueError(f"{path}: lists were built with features {info.get('features')}, this version uses {FEATURES}")
+        return cls(arrays["users"], arrays["history"], arrays["items"], arrays["labels"], arrays["features"],
+                   arrays["item_category"], info["source"], info["meta"])
+
+
+# ---------------------------------------------------------------------------------------------- statistics
+def item_categories(dataset: Dataset) -> np.ndarray:
+    """Dense category id per item from the most specific category name (0 = none)."""
+    items = dataset.items.sort("item")
+    if "categories" not in items.columns:
+        return np.zeros(dataset.n_items, dtype=np.int64)
+    names = [c[-1] if c else "" for c in items["categories"].to_list()]
+    vocab: dict[str, int] = {"": 0}
+    return np.array([vocab.setdefault(n, len(vocab)) for n in names], dtype=np.int64)
+
+
+class ItemStats:
+    """Popularity and first-order transition counts over a set of sequences (vectorised lookups)."""
+
+    def __init__(self, sequences: list[np.ndarray], n_items: int):
+        self.n_items = n_items
+        flat = np.concatenate(sequences) if sequences else np.zeros(0, np.int64)
+        self.popularity = np.bincount(flat, minlength=n_items).astype(np.float64)
+        src = np.concatenate([s[:-1] for s in sequences]) if sequences else np.zeros(0, np.int64)
+        dst = np.concatenate([s[1:] for s in sequences]) if sequences else np.zeros(0, np.int64)
+        keys, counts = np.unique(src.astype(np.int64) * n_items + dst, return_counts=True)
+        self.keys, self.counts = keys, counts.astype(np.float64)
+
+    def transitions(self, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+        q = src.astype(np.int64) * self.n_items + dst
+        pos = np.clip(np.searchsorted(self.keys, q), 0, max(len(self.keys) - 1, 0))
+        hit = (self.keys[pos] == q) if len(self.keys) else np.zeros(q.shape, bool)
+        return np.where(hit & (src >= 0) & (dst >= 0), self.counts[pos] if len(self.keys) else 0.0, 0.0)
+
+
+def build_features(items: np.ndarray, histories: list[np.ndarray], stats: ItemStats, category: np.ndarray,
+                   init_scores: np.ndarray | None = None, item_vectors: np.ndarray | None = None) -> np.ndarray:
+    """``[n, L, F]`` candidate features (see ``FEATURES``); ``items`` −1 padded, ``histories`` item ids."""
+    n, L = items.shape
+    valid = items >= 0
+    safe = np.maximum(items, 0)
+    feats = np.zeros((n, L, N_FEATURES), dtype=np.float32)
+    feats[..., 0] = np.arange(L)[None, :] / max(L - 1, 1)
+    if init_scores is not None:
+        s = np.where(valid, init_scores, np.nan)
+        mu, sd = np.nanmean(s, 1, keepdims=True), np.nanstd(s, 1, keepdims=True)
+        feats[..., 1] = np.nan_to_num((s - mu) / np.maximum(sd, 1e-6))
+    log_pop = np.log1p(stats.popularity)
+    feats[..., 2] = log_pop[safe] / max(log_pop.max(initial=0.0), 1e-6)
+    recent = np.full((n, RECENT), -1, dtype=np.int64)
+    for b, h in enumerate(histories):
+        tail = np.asarray(h, dtype=np.int64)[-RECENT:]
+        recent[b, RECENT - tail.size:] = tail
+    last = recent[:, -1]
+    feats[..., 3] = np.log1p(stats.transitions(np.broadcast_to(last[:, None], items.shape), safe))
+    cat = category[safe]
+    has_last = last >= 0
+    feats[..., 4] = (cat == category[np.maximum(last, 0)][:, None]) & has_last[:, None] & (cat > 0)
+    rc = np.where(recent >= 0, category[np.maximum(recent, 0)], -1)
+    n_recent = np.maximum((recent >= 0).sum(1), 1)
+    feats[..., 5] = ((cat[:, :, None] == rc[:, None, :]) & (cat[:, :, None] > 0)).sum(-1) / n_recent[:, None]
+    hist_sets = [set(np.asarray(h).tolist()) for h in histories]
+    feats[..., 6] = np.array([[it in hs for it in row] for row, hs in zip(items.tolist(), hist_sets, strict=True)], dtype=np.float32)
+    if item_vectors is not None:
+        v = item_vectors / np.maximum(np.linalg.norm(item_vectors, axis=1, keepdims=True), 1e-9)
+        cand = v[safe]  # [n, L, d]
+        feats[..., 7] = np.einsum("nld,nd->nl", cand, v[np.maximum(last, 0)]) * has_last[:, None]
+        rv = np.where((recent >= 0)[..., None], v[np.maximum(recent, 0)], 0.0).sum(1)
+        rv /= np.maximum(np.linalg.norm(rv, axis=1, keepdims=True), 1e-9)
+        feats[..., 8] = np.einsum("nld,nd->nl", cand, rv)
+    return np.where(valid[..., None], feats, 0.0).astype(np.float32)
+
+
+def pad_left(histories: list[np.ndarray], max_len: int) -> np.ndarray:
+    out = np.zeros((len(histories), max_len), dtype=np.int64)
+    for b, h in enumerate(histories):
+        tail = np.asarray(h, dtype=np.int64)[-max_len:]
+        if tail.size:
+            out[b, max_len - tail.size:] = tail + 1
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- sources
+def impression_lists(dataset: Dataset, max_len: int = 50, history_len: int = 50,
+                     item_vectors: np.ndarray | None = None) -> RerankLists:
+    """Every logged impression as a list (display order = initial order), truncated to ``max_len`` shown items.
+
+    Statistics for features come from the users' pre-impression histories (each user's longest), so no click
+    label of any impression leaks into any feature.
+    """
+    imps = dataset.impressions
+    if imps is None or imps.height == 0:
+        raise ValueError(f"dataset {dataset.name!r} has no impressions")
+    imps = imps.sort(["ts", "impression"])
+    lists = [np.asarray(x, dtype=np.int64)[:max_len] for x in imps["items"].to_list()]
+    clicks = [np.asarray(x, dtype=np.float32)[:max_len] for x in imps["clicks"].to_list()]
+    histories = [np.asarray(h if h is not None else [], dtype=np.int64) for h in imps["history"].to_list()]
+    users = imps["user"].to_numpy().astype(np.int64)
+    L = max(len(x) for x in lists)
+    items = np.full((len(lists), L), -1, dtype=np.int64)
+    labels = np.zeros((len(lists), L), dtype=np.float32)
+    for b, (it, cl) in enumerate(zip(lists, clicks, strict=True)):
+        items[b, : it.size] = it
+        labels[b, : cl.size] = cl
+    longest: dict[int, np.ndarray] = {}
+    for u, h in zip(users.tolist(), histories, strict=True):
+        if h.size > longest.get(u, np.zeros(0)).size:
+            longest[u] = h
+    stats = ItemStats(list(longest.values()), dataset.n_items)
+    category = item_categories(dataset)
+    feats = build_features(items, histories, stats, category, None, item_vectors)
+    meta = {"dataset": dataset.name, "ts": imps["ts"].to_list(), "has_click_model": dataset.meta.get("generator") == "thinkrec.data.synthetic"}
+    return RerankLists(users, pad_left(histories, history_len), items, labels, feats, category, "impressions", meta)
+
+
+def temporal_thirds(lists: RerankLists, valid_frac: float = 0.1, test_frac: float = 0.1) -> tuple[RerankLists, RerankLists, RerankLists]:
+    """Split impression lists by time (they are sorted by time): train / valid / test."""
+    n = len(lists)
+    n_test, n_valid = max(1, int(round(n * test_frac))), max(1, int(round(n * valid_frac)))
+    idx = np.arange(n)
+    return lists.subset(idx[: n - n_valid - n_test]), lists.subset(idx[n - n_valid - n_test: n - n_test]), lists.subset(idx[n - n_test:])
+
+
+def funnel_lists(examples: EvalExamples, candidates: np.ndarray, scores: np.ndarray | None, split: SequenceSplit,
+                 category: np.ndarray, history_len: int = 50, item_vectors: np.ndarray | None = None,
+                 source: str = "funnel") -> RerankLists:
+    """Lists from a retriever's top-K for each evaluation example; label 1 on the true next item (if retrieved).
+
+    ``candidates`` [n, K] item ids in the retriever's order (−1 where fewer were returned), ``scores`` their
+    retrieval scores. Statistics come from ``split``'s training sequences only.
+    """
+    if candidates.shape[0] != len(examples):
+        raise ValueError(f"{candidates.shape[0]} candidate rows for {len(examples)} examples")
+    seqs = [split.train_sequence(u) for u in range(split.n_users)]
+    stats = ItemStats([s for s in seqs if s.size], split.n_items)
+    histories = [examples.history(i) for i in range(len(examples))]
+    items = np.asarray(candidates, dtype=np.int64)
+    labels = ((items == examples.targets[:, None]) & (items >= 0)).astype(np.float32)
+    feats = build_features(items, histories, stats, category, scores, item_vectors)
+    meta = {"targets": examples.targets.tolist(), "recall_at_k": float(labels.any(1).mean())}
+    return RerankLists(examples.users.astype(np.int64), pad_left(histories, history_len), items, labels, feats,
+                       category, source, meta)

@@ -1,0 +1,345 @@
+"""Training and applying re-rankers: the evaluator (log-loss), scorers (pointwise / listwise), the pointer
+generator (supervised warm start, then RL against the evaluator with group-normalised advantages and a PPO
+clip), and the metrics of re-ranked lists.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from thinkrec.eval.metrics import list_metrics
+from thinkrec.rerank.lists import RerankLists
+from thinkrec.rerank.models import MODELS, ListEvaluator, PointerGenerator, RerankBase, RerankModelConfig
+from thinkrec.utils.training import param_groups
+
+RERANK_MODELS = ("initial", "dnn", "prm", "dlcm", "seq2slate", "egrerank", "eglr")
+
+
+@dataclass
+class RerankTrainConfig:
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    epochs: int = 30  # supervised epochs (scorers, generator warm start)
+    patience: int = 4  # epochs without validation NDCG@5 gain
+    evaluator_epochs: int = 30
+    # RL (egrerank, eglr): group-normalised advantages over `rollouts` samples per request, PPO clip
+    rl_epochs: int = 6
+    rollouts: int = 8
+    ppo_clip: float = 0.1
+    ppo_updates: int = 2  # gradient steps per batch of rollouts
+    entropy_bonus: float = 0.001
+    rl_lr: float = 5e-4
+    sl_weight: float = 0.5  # supervised loss kept during RL (anchors the policy to the logged labels)
+    reward: str = "auto"  # clicks (Σ evaluator click probabilities) | dcg (Σ p_k / log2(k + 2)); auto: dcg for funnel lists
+    grad_clip: float = 1.0
+    max_train_s: float | None = None
+    seed: int = 0
+
+
+def model_config_for(name: str, base: RerankModelConfig) -> RerankModelConfig:
+    """Seq2Slate and EG-Rerank are the generator without reasoning; EGLR keeps the configured S_max."""
+    cfg = copy.deepcopy(base)
+    if name in ("seq2slate", "egrerank"):
+        cfg.s_max = 0
+    return cfg
+
+
+def build_model(name: str, lists: RerankLists, cfg: RerankModelConfig) -> RerankBase:
+    if name not in MODELS:
+        raise ValueError(f"unknown re-ranker {name!r}; choose from {', '.join(RERANK_MODELS)}")
+    kwargs: dict[str, Any] = {"max_len": max(64, lists.list_len)} if name == "prm" else {}
+    return MODELS[name](lists.n_items, lists.n_categories, torch.from_numpy(lists.item_category), cfg, **kwargs)
+
+
+def build_evaluator(lists: RerankLists, cfg: RerankModelConfig) -> ListEvaluator:
+    return ListEvaluator(lists.n_items, lists.n_categories, torch.from_numpy(lists.item_category), cfg,
+                         max_len=max(64, lists.list_len))
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _batches(n: int, size: int, rng: np.random.Generator | None) -> list[np.ndarray]:
+    idx = rng.permutation(n) if rng is not None else np.arange(n)
+    return [idx[i: i + size] for i in range(0, n, size)]
+
+
+def _optimizer(model: nn.Module, lr: float, wd: float) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(param_groups(model, wd), lr=lr)
+
+
+def ideal_order(labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Candidates by label (descending), ties in initial order, padding last."""
+    L = labels.shape[1]
+    pos = torch.arange(L, device=labels.device)[None].float()
+    key = torch.where(mask, -labels.float() * (L + 1) + pos, torch.full_like(labels.float(), 1e9) + pos)
+    return key.argsort(dim=-1, stable=True)
+
+
+def listwise_loss(scores: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Softmax cross-entropy toward the label distribution (lists without a positive contribute nothing)."""
+    y = labels * mask
+    has = y.sum(1) > 0
+    if not bool(has.any()):
+        return scores.sum() * 0.0
+    logp = torch.log_softmax(scores.masked_fill(~mask, -1e9), -1)
+    target = y / y.sum(1, keepdim=True).clamp_min(1e-9)
+    return -(target * logp).sum(1)[has].mean()
+
+
+def generator_supervised_loss(model: PointerGenerator, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Any]:
+    """Teacher-forced pointer loss: at each position, −log of the probability of the best remaining labels."""
+    labels, mask = batch["labels"], batch["mask"]
+    T = min(model.cfg.max_decode, mask.shape[1])
+    actions = ideal_order(labels, mask)[:, :T]
+    trace = model.decode(batch, actions=actions)
+    B, L = mask.shape
+    chosen_before = torch.zeros(B, T, L, dtype=torch.bool, device=mask.device)
+    onehot = F.one_hot(actions, L).bool()  # [B, T, L]
+    chosen_before[:, 1:] = onehot.cumsum(1)[:, :-1] > 0
+    avail = mask[:, None, :] & ~chosen_before
+    y = torch.where(avail, labels[:, None, :].expand(B, T, L), torch.zeros(()))
+    best = y.max(-1, keepdim=True).values
+    target = avail & (y == best) & (best > 0)
+    logp = torch.log_softmax(trace.step_logits, -1)
+    lse = torch.logsumexp(logp.masked_fill(~target, -1e9), -1)
+    active = target.any(-1)
+    if not bool(active.any()):
+        return trace.step_logits.sum() * 0.0, trace
+    return -lse[active].mean(), trace
+
+
+@torch.inference_mode()
+def rerank_orders(model: RerankBase | None, lists: RerankLists, batch_size: int = 512, device: str = "cpu",
+                  return_traces: bool = False) -> np.ndarray | tuple[np.ndarray, list]:
+    """Permutation ``[n, L]`` of each list (candidate indices, best first); ``None`` = the initial order."""
+    n, L = lists.items.shape
+    if model is None:
+        order = np.tile(np.arange(L), (n, 1))
+        return (order, []) if return_traces else order
+    model.eval()
+    orders, traces = [], []
+    for idx in _batches(n, batch_size, None):
+        b = lists.tensors(idx, device)
+        if isinstance(model, PointerGenerator):
+            tr = model.decode(b)
+            orders.append(model.complete(b, tr).cpu().numpy())
+            traces.append(tr)
+        else:
+            s = model.scores(b).masked_fill(~b["mask"], float("-inf"))
+            orders.append(s.argsort(dim=-1, descending=True, stable=True).cpu().numpy())  # ties keep the initial order
+    order = np.concatenate(orders)
+    return (order, traces) if return_traces else order
+
+
+def order_metrics(lists: RerankLists, orders: np.ndarray, ks: tuple[int, ...] = (5, 10)) -> dict[str, np.ndarray]:
+    """Per-list MAP@K / NDCG@K (LibRerank); funnel lists add R@1 / R@5 of the true item."""
+    shown = np.take_along_axis(lists.mask, orders, 1)
+    out = list_metrics(lists.labels, orders, ks, shown)
+    if lists.source.startswith("funnel"):
+        y = np.take_along_axis(lists.labels, orders, 1) > 0
+        for k in (1, 5):
+            out[f"recall@{k}"] = y[:, :k].any(1).astype(np.float64)
+    return out
+
+
+@torch.inference_mode()
+def list_reward(evaluator: ListEvaluator, batch: dict[str, torch.Tensor], order: torch.Tensor, kind: str) -> torch.Tensor:
+    p = evaluator.list_probs(batch, order) * batch["mask"].gather(1, order)
+    if kind == "dcg":
+        p = p / torch.log2(torch.arange(p.shape[1], device=p.device, dtype=p.dtype) + 2)[None]
+    return p.sum(1)
+
+
+def reward_kind(config: RerankTrainConfig, lists: RerankLists) -> str:
+    if config.reward != "auto":
+        if config.reward not in ("clicks", "dcg"):
+            raise ValueError(f"reward must be clicks, dcg or auto, got {config.reward!r}")
+        return config.reward
+    return "dcg" if lists.source.startswith("funnel") else "clicks"
+
+
+def evaluator_scores(evaluator: ListEvaluator, lists: RerankLists, orders: np.ndarray, kind: str,
+                     device: str = "cpu") -> np.ndarray:
+    evaluator.eval()
+    out = []
+    for idx in _batches(len(lists), 512, None):
+        b = lists.tensors(idx, device)
+        out.append(list_reward(evaluator, b, torch.from_numpy(orders[idx]).to(device), kind).cpu().numpy())
+    return np.concatenate(out)
+
+
+# ---------------------------------------------------------------------------------------------- training
+def _valid_ndcg5(model: RerankBase, valid: RerankLists, device: str) -> float:
+    return float(order_metrics(valid, rerank_orders(model, valid, device=device), (5,))["ndcg@5"].mean())
+
+
+def train_evaluator(train: RerankLists, valid: RerankLists, cfg: RerankModelConfig, config: RerankTrainConfig,
+                    device: str = "cpu", log: Callable[[str], None] = print) -> tuple[ListEvaluator, list[dict]]:
+    """Log-loss on logged labels in the initial (displayed) order; the best epoch by validation log-loss."""
+    torch.manual_seed(config.seed)
+    model = build_evaluator(train, cfg).to(device)
+    opt = _optimizer(model, config.lr, config.weight_decay)
+    best, best_state, bad, history = float("inf"), None, 0, []
+    for epoch in range(1, config.evaluator_epochs + 1):
+        model.train()
+        rng = np.random.default_rng([config.seed, epoch])
+        t0, tot, n = time.perf_counter(), 0.0, 0
+        for idx in _batches(len(train), config.batch_size, rng):
+            b = train.tensors(idx, device)
+            logits = model.logits(b)
+            loss = F.binary_cross_entropy_with_logits(logits[b["mask"]], b["labels"][b["mask"]])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            opt.step()
+            tot, n = tot + float(loss.detach()) * len(idx), n + len(idx)
+        vloss = evaluator_logloss(model, valid, device)
+        history.append({"epoch": epoch, "loss": tot / max(n, 1), "valid_logloss": vloss, "train_s": time.perf_counter() - t0})
+        log(f"evaluator epoch {epoch}: loss {tot / max(n, 1):.4f} valid log-loss {vloss:.4f}")
+        if vloss < best - 1e-5:
+            best, best_state, bad = vloss, copy.deepcopy(model.state_dict()), 0
+        else:
+            bad += 1
+            if bad >= config.patience:
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return model, history
+
+
+@torch.inference_mode()
+def evaluator_logloss(model: ListEvaluator, lists: RerankLists, device: str = "cpu") -> float:
+    model.eval()
+    tot, n = 0.0, 0
+    for idx in _batches(len(lists), 512, None):
+        b = lists.tensors(idx, device)
+        logits = model.logits(b)
+        tot += float(F.binary_cross_entropy_with_logits(logits[b["mask"]], b["labels"][b["mask"]], reduction="sum"))
+        n += int(b["mask"].sum())
+    return tot / max(n, 1)
+
+
+def _supervised_loss(model: RerankBase, b: dict[str, torch.Tensor]) -> torch.Tensor:
+    if isinstance(model, PointerGenerator):
+        return generator_supervised_loss(model, b)[0]
+    scores = model.scores(b)
+    if getattr(model, "loss_kind", "listwise") == "pointwise":
+        return F.binary_cross_entropy_with_logits(scores[b["mask"]], b["labels"][b["mask"]])
+    return listwise_loss(scores, b["labels"], b["mask"])
+
+
+def train_supervised(model: RerankBase, train: RerankLists, valid: RerankLists, config: RerankTrainConfig,
+                     device: str = "cpu", log: Callable[[str], None] = print, tag: str = "") -> list[dict]:
+    """Supervised training with early stopping on validation NDCG@5; leaves the best weights in ``model``."""
+    torch.manual_seed(config.seed)
+    data = train if getattr(model, "loss_kind", "listwise") == "pointwise" else train.with_positives()
+    opt = _optimizer(model, config.lr, config.weight_decay)
+    best, best_state, bad, history, t_start = _valid_ndcg5(model, valid, device), None, 0, [], time.perf_counter()
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        rng = np.random.default_rng([config.seed, epoch])
+        t0, tot, n = time.perf_counter(), 0.0, 0
+        for idx in _batches(len(data), config.batch_size, rng):
+            loss = _supervised_loss(model, data.tensors(idx, device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            opt.step()
+            tot, n = tot + float(loss.detach()) * len(idx), n + len(idx)
+        v = _valid_ndcg5(model, valid, device)
+        history.append({"stage": "supervised", "epoch": epoch, "loss": tot / max(n, 1), "valid_ndcg@5": v,
+                        "train_s": time.perf_counter() - t0})
+        log(f"{tag} epoch {epoch}: loss {tot / max(n, 1):.4f} valid NDCG@5 {v:.4f}")
+        if v > best + 1e-6 or best_state is None:
+            best, best_state, bad = max(v, best), copy.deepcopy(model.state_dict()), 0
+        else:
+            bad += 1
+            if bad >= config.patience:
+                break
+        if config.max_train_s and time.perf_counter() - t_start > config.max_train_s:
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return history
+
+
+def train_rl(model: PointerGenerator, evaluator: ListEvaluator, train: RerankLists, valid: RerankLists,
+             config: RerankTrainConfig, device: str = "cpu", log: Callable[[str], None] = print, tag: str = "") -> list[dict]:
+    """Policy gradient against the evaluator: ``rollouts`` sampled lists per request, advantages normalised within
+    the group, PPO-clipped ratio of the new to the sampling policy (token level), an entropy bonus, and the
+    supervised loss kept at ``sl_weight`` on lists with labels. Keeps the best epoch by validation NDCG@5."""
+    kind = reward_kind(config, train)
+    gen = torch.Generator(device="cpu").manual_seed(config.seed)
+    opt = _optimizer(model, config.rl_lr, config.weight_decay)
+    evaluator.eval()
+    best, best_state, history = _valid_ndcg5(model, valid, device), copy.deepcopy(model.state_dict()), []
+    G = config.rollouts
+    t_start = time.perf_counter()
+    for epoch in range(1, config.rl_epochs + 1):
+        rng = np.random.default_rng([config.seed, 1000 + epoch])
+        t0, sums, n = time.perf_counter(), {"reward": 0.0, "pg": 0.0}, 0
+        for idx in _batches(len(train), max(1, config.batch_size // G), rng):
+            b = train.tensors(idx, device)
+            bg = {k: v.repeat_interleave(G, 0) for k, v in b.items()}
+            model.eval()  # no dropout: the ratio compares the same function before and after the update
+            with torch.no_grad():
+                trace = model.decode(bg, sample=True, generator=gen)
+                order = model.complete(bg, trace)
+                reward = list_reward(evaluator, bg, order, kind).view(-1, G)
+                adv = ((reward - reward.mean(1, keepdim=True)) / (reward.std(1, keepdim=True) + 1e-6)).view(-1)
+                step_valid = bg["mask"].gather(1, trace.actions)  # positions that selected a real item
+            for _ in range(config.ppo_updates):
+                new = model.decode(bg, actions=trace.actions)
+                ratio = torch.exp(new.logp - trace.logp)
+                a = adv[:, None]
+                pg = -torch.minimum(ratio * a, ratio.clamp(1 - config.ppo_clip, 1 + config.ppo_clip) * a)
+                pg = pg[step_valid].mean()
+                ent = new.entropy_final[step_valid].mean()
+                loss = pg - config.entropy_bonus * ent
+                if config.sl_weight > 0 and bool((b["labels"] > 0).any()):
+                    keep = (b["labels"] > 0).any(1)
+                    loss = loss + config.sl_weight * generator_supervised_loss(model, {k: v[keep] for k, v in b.items()})[0]
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                opt.step()
+            sums["reward"] += float(reward.mean()) * len(idx)
+            sums["pg"] += float(pg.detach()) * len(idx)
+            n += len(idx)
+        v = _valid_ndcg5(model, valid, device)
+        history.append({"stage": "rl", "epoch": epoch, "reward": sums["reward"] / max(n, 1), "pg": sums["pg"] / max(n, 1),
+                        "valid_ndcg@5": v, "train_s": time.perf_counter() - t0})
+        log(f"{tag} RL epoch {epoch}: mean reward {sums['reward'] / max(n, 1):.4f} valid NDCG@5 {v:.4f}")
+        if v > best + 1e-6:
+            best, best_state = v, copy.deepcopy(model.state_dict())
+        if config.max_train_s and time.perf_counter() - t_start > config.max_train_s:
+            break
+    model.load_state_dict(best_state)
+    return history
+
+
+def train_reranker(name: str, train: RerankLists, valid: RerankLists, model_config: RerankModelConfig,
+                   config: RerankTrainConfig, evaluator: ListEvaluator | None = None, device: str = "cpu",
+                   log: Callable[[str], None] = print) -> tuple[RerankBase | None, list[dict]]:
+    """Train one re-ranker by name (``initial`` returns ``None``: the initial order)."""
+    if name == "initial":
+        return None, []
+    torch.manual_seed(config.seed)
+    model = build_model(name, train, model_config_for(name, model_config)).to(device)
+    history = train_supervised(model, train, valid, config, device, log, tag=name)
+    if name in ("egrerank", "eglr") and config.rl_epochs > 0:
+        if evaluator is None:
+            raise ValueError(f"{name} trains against an evaluator: train one first (train_evaluator)")
+        history += train_rl(model, evaluator, train, valid, config, device, log, tag=name)
+    model.eval()
+    return model, history
