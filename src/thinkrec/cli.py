@@ -163,6 +163,45 @@ def train_retriever_cmd(
     console.print(f"model: {root / 'retrieval' / model}")
 
 
+RERANKERS = ("eglr", "prm", "dlcm", "seq2slate", "egrerank", "dnn")
+
+
+def _print_rerank(root: Path) -> None:
+    from thinkrec.utils.io import read_json
+
+    path = root / "rerank" / "metrics.json"
+    if not path.exists():
+        return
+    res = read_json(path)
+    models = res.get("models", {})
+    keys = [k for k in ("ndcg@5", "ndcg@10", "map@5", "map@10", "recall@1", "recall@5", "expected_clicks",
+                        "evaluator_score", "reasoning_steps_per_list", "latency_ms") if any(k in m for m in models.values())]
+    table = Table(title=f"re-ranking ({res.get('source')}) — test lists")
+    table.add_column("model", no_wrap=True)
+    for k in keys:
+        table.add_column(k.replace("recall@", "R@").replace("ndcg@", "N@").replace("map@", "MAP@").replace("_", " "), justify="right")
+    for name, m in models.items():
+        table.add_row(name, *(f"{m[k]:.4f}" if k in m else "" for k in keys))
+    console.print(table)
+
+
+@train_app.command("reranker")
+def train_reranker_cmd(
+    config: ConfigOpt = None, set_: SetOpt = None, dataset: DatasetOpt = None, data_root: RootOpt = None,
+    model: Annotated[str, typer.Option("--model", "-m", help="eglr | prm | dlcm | seq2slate | egrerank | dnn")] = "eglr",
+    name: Annotated[str | None, typer.Option(help="Run name (folder under run.out_dir).")] = None,
+) -> None:
+    """Stage 3: train a re-ranker (and the list evaluator it is compared and RL-trained against) on the dataset's
+    impression lists, or on the retriever's top-K lists when the dataset logs no impressions; compare with the
+    initial order on the test lists."""
+    if model not in RERANKERS:
+        _fail(f"--model must be one of {', '.join(RERANKERS)}, got {model!r}")
+    cfg = _load_config(config, [*(set_ or []), f"rerank.models=[initial,{model}]"], dataset, data_root, name)
+    root = _run(cfg, ["data", "rerank", "report"])
+    _print_rerank(root)
+    console.print(f"model: {root / 'rerank' / model}")
+
+
 @app.command("recommend")
 def recommend_cmd(
     user: Annotated[str, typer.Option("--user", "-u", help="User id as in the dataset (or #N for dense index N).")],
@@ -237,10 +276,11 @@ def run_cmd(
     config: ConfigOpt = None, set_: SetOpt = None, dataset: DatasetOpt = None, data_root: RootOpt = None,
     name: Annotated[str | None, typer.Option(help="Run name (folder under run.out_dir).")] = None,
 ) -> None:
-    """Run the whole funnel: data → baselines → evaluation → report."""
+    """Run the whole funnel: data → baselines → Semantic IDs → retrieval → re-ranking → evaluation → report."""
     cfg = _load_config(config, set_, dataset, data_root, name)
     root = _run(cfg)
     _print_metrics(root)
+    _print_rerank(root)
     console.print(f"report: {root / 'report.md'}")
 
 

@@ -25,6 +25,12 @@ TINY = [
     "retrieval.model.n_clusters=4",
     "retrieval.train.epochs=2",
     "retrieval.train.valid_users=40",
+    "rerank.model.d_model=16",
+    "rerank.model.max_decode=8",
+    "rerank.train.epochs=1",
+    "rerank.train.evaluator_epochs=1",
+    "rerank.train.rl_epochs=1",
+    "rerank.train.rollouts=2",
 ]
 
 
@@ -49,11 +55,17 @@ def test_run_writes_a_complete_run_directory_and_resumes(tmp_path):
     assert "sasrec" in res.output and "ndcg@10" in res.output
     report = (root / "report.md").read_text()
     assert "Test metrics" in report and "paired test" in report
+    rr = read_json(root / "rerank" / "metrics.json")
+    assert rr["source"] == "impressions" and set(rr["models"]) == {"initial", "dnn", "prm", "dlcm", "seq2slate", "egrerank", "eglr"}
+    assert rr["models"]["eglr"]["rl_epochs"] == 1 and "expected_clicks" in rr["models"]["initial"]
+    assert "Re-ranking (impressions" in report and "rerank_entropy_by_position.png" in report
+    assert (root / "plots" / "rerank_entropy_by_position.png").exists() and (root / "rerank" / "eglr" / "model.safetensors").exists()
 
     # A second run with the same config reuses the prepared data and the trained model.
     res2 = runner.invoke(app, ["run", *_args(tmp_path)])
     assert res2.exit_code == 0, res2.output
     assert "skipping" in res2.output and "trained model found" in res2.output and "trained s2gr found" in res2.output
+    assert "trained eglr found" in res2.output
     again = read_json(root / "metrics.json")["test"]
     for name in ("sasrec", "tiger", "s2gr"):
         assert again[name]["metrics"] == metrics[name]["metrics"], name
@@ -64,6 +76,15 @@ def test_run_writes_a_complete_run_directory_and_resumes(tmp_path):
     assert "trained tiger found" in res6.output and "retrieval/tiger" in res6.output.replace("\n", "")
     bad = runner.invoke(app, ["train", "retriever", *_args(tmp_path), "--model", "sasrec"])
     assert bad.exit_code == 2 and "tiger or s2gr" in bad.output
+
+    # a re-ranker over the funnel: the best trained retriever's top-K lists
+    res7 = runner.invoke(app, ["train", "reranker", *_args(tmp_path), "--model", "prm", "--set", "rerank.source=funnel"])
+    assert res7.exit_code == 0, res7.output
+    rr = read_json(root / "rerank" / "metrics.json")
+    assert rr["source"] == "funnel" and rr["candidates"] in ("tiger", "s2gr") and set(rr["models"]) == {"initial", "prm"}
+    assert "recall@1" in rr["models"]["prm"] and "re-ranking (funnel)" in res7.output
+    bad = runner.invoke(app, ["train", "reranker", *_args(tmp_path), "--model", "lambdamart"])
+    assert bad.exit_code == 2 and "eglr" in bad.output
 
     # recommend with explanations from the trained S²GR
     res4 = runner.invoke(app, ["recommend", *_args(tmp_path), "--user", "#3", "--model", "s2gr", "-k", "5", "--explain"])

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from thinkrec.baselines.sasrec import SASRecConfig
+from thinkrec.rerank.stage import RerankStageConfig
 from thinkrec.retrieval.stage import RetrievalConfig
 from thinkrec.tokenize.stage import TokenizeConfig
 
@@ -45,7 +46,8 @@ class RunConfig:
     sasrec: SASRecConfig = field(default_factory=SASRecConfig)
     tokenize: TokenizeConfig = field(default_factory=TokenizeConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    rerank: RerankStageConfig = field(default_factory=RerankStageConfig)
     eval: EvalSection = field(default_factory=EvalSection)
     stages: list[str] = field(
-        default_factory=lambda: ["data", "popularity", "sasrec", "tokenize", "retrieval", "evaluate", "report"]
+        default_factory=lambda: ["data", "popularity", "sasrec", "tokenize", "retrieval", "rerank", "evaluate", "report"]
     )

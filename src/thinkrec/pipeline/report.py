@@ -101,6 +101,7 @@ def write_report(root: str | Path, config: Any = None) -> Path:
                   f"best valid NDCG@10 {tm['best_valid_ndcg@10']:.4f}; last epoch losses: {parts}", ""]
         if plot:
             lines += [f"![{label} training](plots/{name}_training.png)", ""]
+    lines += _rerank_section(root)
     timings = root / "timings.json"
     if timings.exists():
         lines += ["## Stage timings", "", "| stage | seconds |", "|---|---|"]
@@ -110,3 +111,37 @@ def write_report(root: str | Path, config: Any = None) -> Path:
     with atomic_file(out) as fh:
         fh.write("\n".join(lines) + "\n")
     return out
+
+
+RERANK_COLUMNS = (("ndcg@5", "NDCG@5"), ("ndcg@10", "NDCG@10"), ("map@5", "MAP@5"), ("map@10", "MAP@10"),
+                  ("recall@1", "R@1"), ("recall@5", "R@5"), ("expected_clicks", "expected clicks (true model)"),
+                  ("evaluator_score", "evaluator score"), ("reasoning_steps_per_list", "reasoning steps / list"),
+                  ("latency_ms", "latency ms / list"), ("train_s", "train s"))
+
+
+def _rerank_section(root: Path) -> list[str]:
+    path = root / "rerank" / "metrics.json"
+    if not path.exists():
+        return []
+    res = read_json(path)
+    models = res.get("models", {})
+    if not models:
+        return []
+    cols = [(k, label) for k, label in RERANK_COLUMNS if any(k in m for m in models.values())]
+    n = res.get("n_lists", {})
+    src = res.get("source", "")
+    what = f"the {res['candidates']} retriever's top-K" if res.get("candidates") else "logged impressions"
+    lines = [f"## Re-ranking ({src}: {what})", "",
+             f"{n.get('train', 0)} train / {n.get('valid', 0)} valid / {n.get('test', 0)} test lists; metrics on the test lists "
+             "(LibRerank MAP/NDCG over labels; funnel lists: R@1/R@5 of the true item).", "",
+             "| model | " + " | ".join(label for _, label in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for name, m in models.items():
+        lines.append(f"| {name} | " + " | ".join(_fmt(m[k]) if k in m else "" for k, _ in cols) + " |")
+    lines.append("")
+    tests = res.get("paired_tests_ndcg@5", {})
+    if tests:
+        lines += ["Paired tests on per-list NDCG@5 (EGLR − other): " + "; ".join(
+            f"{k.removeprefix('eglr_vs_')} {t['diff']:+.4f} (p {t['p_ttest']:.3g})" for k, t in tests.items()), ""]
+    for plot in res.get("plots", []):
+        lines += [f"![{Path(plot).stem}]({plot})", ""]
+    return lines

@@ -27,7 +27,7 @@ from thinkrec.eval.stats import bootstrap_ci, paired_test
 from thinkrec.pipeline.config import RunConfig
 from thinkrec.pipeline.rundir import RunDir
 from thinkrec.retrieval.inference import GenerativeScorer
-from thinkrec.utils.config import dump_yaml
+from thinkrec.utils.config import config_hash, dump_yaml
 from thinkrec.utils.io import atomic_file, atomic_path, read_json, write_json
 
 
@@ -161,6 +161,114 @@ def _load_trained_retrievers(ctx: Context) -> None:
             ctx.scorers[n] = load_scorer(root / n, sids, ctx.config.retrieval.beam, ctx.config.run.device)
 
 
+def _funnel_candidates(ctx: Context, which: str) -> tuple[str, Any]:
+    """The retriever whose top-K the re-rankers re-order: named, or (auto) the generative retriever with the best
+    validation NDCG@10, else SASRec."""
+    _load_trained_retrievers(ctx)
+    if which == "auto":
+        root = ctx.rundir.root / "retrieval"
+        trained = [n for n in ("s2gr", "tiger") if n in ctx.scorers and (root / n / "train_metrics.json").exists()]
+        if trained:
+            which = max(trained, key=lambda n: read_json(root / n / "train_metrics.json")["best_valid_ndcg@10"])
+        else:
+            which = "sasrec"
+    if which == "sasrec" and "sasrec" not in ctx.scorers:
+        stage_sasrec(ctx)
+    if which not in ctx.scorers:
+        raise ValueError(f"rerank.candidates: no trained {which!r} in {ctx.rundir.root} (train it first)")
+    return which, ctx.scorers[which]
+
+
+def stage_rerank(ctx: Context) -> None:
+    """Stage 3: re-rank impression lists (when the dataset logs them) or the retriever's top-K lists."""
+    from thinkrec.data.synthetic import ClickModel
+    from thinkrec.rerank.lists import RerankLists, item_categories
+    from thinkrec.rerank.stage import (
+        fit_and_score,
+        funnel_sets,
+        impression_sets,
+        load_reranker,
+        save_reranker,
+        scorer_top_k,
+    )
+    from thinkrec.rerank.train import train_evaluator
+
+    cfg = ctx.config.rerank
+    dataset = ctx.get_dataset()
+    has_imps = dataset.impressions is not None and dataset.impressions.height > 0
+    source = ("impressions" if has_imps else "funnel") if cfg.source == "auto" else cfg.source
+    if source not in ("impressions", "funnel"):
+        raise ValueError(f"rerank.source must be impressions, funnel or auto, got {cfg.source!r}")
+    out = ctx.rundir.stage_dir("rerank")
+    device = ctx.config.run.device
+    lists_key: dict[str, Any] = {"data": ctx.config.data, "source": source, "k": cfg.k, "max_len": cfg.max_len,
+                                 "history_len": cfg.history_len, "holdout": cfg.holdout_frac}
+    item_vectors = None
+    if (ctx.rundir.root / "sids" / "sidmap").exists():
+        from thinkrec.tokenize.embed import embed_items
+        from thinkrec.tokenize.stage import embed_config
+
+        item_vectors = embed_items(dataset, embed_config(ctx.config.tokenize))  # cached by the tokenize stage
+    if source == "funnel":
+        which, scorer = _funnel_candidates(ctx, cfg.candidates)
+        lists_key.update(candidates=which, retrieval=ctx.config.retrieval, tokenize=ctx.config.tokenize)
+    if ctx.rundir.is_done("rerank/lists", lists_key):
+        train, valid, test = (RerankLists.load(out / "lists" / p) for p in ("train", "valid", "test"))
+    else:
+        if source == "impressions":
+            train, valid, test = impression_sets(dataset, cfg, item_vectors)
+        else:
+            train, valid, test = funnel_sets(ctx.get_split(), scorer_top_k(scorer, cfg.k, ctx.config.sasrec.max_len),
+                                             item_categories(dataset), cfg, item_vectors, ctx.config.run.seed)
+        for part, lists in (("train", train), ("valid", valid), ("test", test)):
+            lists.save(out / "lists" / part)
+        ctx.rundir.mark_done("rerank/lists", lists_key, train=len(train), valid=len(valid), test=len(test),
+                             **({"candidates": lists_key["candidates"], "recall_at_k": test.meta["recall_at_k"]} if source == "funnel" else {}))
+    ctx.log(f"rerank: {source} lists — {len(train)} train / {len(valid)} valid / {len(test)} test, up to {test.list_len} items")
+    click_model = ClickModel.from_dataset(dataset) if dataset.meta.get("generator") == "thinkrec.data.synthetic" and source == "impressions" else None
+
+    ev_key = {"lists": lists_key, "model": cfg.model, "train": cfg.train}
+    if ctx.rundir.is_done("rerank/evaluator", ev_key):
+        _, evaluator = load_reranker(out / "evaluator", train, device)
+    else:
+        evaluator, ev_hist = train_evaluator(train, valid, cfg.model, cfg.train, device, log=lambda m: ctx.log(f"rerank evaluator: {m}"))
+        save_reranker(evaluator, "evaluator", out / "evaluator", ev_hist)
+        ctx.rundir.mark_done("rerank/evaluator", ev_key, valid_logloss=min(h["valid_logloss"] for h in ev_hist), epochs=len(ev_hist))
+    metrics_file = out / "metrics.json"
+    results = read_json(metrics_file) if metrics_file.exists() else {}
+    if results.get("lists_hash") != config_hash(ev_key):
+        results = {"lists_hash": config_hash(ev_key), "models": {}, "profiles": {}}
+    results.update(source=source, n_lists={"train": len(train), "valid": len(valid), "test": len(test)},
+                   candidates=lists_key.get("candidates"))
+    per_file = out / "per_list.npz"
+    per_list = dict(np.load(per_file)) if per_file.exists() and results["models"] else {}
+    for name in cfg.models:
+        key = {**ev_key, "name": name}
+        if ctx.rundir.is_done(f"rerank/{name}", key) and name in results["models"]:
+            ctx.log(f"rerank: trained {name} found, skipping")
+            continue
+        fit = fit_and_score(name, train, valid, test, cfg.model, cfg.train, evaluator, click_model, device,
+                            log=lambda m: ctx.log(f"rerank {m}"))
+        if fit.model is not None:
+            save_reranker(fit.model, name, out / name, fit.history)
+        results["models"][name] = fit.metrics
+        if fit.profile is not None:
+            results["profiles"][name] = fit.profile
+        per_list[name] = fit.per_list["ndcg@5"]
+        with atomic_path(per_file) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **per_list)
+        write_json(metrics_file, results)
+        ctx.rundir.mark_done(f"rerank/{name}", key, **{k: v for k, v in fit.metrics.items() if k in ("ndcg@5", "train_s")})
+    if "eglr" in per_list:
+        results["paired_tests_ndcg@5"] = {f"eglr_vs_{o}": paired_test(per_list["eglr"], v, ctx.config.eval.bootstrap, seed=ctx.config.run.seed)
+                                          for o, v in per_list.items() if o != "eglr"}
+    if results["profiles"]:
+        from thinkrec.rerank.plots import plot_profiles
+
+        results["plots"] = [str(p.relative_to(ctx.rundir.root)) for p in plot_profiles(results["profiles"], ctx.rundir.root / "plots")]
+    write_json(metrics_file, results)
+
+
 def stage_evaluate(ctx: Context) -> None:
     """Test-set full ranking for every trained model, with bootstrap CIs and paired tests vs the best."""
     ev = ctx.config.eval
@@ -212,6 +320,7 @@ STAGES: dict[str, Callable[[Context], None]] = {
     "sasrec": stage_sasrec,
     "tokenize": stage_tokenize,
     "retrieval": stage_retrieval,
+    "rerank": stage_rerank,
     "evaluate": stage_evaluate,
     "report": stage_report,
 }

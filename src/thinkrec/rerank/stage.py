@@ -1,0 +1,244 @@
+"""Stage 3 as calls: build the lists (impressions or funnel), train the evaluator and the re-rankers, score them,
+and save everything under one folder.
+
+``<out_dir>/lists/{train,valid,test}/`` (lists), ``evaluator/`` and ``<model>/`` (``model.safetensors`` +
+``config.json`` + ``history.json``), ``metrics.json`` (test metrics per model), ``per_list.npz`` (per-list
+NDCG@5 per model, for paired tests), ``profiles.json`` (entropy / reasoning steps / temperature per position).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from thinkrec.data.batching import pad_histories
+from thinkrec.data.dataset import Dataset
+from thinkrec.data.splits import EvalExamples, SequenceSplit
+from thinkrec.rerank.lists import (
+    RerankLists,
+    funnel_lists,
+    impression_lists,
+    temporal_thirds,
+)
+from thinkrec.rerank.models import ListEvaluator, PointerGenerator, RerankBase, RerankModelConfig
+from thinkrec.rerank.train import (
+    RERANK_MODELS,
+    RerankTrainConfig,
+    build_evaluator,
+    build_model,
+    evaluator_scores,
+    order_metrics,
+    rerank_orders,
+    reward_kind,
+    train_evaluator,
+    train_reranker,
+)
+from thinkrec.utils.config import from_dict
+from thinkrec.utils.io import atomic_dir, atomic_path, write_json
+
+
+@dataclass
+class RerankStageConfig:
+    models: list[str] = field(default_factory=lambda: list(RERANK_MODELS))
+    source: str = "auto"  # impressions | funnel | auto (impressions when the dataset logs them, else funnel)
+    candidates: str = "auto"  # funnel lists: the retriever whose top-K is re-ranked (s2gr | tiger | sasrec | auto)
+    k: int = 10  # funnel list length (up to 50)
+    max_len: int = 50  # impression lists are cut to the first max_len shown items
+    history_len: int = 50
+    holdout_frac: float = 0.1  # share of training lists held out for early stopping
+    model: RerankModelConfig = field(default_factory=RerankModelConfig)
+    train: RerankTrainConfig = field(default_factory=RerankTrainConfig)
+
+
+# ---------------------------------------------------------------------------------------------- lists
+def impression_sets(dataset: Dataset, cfg: RerankStageConfig, item_vectors: np.ndarray | None = None
+                    ) -> tuple[RerankLists, RerankLists, RerankLists]:
+    """Impression lists split by time: 80 % train, 10 % valid (early stopping), 10 % test."""
+    lists = impression_lists(dataset, cfg.max_len, cfg.history_len, item_vectors)
+    return temporal_thirds(lists, cfg.holdout_frac, 0.1)
+
+
+TopK = Callable[[EvalExamples], tuple[np.ndarray, np.ndarray]]
+
+
+def scorer_top_k(scorer: Any, k: int, max_len: int = 50, batch_size: int = 256) -> TopK:
+    """Top-K candidates (and scores) of a retriever: beams of a generative scorer, or a full-ranking scorer."""
+
+    def top_k(examples: EvalExamples) -> tuple[np.ndarray, np.ndarray]:
+        items, scores = np.full((len(examples), k), -1, np.int64), np.zeros((len(examples), k), np.float32)
+        for lo in range(0, len(examples), batch_size):
+            rows = np.arange(lo, min(lo + batch_size, len(examples)))
+            tokens = torch.from_numpy(pad_histories(examples.offsets, examples.items, rows, max_len))
+            if hasattr(scorer, "recommend"):
+                with torch.inference_mode():
+                    rec = scorer.recommend(tokens, k)
+                items[rows], scores[rows] = rec.items[:, :k], rec.scores[:, :k]
+            else:
+                with torch.inference_mode():
+                    s = scorer.score(torch.from_numpy(examples.users[rows]), tokens).float()
+                top = s.topk(k, dim=1)
+                items[rows], scores[rows] = top.indices.numpy(), top.values.numpy()
+        return items, scores
+
+    return top_k
+
+
+def funnel_sets(split: SequenceSplit, top_k: TopK, category: np.ndarray, cfg: RerankStageConfig,
+                item_vectors: np.ndarray | None = None, seed: int = 0) -> tuple[RerankLists, RerankLists, RerankLists]:
+    """Training lists from validation-position targets (a random ``holdout_frac`` of users held out for early
+    stopping), test lists from test targets. The retriever never trained on either target."""
+    v_items, v_scores = top_k(split.valid)
+    t_items, t_scores = top_k(split.test)
+    fit = funnel_lists(split.valid, v_items, v_scores, split, category, cfg.history_len, item_vectors)
+    test = funnel_lists(split.test, t_items, t_scores, split, category, cfg.history_len, item_vectors)
+    perm = np.random.default_rng(seed).permutation(len(fit))
+    n_hold = max(1, int(round(len(fit) * cfg.holdout_frac)))
+    return fit.subset(np.sort(perm[n_hold:])), fit.subset(np.sort(perm[:n_hold])), test
+
+
+# ---------------------------------------------------------------------------------------------- models on disk
+def save_reranker(model: RerankBase, name: str, path: str | Path, history: list[dict] | None = None) -> Path:
+    with atomic_dir(path) as tmp:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+        (tmp / "config.json").write_text(json.dumps({"name": name, "model": asdict(model.cfg)}, indent=2))
+        (tmp / "history.json").write_text(json.dumps(history or [], indent=2))
+    return Path(path)
+
+
+def load_reranker(path: str | Path, lists: RerankLists, device: str = "cpu") -> tuple[str, RerankBase]:
+    path = Path(path)
+    info = json.loads((path / "config.json").read_text())
+    cfg = from_dict(RerankModelConfig, info["model"], where=str(path / "config.json"))
+    model = build_evaluator(lists, cfg) if info["name"] == "evaluator" else build_model(info["name"], lists, cfg)
+    model.load_state_dict(load_file(str(path / "model.safetensors")))
+    return info["name"], model.to(device).eval()
+
+
+# ---------------------------------------------------------------------------------------------- diagnostics
+@torch.inference_mode()
+def reasoning_profile(model: PointerGenerator, lists: RerankLists, device: str = "cpu") -> dict[str, list[float]]:
+    """Per decoded position: mean entropy before reasoning and at selection, mean reasoning steps, mean selection
+    temperature, mean temperature of the reasoning steps taken (by step index)."""
+    model.eval()
+    sums: dict[str, Any] = {}
+    n = None
+    for lo in range(0, len(lists), 512):
+        b = lists.tensors(np.arange(lo, min(lo + 512, len(lists))), device)
+        tr = model.decode(b)
+        real = b["mask"].gather(1, tr.actions).float()  # positions that selected a real candidate
+        parts = {"entropy_first": tr.entropy_first, "entropy_final": tr.entropy_final, "steps": tr.steps,
+                 "temp_select": tr.temp_select}
+        for k, v in parts.items():
+            sums[k] = sums.get(k, 0) + (v * real).sum(0)
+        if tr.temp_reason.shape[-1]:
+            took = (tr.temp_reason > 0).float()
+            sums["temp_reason_sum"] = sums.get("temp_reason_sum", 0) + tr.temp_reason.sum((0, 1))
+            sums["temp_reason_n"] = sums.get("temp_reason_n", 0) + took.sum((0, 1))
+        n = real.sum(0) if n is None else n + real.sum(0)
+    out = {k: (sums[k] / n.clamp_min(1)).tolist() for k in ("entropy_first", "entropy_final", "steps", "temp_select")}
+    if "temp_reason_sum" in sums:
+        out["temp_reason_by_step"] = (sums["temp_reason_sum"] / sums["temp_reason_n"].clamp_min(1)).tolist()
+    return out
+
+
+def latency_ms(model: RerankBase | None, lists: RerankLists, n: int = 200, device: str = "cpu") -> float:
+    """Median wall time to re-rank one list (batch of 1), in milliseconds."""
+    if model is None:
+        return 0.0
+    times = []
+    for i in range(min(n, len(lists))):
+        t = time.perf_counter()
+        rerank_orders(model, lists.subset(np.array([i])), device=device)
+        times.append(time.perf_counter() - t)
+    return float(np.median(times) * 1000)
+
+
+def evaluate_orders(lists: RerankLists, orders: np.ndarray, evaluator: ListEvaluator | None, kind: str,
+                    click_model: Any = None) -> dict[str, np.ndarray]:
+    """Per-list metrics: list metrics, the evaluator's score, and expected clicks under a known click model."""
+    per = order_metrics(lists, orders)
+    if evaluator is not None:
+        per["evaluator_score"] = evaluator_scores(evaluator, lists, orders, kind)
+    if click_model is not None:
+        hist = [h[h > 0] - 1 for h in lists.history]
+        shown = np.take_along_axis(lists.items, orders, 1)
+        per["expected_clicks"] = click_model.expected_clicks_batch(lists.users, hist, shown)
+    return per
+
+
+# ---------------------------------------------------------------------------------------------- the stage
+@dataclass
+class FitResult:
+    model: RerankBase | None
+    metrics: dict[str, float]
+    per_list: dict[str, np.ndarray]
+    profile: dict[str, list[float]] | None
+    history: list[dict]
+
+
+def fit_and_score(name: str, train: RerankLists, valid: RerankLists, test: RerankLists, model_config: RerankModelConfig,
+                  config: RerankTrainConfig, evaluator: ListEvaluator | None, click_model: Any = None,
+                  device: str = "cpu", log: Callable[[str], None] = print, label: str | None = None) -> FitResult:
+    """Train re-ranker ``name`` (with ``model_config``; ablations pass their own) and score it on ``test``."""
+    if name not in RERANK_MODELS:
+        raise ValueError(f"rerank.models: unknown model {name!r}; choose from {', '.join(RERANK_MODELS)}")
+    label = label or name
+    t = time.perf_counter()
+    model, hist = train_reranker(name, train, valid, model_config, config, evaluator, device,
+                                 log=lambda m: log(f"{label}: {m}"))
+    train_s = time.perf_counter() - t
+    orders = rerank_orders(model, test, device=device)
+    per = evaluate_orders(test, orders, evaluator, reward_kind(config, train), click_model)
+    m = {k: float(np.mean(v)) for k, v in per.items()}
+    m.update(train_s=train_s, latency_ms=latency_ms(model, test, 100, device),
+             rl_epochs=float(sum(1 for h in hist if h.get("stage") == "rl")))
+    profile = None
+    if isinstance(model, PointerGenerator):
+        profile = reasoning_profile(model, test, device)
+        m["reasoning_steps_per_list"] = float(np.sum(profile["steps"]))
+    log(f"rerank {label}: " + "  ".join(f"{k} {v:.4f}" for k, v in m.items()))
+    return FitResult(model, m, per, profile, hist)
+
+
+def run_rerank(train: RerankLists, valid: RerankLists, test: RerankLists, cfg: RerankStageConfig, out_dir: str | Path,
+               click_model: Any = None, device: str = "cpu", log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train the evaluator and every configured re-ranker, score them on ``test``, save all to ``out_dir``."""
+    out = Path(out_dir)
+    for part, lists in (("train", train), ("valid", valid), ("test", test)):
+        lists.save(out / "lists" / part)
+    t = time.perf_counter()
+    evaluator, ev_hist = train_evaluator(train, valid, cfg.model, cfg.train, device, log=lambda m: log(f"evaluator: {m}"))
+    save_reranker(evaluator, "evaluator", out / "evaluator", ev_hist)
+    results: dict[str, Any] = {"evaluator": {"train_s": time.perf_counter() - t, "epochs": len(ev_hist),
+                                             "valid_logloss": min(h["valid_logloss"] for h in ev_hist)}}
+    per_list: dict[str, np.ndarray] = {}
+    profiles: dict[str, Any] = {}
+    metrics: dict[str, Any] = {}
+    for name in cfg.models:
+        fit = fit_and_score(name, train, valid, test, cfg.model, cfg.train, evaluator, click_model, device, log)
+        if fit.model is not None:
+            save_reranker(fit.model, name, out / name, fit.history)
+        metrics[name], per_list[name] = fit.metrics, fit.per_list["ndcg@5"]
+        if fit.profile is not None:
+            profiles[name] = fit.profile
+    results["models"] = metrics
+    results["source"] = test.source
+    results["n_lists"] = {"train": len(train), "valid": len(valid), "test": len(test)}
+    write_json(out / "metrics.json", results)
+    write_json(out / "profiles.json", profiles)
+    with atomic_path(out / "per_list.npz") as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **per_list)
+    if profiles:
+        from thinkrec.rerank.plots import plot_profiles
+
+        results["plots"] = [str(p.relative_to(out)) for p in plot_profiles(profiles, out / "plots")]
+        write_json(out / "metrics.json", results)
+    return results
