@@ -129,7 +129,12 @@ def main() -> None:
         part, field_name = key.split(".", 1)
         obj = mcfg if part == "model" else tcfg
         cur = getattr(obj, field_name)
-        val = (v.lower() in ("1", "true", "yes")) if isinstance(cur, bool) else type(cur)(v) if cur is not None else float(v)
+        if isinstance(cur, bool):
+            val = v.lower() in ("1", "true", "yes")
+        elif cur is None:
+            val = int(v) if v.lstrip("-").isdigit() else float(v)
+        else:
+            val = type(cur)(v)
         if part == "model":
             mcfg = replace(mcfg, **{field_name: val})
         else:

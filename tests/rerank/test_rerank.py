@@ -92,13 +92,13 @@ def _generator(s_max: int, thr: float, always: bool = False, seed: int = 0) -> t
     return model, lists.tensors()
 
 
-@pytest.mark.parametrize("thr", [0.3, 0.7, 0.95])
+@pytest.mark.parametrize("thr", [0.8, 1.5, 1.9])
 def test_entropy_gate_fires_only_above_threshold_and_at_most_s_max(thr):
     model, b = _generator(3, thr)
     with torch.no_grad():
         tr = model.decode(b)
     n_avail = b["mask"].sum(1, keepdim=True) - torch.arange(tr.actions.shape[1])[None]
-    limit = thr * torch.log(n_avail.clamp_min(2).float())
+    limit = torch.full(tr.steps.shape, thr)
     real = n_avail > 1
     assert (tr.steps <= 3).all()
     assert (tr.steps[(tr.entropy_first <= limit) | ~real] == 0).all()
@@ -109,12 +109,20 @@ def test_entropy_gate_fires_only_above_threshold_and_at_most_s_max(thr):
 
 
 def test_gate_ablations():
-    model, b = _generator(2, 0.99, always=True)
+    model, b = _generator(2, 5.0, always=True)
     with torch.no_grad():
         tr = model.decode(b)
     n_avail = b["mask"].sum(1, keepdim=True) - torch.arange(tr.actions.shape[1])[None]
     assert (tr.steps[n_avail > 1] == 2).all()
     model0, b0 = _generator(0, 0.0)
+    model1, b1 = _generator(2, 1.5)
+    model1.cfg.entropy_quantile = 0.5
+    with torch.no_grad():
+        h_th = model1.calibrate_threshold(b1)
+        tr1 = model1.decode(b1)
+    n1 = b1["mask"].sum(1, keepdim=True) - torch.arange(tr1.actions.shape[1])[None]
+    fired = (tr1.steps > 0)[n1 > 1].float().mean()
+    assert h_th != 1.5 and 0.35 <= float(fired) <= 0.65  # the calibrated gate fires at about half the positions
     with torch.no_grad():
         assert (model0.decode(b0).steps == 0).all()
 

@@ -24,16 +24,18 @@ class RerankModelConfig:
     n_heads: int = 2
     n_layers: int = 1
     dropout: float = 0.1
-    item_embedding: bool = True  # learned item-id embedding (off: category + features only)
+    item_embedding: bool = False  # learned item-id embedding (off: category + features only; ids overfit small logs)
     # EGLR (generator only)
     s_max: int = 3  # most latent reasoning steps per list position (0 = Seq2Slate / EG-Rerank)
-    entropy_threshold: float = 0.5  # reason when H_k > entropy_threshold * log(#remaining candidates)
+    entropy_threshold: float = 1.5  # H_th in nats: reason while H_k > H_th ...
+    entropy_quantile: float | None = 0.6  # ... or, when set, H_th is re-calibrated after each training epoch to this
+    #   quantile of the pre-reasoning entropies on training lists (reason at the most uncertain 40 % of positions)
     always_reason: bool = False  # ablation: S_max steps at every position, no gate
     dynamic_temperature: bool = True
     temperature: float = 1.0  # base temperature τ0
     reason_temp_gain: float = 1.0  # τ_reason = τ0 (1 + gain · H/log n): explore on reasoning steps
     select_temp_gain: float = 1.0  # τ_select = τ0 / (1 + gain · H/log n): exploit on selection
-    max_decode: int = 20  # positions decoded step by step; the rest follow the last step's scores
+    max_decode: int = 10  # positions decoded step by step; the rest follow the last step's scores
 
 
 class CandidateEncoder(nn.Module):
@@ -213,26 +215,43 @@ class PointerGenerator(RerankBase):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         d = self.cfg.d_model
-        self.body = _encoder(self.cfg)  # set encoder: no positions, candidates see each other
+        self.body = _encoder(self.cfg)  # set encoder over the candidates (initial rank as an embedding, as in PRM)
+        self.init_pos = nn.Embedding(64, d)
         self.key = nn.Linear(d, d)
         self.query = nn.Linear(d, d)
+        self.pointer = nn.Linear(d, 1)  # additive (Ptr-Net) attention: v·tanh(W_k c_j + W_q s)
         self.value = nn.Linear(d, d)
         self.init_state = nn.Linear(2 * d, d)
         self.cell = nn.GRUCell(d, d)
         self.select_emb = nn.Parameter(torch.zeros(d))
         self.reason_proj = nn.Linear(d, d)
         self.reason_emb = nn.Parameter(torch.randn(max(self.cfg.s_max, 1), d) * 0.02)
+        self.register_buffer("h_th", torch.tensor(float(self.cfg.entropy_threshold)))  # entropy gate (nats)
+
+    @torch.no_grad()
+    def calibrate_threshold(self, batch: dict[str, torch.Tensor]) -> float:
+        """Set H_th to ``entropy_quantile`` of the pre-reasoning entropies of greedy decoding."""
+        if self.cfg.entropy_quantile is None or self.cfg.s_max == 0:
+            return float(self.h_th)
+        tr = self.decode(batch)
+        n_avail = batch["mask"].sum(1, keepdim=True) - torch.arange(tr.actions.shape[1], device=tr.actions.device)[None]
+        real = n_avail > 1
+        if bool(real.any()):
+            self.h_th.fill_(float(torch.quantile(tr.entropy_first[real].float(), self.cfg.entropy_quantile)))
+        return float(self.h_th)
 
     def _prepare(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x, user = self.encode(batch)
-        h = self.body(x, src_key_padding_mask=~batch["mask"])
+        L = x.shape[1]
+        pos = torch.arange(L, device=x.device).clamp_max(self.init_pos.num_embeddings - 1)
+        h = self.body(x + self.init_pos(pos), src_key_padding_mask=~batch["mask"])
         mask = batch["mask"][..., None]
         pooled = (h * mask).sum(1) / mask.sum(1).clamp_min(1)
         state = torch.tanh(self.init_state(torch.cat([user, pooled], -1)))
         return self.key(h), self.value(h), state
 
     def _logits(self, keys: torch.Tensor, state: torch.Tensor, avail: torch.Tensor) -> torch.Tensor:
-        return ((keys @ self.query(state)[..., None]).squeeze(-1) / math.sqrt(keys.shape[-1])).masked_fill(~avail, NEG)
+        return self.pointer(torch.tanh(keys + self.query(state)[:, None])).squeeze(-1).masked_fill(~avail, NEG)
 
     def _temps(self, h: torch.Tensor, avail: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.cfg
@@ -250,7 +269,7 @@ class PointerGenerator(RerankBase):
         steps = torch.zeros_like(h)
         temps = []
         n_avail = avail.sum(-1)
-        threshold = cfg.entropy_threshold * torch.log(n_avail.clamp_min(2).float())
+        threshold = self.h_th
         for s in range(cfg.s_max):
             gate = (n_avail > 1) & (torch.ones_like(h, dtype=torch.bool) if cfg.always_reason else h > threshold)
             if not bool(gate.any()):

@@ -35,6 +35,8 @@ class RerankTrainConfig:
     # RL (egrerank, eglr): group-normalised advantages over `rollouts` samples per request, PPO clip
     rl_epochs: int = 6
     rollouts: int = 8
+    rl_batch_requests: int = 64  # requests per RL batch (× rollouts rows)
+    rl_requests_per_epoch: int | None = None  # a random subset of training requests per RL epoch (None = all)
     ppo_clip: float = 0.1
     ppo_updates: int = 2  # gradient steps per batch of rollouts
     entropy_bonus: float = 0.001
@@ -238,6 +240,15 @@ def _supervised_loss(model: RerankBase, b: dict[str, torch.Tensor]) -> torch.Ten
     return listwise_loss(scores, b["labels"], b["mask"])
 
 
+def _calibrate(model: RerankBase, lists: RerankLists, device: str, n: int = 2048) -> float | None:
+    """Re-calibrate a generator's entropy gate on (a fixed sample of) training lists."""
+    if not isinstance(model, PointerGenerator):
+        return None
+    model.eval()
+    idx = np.random.default_rng(0).permutation(len(lists))[:n]
+    return model.calibrate_threshold(lists.tensors(np.sort(idx), device))
+
+
 def train_supervised(model: RerankBase, train: RerankLists, valid: RerankLists, config: RerankTrainConfig,
                      device: str = "cpu", log: Callable[[str], None] = print, tag: str = "") -> list[dict]:
     """Supervised training with early stopping on validation NDCG@5; leaves the best weights in ``model``."""
@@ -256,8 +267,9 @@ def train_supervised(model: RerankBase, train: RerankLists, valid: RerankLists, 
             nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             opt.step()
             tot, n = tot + float(loss.detach()) * len(idx), n + len(idx)
+        h_th = _calibrate(model, data, device)
         v = _valid_ndcg5(model, valid, device)
-        history.append({"stage": "supervised", "epoch": epoch, "loss": tot / max(n, 1), "valid_ndcg@5": v,
+        history.append({"stage": "supervised", "h_th": h_th, "epoch": epoch, "loss": tot / max(n, 1), "valid_ndcg@5": v,
                         "train_s": time.perf_counter() - t0})
         log(f"{tag} epoch {epoch}: loss {tot / max(n, 1):.4f} valid NDCG@5 {v:.4f}")
         if v > best + 1e-6 or best_state is None:
@@ -288,7 +300,10 @@ def train_rl(model: PointerGenerator, evaluator: ListEvaluator, train: RerankLis
     for epoch in range(1, config.rl_epochs + 1):
         rng = np.random.default_rng([config.seed, 1000 + epoch])
         t0, sums, n = time.perf_counter(), {"reward": 0.0, "pg": 0.0}, 0
-        for idx in _batches(len(train), max(1, config.batch_size // G), rng):
+        reqs = _batches(len(train), config.rl_batch_requests, rng)
+        if config.rl_requests_per_epoch:
+            reqs = reqs[: max(1, int(config.rl_requests_per_epoch) // config.rl_batch_requests)]
+        for idx in reqs:
             b = train.tensors(idx, device)
             bg = {k: v.repeat_interleave(G, 0) for k, v in b.items()}
             model.eval()  # no dropout: the ratio compares the same function before and after the update
