@@ -23,7 +23,7 @@ class RerankModelConfig:
     d_model: int = 64
     n_heads: int = 2
     n_layers: int = 1
-    dropout: float = 0.1
+    dropout: float = 0.3
     item_embedding: bool = False  # learned item-id embedding (off: category + features only; ids overfit small logs)
     # EGLR (generator only)
     s_max: int = 3  # most latent reasoning steps per list position (0 = Seq2Slate / EG-Rerank)

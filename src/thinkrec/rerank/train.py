@@ -27,9 +27,11 @@ RERANK_MODELS = ("initial", "dnn", "prm", "dlcm", "seq2slate", "egrerank", "eglr
 @dataclass
 class RerankTrainConfig:
     batch_size: int = 128
-    lr: float = 2e-3
+    lr: float = 1e-3
     weight_decay: float = 0.01
     epochs: int = 30  # supervised epochs (scorers, generator warm start)
+    pointwise_weight: float = 3.0  # generators: + this × log-loss of the first step's scores on every list (lists
+    #   without a positive then also teach the generator, as they teach the pointwise DNN)
     patience: int = 4  # epochs without validation NDCG@5 gain
     evaluator_epochs: int = 30
     # RL (egrerank, eglr): group-normalised advantages over `rollouts` samples per request, PPO clip
@@ -42,6 +44,8 @@ class RerankTrainConfig:
     entropy_bonus: float = 0.001
     rl_lr: float = 5e-4
     sl_weight: float = 0.5  # supervised loss kept during RL (anchors the policy to the logged labels)
+    rl_select: str = "auto"  # RL epoch kept by validation evaluator score ("evaluator") or label NDCG@5 ("ndcg");
+    #   auto: evaluator on impression lists (its click model is the objective), ndcg on funnel lists (exact labels)
     reward: str = "auto"  # clicks (Σ evaluator click probabilities) | dcg (Σ p_k / log2(k + 2)); auto: dcg for funnel lists
     grad_clip: float = 1.0
     max_train_s: float | None = None
@@ -97,8 +101,10 @@ def listwise_loss(scores: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor
     return -(target * logp).sum(1)[has].mean()
 
 
-def generator_supervised_loss(model: PointerGenerator, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Any]:
-    """Teacher-forced pointer loss: at each position, −log of the probability of the best remaining labels."""
+def generator_supervised_loss(model: PointerGenerator, batch: dict[str, torch.Tensor],
+                              pointwise_weight: float = 0.0) -> tuple[torch.Tensor, Any]:
+    """Teacher-forced pointer loss: at each position, −log of the probability of the best remaining labels
+    (+ ``pointwise_weight`` × log-loss of the first step's scores against the labels, on every list)."""
     labels, mask = batch["labels"], batch["mask"]
     T = min(model.cfg.max_decode, mask.shape[1])
     actions = ideal_order(labels, mask)[:, :T]
@@ -114,9 +120,11 @@ def generator_supervised_loss(model: PointerGenerator, batch: dict[str, torch.Te
     logp = torch.log_softmax(trace.step_logits, -1)
     lse = torch.logsumexp(logp.masked_fill(~target, -1e9), -1)
     active = target.any(-1)
-    if not bool(active.any()):
-        return trace.step_logits.sum() * 0.0, trace
-    return -lse[active].mean(), trace
+    loss = -lse[active].mean() if bool(active.any()) else trace.step_logits.sum() * 0.0
+    if pointwise_weight > 0:
+        first = trace.step_logits[:, 0]
+        loss = loss + pointwise_weight * F.binary_cross_entropy_with_logits(first[mask], labels[mask].clamp(0, 1))
+    return loss, trace
 
 
 @torch.inference_mode()
@@ -231,9 +239,9 @@ def evaluator_logloss(model: ListEvaluator, lists: RerankLists, device: str = "c
     return tot / max(n, 1)
 
 
-def _supervised_loss(model: RerankBase, b: dict[str, torch.Tensor]) -> torch.Tensor:
+def _supervised_loss(model: RerankBase, b: dict[str, torch.Tensor], config: RerankTrainConfig) -> torch.Tensor:
     if isinstance(model, PointerGenerator):
-        return generator_supervised_loss(model, b)[0]
+        return generator_supervised_loss(model, b, config.pointwise_weight)[0]
     scores = model.scores(b)
     if getattr(model, "loss_kind", "listwise") == "pointwise":
         return F.binary_cross_entropy_with_logits(scores[b["mask"]], b["labels"][b["mask"]])
@@ -253,7 +261,9 @@ def train_supervised(model: RerankBase, train: RerankLists, valid: RerankLists, 
                      device: str = "cpu", log: Callable[[str], None] = print, tag: str = "") -> list[dict]:
     """Supervised training with early stopping on validation NDCG@5; leaves the best weights in ``model``."""
     torch.manual_seed(config.seed)
-    data = train if getattr(model, "loss_kind", "listwise") == "pointwise" else train.with_positives()
+    every_list = getattr(model, "loss_kind", "listwise") == "pointwise" or (
+        isinstance(model, PointerGenerator) and config.pointwise_weight > 0)
+    data = train if every_list else train.with_positives()
     opt = _optimizer(model, config.lr, config.weight_decay)
     best, best_state, bad, history, t_start = _valid_ndcg5(model, valid, device), None, 0, [], time.perf_counter()
     for epoch in range(1, config.epochs + 1):
@@ -261,7 +271,7 @@ def train_supervised(model: RerankBase, train: RerankLists, valid: RerankLists, 
         rng = np.random.default_rng([config.seed, epoch])
         t0, tot, n = time.perf_counter(), 0.0, 0
         for idx in _batches(len(data), config.batch_size, rng):
-            loss = _supervised_loss(model, data.tensors(idx, device))
+            loss = _supervised_loss(model, data.tensors(idx, device), config)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
@@ -289,7 +299,9 @@ def train_rl(model: PointerGenerator, evaluator: ListEvaluator, train: RerankLis
              config: RerankTrainConfig, device: str = "cpu", log: Callable[[str], None] = print, tag: str = "") -> list[dict]:
     """Policy gradient against the evaluator: ``rollouts`` sampled lists per request, advantages normalised within
     the group, PPO-clipped ratio of the new to the sampling policy (token level), an entropy bonus, and the
-    supervised loss kept at ``sl_weight`` on lists with labels. Keeps the best epoch by validation NDCG@5."""
+    supervised loss kept at ``sl_weight`` on lists with labels. Keeps the best epoch (the warm start included) by
+    ``rl_select``: the evaluator's validation score (as generator–evaluator methods select; low-variance) or label
+    NDCG@5 (noisy with few clicks per list)."""
     kind = reward_kind(config, train)
     gen = torch.Generator(device="cpu").manual_seed(config.seed)
     opt = _optimizer(model, config.rl_lr, config.weight_decay)
@@ -297,6 +309,16 @@ def train_rl(model: PointerGenerator, evaluator: ListEvaluator, train: RerankLis
     best, best_state, history = _valid_ndcg5(model, valid, device), copy.deepcopy(model.state_dict()), []
     G = config.rollouts
     t_start = time.perf_counter()
+    if config.rl_select not in ("evaluator", "ndcg", "auto"):
+        raise ValueError(f"rl_select must be evaluator, ndcg or auto, got {config.rl_select!r}")
+    select = config.rl_select if config.rl_select != "auto" else ("ndcg" if train.source.startswith("funnel") else "evaluator")
+
+    def select_score(v_ndcg: float) -> float:
+        if select == "ndcg":
+            return v_ndcg
+        return float(evaluator_scores(evaluator, valid, rerank_orders(model, valid, device=device), kind, device).mean())
+
+    best = select_score(best)
     for epoch in range(1, config.rl_epochs + 1):
         rng = np.random.default_rng([config.seed, 1000 + epoch])
         t0, sums, n = time.perf_counter(), {"reward": 0.0, "pg": 0.0}, 0
@@ -332,11 +354,13 @@ def train_rl(model: PointerGenerator, evaluator: ListEvaluator, train: RerankLis
             sums["pg"] += float(pg.detach()) * len(idx)
             n += len(idx)
         v = _valid_ndcg5(model, valid, device)
+        sel = select_score(v)
         history.append({"stage": "rl", "epoch": epoch, "reward": sums["reward"] / max(n, 1), "pg": sums["pg"] / max(n, 1),
-                        "valid_ndcg@5": v, "train_s": time.perf_counter() - t0})
-        log(f"{tag} RL epoch {epoch}: mean reward {sums['reward'] / max(n, 1):.4f} valid NDCG@5 {v:.4f}")
-        if v > best + 1e-6:
-            best, best_state = v, copy.deepcopy(model.state_dict())
+                        "valid_ndcg@5": v, "valid_select": sel, "train_s": time.perf_counter() - t0})
+        log(f"{tag} RL epoch {epoch}: mean reward {sums['reward'] / max(n, 1):.4f} valid NDCG@5 {v:.4f} "
+            f"valid {select} {sel:.4f}")
+        if sel > best + 1e-6:
+            best, best_state = sel, copy.deepcopy(model.state_dict())
         if config.max_train_s and time.perf_counter() - t_start > config.max_train_s:
             break
     model.load_state_dict(best_state)
