@@ -219,3 +219,16 @@ def test_lists_save_load_roundtrip(tmp_path):
     assert np.array_equal(back.items, lists.items) and back.meta == {"x": 1} and back.source == "funnel"
     with pytest.raises(FileNotFoundError, match="lists.safetensors"):
         RerankLists.load(tmp_path / "missing")
+
+
+def test_rl_models_need_an_evaluator_and_a_known_selection_rule():
+    lists = _odd_one_out(64, 2)
+    cfg = RerankModelConfig(d_model=8, max_decode=2)
+    with pytest.raises(ValueError, match="evaluator"):
+        train_reranker("egrerank", lists, lists, cfg, RerankTrainConfig(epochs=1), log=lambda s: None)
+    ev, _ = train_evaluator(lists, lists, cfg, RerankTrainConfig(evaluator_epochs=1), log=lambda s: None)
+    with pytest.raises(ValueError, match="rl_select"):
+        train_reranker("eglr", lists, lists, cfg, RerankTrainConfig(epochs=1, rl_select="best"), evaluator=ev,
+                       log=lambda s: None)
+    with pytest.raises(ValueError, match="unknown re-ranker"):
+        train_reranker("lambdamart", lists, lists, cfg, RerankTrainConfig(epochs=1), log=lambda s: None)
