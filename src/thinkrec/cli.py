@@ -174,14 +174,16 @@ def _print_rerank(root: Path) -> None:
         return
     res = read_json(path)
     models = res.get("models", {})
-    keys = [k for k in ("ndcg@5", "ndcg@10", "map@5", "map@10", "recall@1", "recall@5", "expected_clicks",
-                        "evaluator_score", "reasoning_steps_per_list", "latency_ms") if any(k in m for m in models.values())]
+    short = {"ndcg@5": "N@5", "ndcg@10": "N@10", "map@5": "MAP@5", "map@10": "MAP@10", "recall@1": "R@1",
+             "recall@5": "R@5", "expected_clicks": "clicks", "evaluator_score": "eval", "reasoning_steps_per_list": "steps",
+             "latency_ms": "ms"}
+    keys = [k for k in short if any(k in m for m in models.values())]
     table = Table(title=f"re-ranking ({res.get('source')}) — test lists")
     table.add_column("model", no_wrap=True)
     for k in keys:
-        table.add_column(k.replace("recall@", "R@").replace("ndcg@", "N@").replace("map@", "MAP@").replace("_", " "), justify="right")
+        table.add_column(short[k], justify="right", no_wrap=True)
     for name, m in models.items():
-        table.add_row(name, *(f"{m[k]:.4f}" if k in m else "" for k in keys))
+        table.add_row(name, *(f"{m[k]:.3f}" if k in m else "" for k in keys))
     console.print(table)
 
 

@@ -58,7 +58,7 @@ def test_run_writes_a_complete_run_directory_and_resumes(tmp_path):
     rr = read_json(root / "rerank" / "metrics.json")
     assert rr["source"] == "impressions" and set(rr["models"]) == {"initial", "dnn", "prm", "dlcm", "seq2slate", "egrerank", "eglr"}
     assert rr["models"]["eglr"]["rl_epochs"] == 1 and "expected_clicks" in rr["models"]["initial"]
-    assert "Re-ranking (impressions" in report and "rerank_entropy_by_position.png" in report
+    assert "Re-ranking (logged impressions)" in report and "rerank_entropy_by_position.png" in report
     assert (root / "plots" / "rerank_entropy_by_position.png").exists() and (root / "rerank" / "eglr" / "model.safetensors").exists()
 
     # A second run with the same config reuses the prepared data and the trained model.

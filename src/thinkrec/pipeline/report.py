@@ -129,9 +129,8 @@ def _rerank_section(root: Path) -> list[str]:
         return []
     cols = [(k, label) for k, label in RERANK_COLUMNS if any(k in m for m in models.values())]
     n = res.get("n_lists", {})
-    src = res.get("source", "")
-    what = f"the {res['candidates']} retriever's top-K" if res.get("candidates") else "logged impressions"
-    lines = [f"## Re-ranking ({src}: {what})", "",
+    what = f"funnel: the {res['candidates']} retriever's top-K" if res.get("candidates") else "logged impressions"
+    lines = [f"## Re-ranking ({what})", "",
              f"{n.get('train', 0)} train / {n.get('valid', 0)} valid / {n.get('test', 0)} test lists; metrics on the test lists "
              "(LibRerank MAP/NDCG over labels; funnel lists: R@1/R@5 of the true item).", "",
              "| model | " + " | ".join(label for _, label in cols) + " |", "|---" * (len(cols) + 1) + "|"]
