@@ -106,10 +106,8 @@ class DNNScorer(RerankBase):
         return self.head(torch.cat([x, user[:, None].expand_as(x)], -1)).squeeze(-1)
 
 
-class PRMScorer(RerankBase):
-    """PRM: a Transformer over the initial list (position embeddings) scores each candidate; listwise loss."""
-
-    loss_kind = "listwise"
+class _ListTransformer(RerankBase):
+    """A Transformer over a displayed list (position embeddings) and a per-position head with the user vector."""
 
     def __init__(self, *args, max_len: int = 64, **kwargs):
         super().__init__(*args, **kwargs)
@@ -118,11 +116,19 @@ class PRMScorer(RerankBase):
         self.body = _encoder(self.cfg)
         self.head = nn.Sequential(nn.Linear(2 * d, d), nn.GELU(), nn.Linear(d, 1))
 
+    def _per_position(self, x: torch.Tensor, mask: torch.Tensor, user: torch.Tensor) -> torch.Tensor:
+        h = self.body(x + self.pos.weight[: x.shape[1]], src_key_padding_mask=~mask)
+        return self.head(torch.cat([h, user[:, None].expand_as(h)], -1)).squeeze(-1)
+
+
+class PRMScorer(_ListTransformer):
+    """PRM: a Transformer over the initial list (position embeddings) scores each candidate; listwise loss."""
+
+    loss_kind = "listwise"
+
     def scores(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         x, user = self.encode(batch)
-        L = x.shape[1]
-        h = self.body(x + self.pos.weight[:L], src_key_padding_mask=~batch["mask"])
-        return self.head(torch.cat([h, user[:, None].expand_as(h)], -1)).squeeze(-1)
+        return self._per_position(x, batch["mask"], user)
 
 
 class DLCMScorer(RerankBase):
@@ -152,18 +158,11 @@ class DLCMScorer(RerankBase):
         return self.head(torch.cat([o, s * x, user[:, None].expand_as(o)], -1)).squeeze(-1)
 
 
-class ListEvaluator(RerankBase):
+class ListEvaluator(_ListTransformer):
     """Click model of a whole displayed list: candidate + display position + the other items (Transformer);
     trained with log-loss on logged clicks. ``list_probs`` scores any order of the list."""
 
     kind = "evaluator"
-
-    def __init__(self, *args, max_len: int = 64, **kwargs):
-        super().__init__(*args, **kwargs)
-        d = self.cfg.d_model
-        self.pos = nn.Embedding(max_len, d)
-        self.body = _encoder(self.cfg)
-        self.head = nn.Sequential(nn.Linear(2 * d, d), nn.GELU(), nn.Linear(d, 1))
 
     def logits(self, batch: dict[str, torch.Tensor], order: torch.Tensor | None = None) -> torch.Tensor:
         """Per displayed position click logits ``[B, L]`` for the list shown in ``order`` (candidate indices)."""
@@ -172,10 +171,7 @@ class ListEvaluator(RerankBase):
         if order is not None:
             x = x.gather(1, order[..., None].expand_as(x))
             mask = mask.gather(1, order)
-        L = x.shape[1]
-        # positions count only shown items: padding never occupies a slot in the middle of a re-ranked list
-        h = self.body(x + self.pos.weight[:L], src_key_padding_mask=~mask)
-        return self.head(torch.cat([h, user[:, None].expand_as(h)], -1)).squeeze(-1).masked_fill(~mask, NEG)
+        return self._per_position(x, mask, user).masked_fill(~mask, NEG)
 
     def list_probs(self, batch: dict[str, torch.Tensor], order: torch.Tensor | None = None) -> torch.Tensor:
         return torch.sigmoid(self.logits(batch, order))

@@ -192,6 +192,25 @@ def _valid_ndcg5(model: RerankBase, valid: RerankLists, device: str) -> float:
     return float(order_metrics(valid, rerank_orders(model, valid, device=device), (5,))["ndcg@5"].mean())
 
 
+def _train_epoch(model: nn.Module, data: RerankLists, loss_fn: Callable[[dict[str, torch.Tensor]], torch.Tensor],
+                 opt: torch.optim.Optimizer, config: RerankTrainConfig, epoch: int, device: str) -> float:
+    """One shuffled pass (seeded by epoch, so a rerun repeats it); returns the mean loss per list."""
+    model.train()
+    tot, n = 0.0, 0
+    for idx in _batches(len(data), config.batch_size, np.random.default_rng([config.seed, epoch])):
+        loss = loss_fn(data.tensors(idx, device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        opt.step()
+        tot, n = tot + float(loss.detach()) * len(idx), n + len(idx)
+    return tot / max(n, 1)
+
+
+def _evaluator_loss(model: ListEvaluator, b: dict[str, torch.Tensor]) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(model.logits(b)[b["mask"]], b["labels"][b["mask"]])
+
+
 def train_evaluator(train: RerankLists, valid: RerankLists, cfg: RerankModelConfig, config: RerankTrainConfig,
                     device: str = "cpu", log: Callable[[str], None] = print) -> tuple[ListEvaluator, list[dict]]:
     """Log-loss on logged labels in the initial (displayed) order; the best epoch by validation log-loss."""
@@ -200,21 +219,11 @@ def train_evaluator(train: RerankLists, valid: RerankLists, cfg: RerankModelConf
     opt = _optimizer(model, config.lr, config.weight_decay)
     best, best_state, bad, history = float("inf"), None, 0, []
     for epoch in range(1, config.evaluator_epochs + 1):
-        model.train()
-        rng = np.random.default_rng([config.seed, epoch])
-        t0, tot, n = time.perf_counter(), 0.0, 0
-        for idx in _batches(len(train), config.batch_size, rng):
-            b = train.tensors(idx, device)
-            logits = model.logits(b)
-            loss = F.binary_cross_entropy_with_logits(logits[b["mask"]], b["labels"][b["mask"]])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            opt.step()
-            tot, n = tot + float(loss.detach()) * len(idx), n + len(idx)
+        t0 = time.perf_counter()
+        loss = _train_epoch(model, train, lambda b: _evaluator_loss(model, b), opt, config, epoch, device)
         vloss = evaluator_logloss(model, valid, device)
-        history.append({"epoch": epoch, "loss": tot / max(n, 1), "valid_logloss": vloss, "train_s": time.perf_counter() - t0})
-        log(f"evaluator epoch {epoch}: loss {tot / max(n, 1):.4f} valid log-loss {vloss:.4f}")
+        history.append({"epoch": epoch, "loss": loss, "valid_logloss": vloss, "train_s": time.perf_counter() - t0})
+        log(f"evaluator epoch {epoch}: loss {loss:.4f} valid log-loss {vloss:.4f}")
         if vloss < best - 1e-5:
             best, best_state, bad = vloss, copy.deepcopy(model.state_dict()), 0
         else:
@@ -267,21 +276,13 @@ def train_supervised(model: RerankBase, train: RerankLists, valid: RerankLists, 
     opt = _optimizer(model, config.lr, config.weight_decay)
     best, best_state, bad, history, t_start = _valid_ndcg5(model, valid, device), None, 0, [], time.perf_counter()
     for epoch in range(1, config.epochs + 1):
-        model.train()
-        rng = np.random.default_rng([config.seed, epoch])
-        t0, tot, n = time.perf_counter(), 0.0, 0
-        for idx in _batches(len(data), config.batch_size, rng):
-            loss = _supervised_loss(model, data.tensors(idx, device), config)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            opt.step()
-            tot, n = tot + float(loss.detach()) * len(idx), n + len(idx)
+        t0 = time.perf_counter()
+        loss = _train_epoch(model, data, lambda b: _supervised_loss(model, b, config), opt, config, epoch, device)
         h_th = _calibrate(model, data, device)
         v = _valid_ndcg5(model, valid, device)
-        history.append({"stage": "supervised", "h_th": h_th, "epoch": epoch, "loss": tot / max(n, 1), "valid_ndcg@5": v,
+        history.append({"stage": "supervised", "h_th": h_th, "epoch": epoch, "loss": loss, "valid_ndcg@5": v,
                         "train_s": time.perf_counter() - t0})
-        log(f"{tag} epoch {epoch}: loss {tot / max(n, 1):.4f} valid NDCG@5 {v:.4f}")
+        log(f"{tag} epoch {epoch}: loss {loss:.4f} valid NDCG@5 {v:.4f}")
         if v > best + 1e-6 or best_state is None:
             best, best_state, bad = max(v, best), copy.deepcopy(model.state_dict()), 0
         else:
