@@ -6,10 +6,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import polars as pl
 import pytest
 import torch
 
-from thinkrec.data.splits import EvalExamples, SequenceSplit
+from thinkrec.data.dataset import Dataset
+from thinkrec.data.splits import EvalExamples, SequenceSplit, leave_one_out
 from thinkrec.data.synthetic import ClickModel, SyntheticConfig, generate
 from thinkrec.rerank import (
     RerankLists,
@@ -25,6 +27,7 @@ from thinkrec.rerank import (
 )
 from thinkrec.rerank.lists import N_FEATURES, ItemStats
 from thinkrec.rerank.models import PointerGenerator, entropy
+from thinkrec.rerank.stage import RerankStageConfig, funnel_sets
 from thinkrec.rerank.train import build_model, ideal_order, list_reward
 
 
@@ -232,3 +235,26 @@ def test_rl_models_need_an_evaluator_and_a_known_selection_rule():
                        log=lambda s: None)
     with pytest.raises(ValueError, match="unknown re-ranker"):
         train_reranker("lambdamart", lists, lists, cfg, RerankTrainConfig(epochs=1), log=lambda s: None)
+
+
+def test_funnel_sets_train_on_validation_targets_and_test_on_test_targets():
+    rng = np.random.default_rng(0)
+    n_users, n_items = 40, 30
+    seqs = [rng.choice(n_items, rng.integers(4, 8), replace=False) for _ in range(n_users)]
+    inter = pl.DataFrame({"user_id": [str(u) for u, s in enumerate(seqs) for _ in s],
+                          "item_id": [str(i) for s in seqs for i in s],
+                          "ts": [t for s in seqs for t in range(len(s))]})
+    split = leave_one_out(Dataset.from_frames("toy", inter))
+    calls = []
+
+    def top_k(ex):  # a retriever that always retrieves the target at rank 2, plus random others
+        calls.append(ex)
+        cands = np.stack([np.r_[(t + 1) % n_items, t, (t + 2) % n_items] for t in ex.targets])
+        return cands, -np.tile(np.arange(3.0), (len(ex), 1))
+
+    tr, va, te = funnel_sets(split, top_k, np.zeros(split.n_items, np.int64), RerankStageConfig(holdout_frac=0.25))
+    assert calls[0] is split.valid and calls[1] is split.test
+    assert len(tr) + len(va) == len(split.valid) and len(te) == len(split.test)
+    assert not set(tr.users) & set(va.users)  # held-out users are disjoint
+    assert (te.labels[:, 1] == 1).all() and te.labels.sum() == len(te)
+    assert np.array_equal(np.sort(np.r_[tr.users, va.users]), np.sort(split.valid.users))
