@@ -120,6 +120,7 @@ def main() -> None:
     p.add_argument("--synthetic-impressions", type=int, default=20000)
     p.add_argument("--set", action="append", default=[], help="model.KEY=V or train.KEY=V overrides")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--tag", default="", help="suffix for the variant names (keeps other rows of the results file)")
     p.add_argument("--out", default="runs/bench-rerank")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -152,6 +153,7 @@ def main() -> None:
         runs = [(m, m, mcfg) for m in args.models.split(",") if m]
         if args.ablations:
             runs += [(label, base, replace(mcfg, **over)) for label, (base, over) in ABLATIONS.items()]
+        runs = [(label + args.tag, base, c) for label, base, c in runs]
         per_list, profiles = {}, {}
         for label, base, model_cfg in runs:
             t = time.perf_counter()

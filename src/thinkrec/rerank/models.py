@@ -36,6 +36,7 @@ class RerankModelConfig:
     reason_temp_gain: float = 1.0  # τ_reason = τ0 (1 + gain · H/log n): explore on reasoning steps
     select_temp_gain: float = 1.0  # τ_select = τ0 / (1 + gain · H/log n): exploit on selection
     max_decode: int = 10  # positions decoded step by step; the rest follow the last step's scores
+    static_score: bool = False  # generator logits = a static per-candidate score + the state-dependent pointer
 
 
 class CandidateEncoder(nn.Module):
@@ -216,6 +217,7 @@ class PointerGenerator(RerankBase):
         self.key = nn.Linear(d, d)
         self.query = nn.Linear(d, d)
         self.pointer = nn.Linear(d, 1)  # additive (Ptr-Net) attention: v·tanh(W_k c_j + W_q s)
+        self.static = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, 1)) if self.cfg.static_score else None
         self.value = nn.Linear(d, d)
         self.init_state = nn.Linear(2 * d, d)
         self.cell = nn.GRUCell(d, d)
@@ -236,7 +238,8 @@ class PointerGenerator(RerankBase):
             self.h_th.fill_(float(torch.quantile(tr.entropy_first[real].float(), self.cfg.entropy_quantile)))
         return float(self.h_th)
 
-    def _prepare(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _prepare(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """-> pointer keys, values, static per-candidate scores (or None), initial state."""
         x, user = self.encode(batch)
         L = x.shape[1]
         pos = torch.arange(L, device=x.device).clamp_max(self.init_pos.num_embeddings - 1)
@@ -244,10 +247,14 @@ class PointerGenerator(RerankBase):
         mask = batch["mask"][..., None]
         pooled = (h * mask).sum(1) / mask.sum(1).clamp_min(1)
         state = torch.tanh(self.init_state(torch.cat([user, pooled], -1)))
-        return self.key(h), self.value(h), state
+        static = self.static(h).squeeze(-1) if self.static is not None else None
+        return self.key(h), self.value(h), static, state
 
-    def _logits(self, keys: torch.Tensor, state: torch.Tensor, avail: torch.Tensor) -> torch.Tensor:
-        return self.pointer(torch.tanh(keys + self.query(state)[:, None])).squeeze(-1).masked_fill(~avail, NEG)
+    def _logits(self, keys: torch.Tensor, static: torch.Tensor | None, state: torch.Tensor, avail: torch.Tensor) -> torch.Tensor:
+        logits = self.pointer(torch.tanh(keys + self.query(state)[:, None])).squeeze(-1)
+        if static is not None:  # the pointer is then a list-context correction of a per-candidate score
+            logits = logits + static
+        return logits.masked_fill(~avail, NEG)
 
     def _temps(self, h: torch.Tensor, avail: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.cfg
@@ -256,10 +263,10 @@ class PointerGenerator(RerankBase):
             return torch.full_like(h, cfg.temperature), torch.full_like(h, cfg.temperature)
         return cfg.temperature * (1 + cfg.reason_temp_gain * hn), cfg.temperature / (1 + cfg.select_temp_gain * hn)
 
-    def _reason(self, keys, values, state, avail):
+    def _reason(self, keys, values, static, state, avail):
         """Entropy-gated latent reasoning at one position -> (state, logits, H_first, steps, reasoning temps)."""
         cfg = self.cfg
-        logits = self._logits(keys, state, avail)
+        logits = self._logits(keys, static, state, avail)
         h = entropy(logits, avail)
         h_first = h
         steps = torch.zeros_like(h)
@@ -276,7 +283,7 @@ class PointerGenerator(RerankBase):
             context = (p[..., None] * values).sum(1)
             inp = self.reason_proj(state) + context + self.reason_emb[s]
             state = torch.where(gate[:, None], self.cell(inp, state), state)
-            logits = self._logits(keys, state, avail)
+            logits = self._logits(keys, static, state, avail)
             h = entropy(logits, avail)
             steps = steps + gate.float()
             temps.append(torch.where(gate, t_reason, torch.zeros_like(h)))
@@ -286,7 +293,7 @@ class PointerGenerator(RerankBase):
     def decode(self, batch: dict[str, torch.Tensor], actions: torch.Tensor | None = None, sample: bool = False,
                generator: torch.Generator | None = None) -> DecodeTrace:
         """Teacher-forced (``actions`` given), sampled (``sample``) or greedy decoding of the first T positions."""
-        keys, values, state = self._prepare(batch)
+        keys, values, static, state = self._prepare(batch)
         avail = batch["mask"].clone()
         unchosen = torch.ones_like(avail)
         B, L = avail.shape
@@ -294,7 +301,7 @@ class PointerGenerator(RerankBase):
         rows = torch.arange(B, device=avail.device)
         out = {k: [] for k in ("actions", "logp", "h_first", "h_final", "steps", "t_sel", "t_reason", "logits")}
         for _ in range(T):
-            state, logits, h_first, h_final, steps, t_reason = self._reason(keys, values, state, avail)
+            state, logits, h_first, h_final, steps, t_reason = self._reason(keys, values, static, state, avail)
             _, t_sel = self._temps(h_final.detach(), avail)
             logp_all = torch.log_softmax(logits / t_sel[:, None], -1)
             k = len(out["actions"])
@@ -319,7 +326,7 @@ class PointerGenerator(RerankBase):
             avail[rows, a] = False
             unchosen = unchosen.clone()
             unchosen[rows, a] = False
-        rest = self._logits(keys, state, avail)
+        rest = self._logits(keys, static, state, avail)
         return DecodeTrace(torch.stack(out["actions"], 1), torch.stack(out["logp"], 1), torch.stack(out["h_first"], 1),
                            torch.stack(out["h_final"], 1), torch.stack(out["steps"], 1), torch.stack(out["t_sel"], 1),
                            torch.stack(out["t_reason"], 1), torch.stack(out["logits"], 1), rest, unchosen)
