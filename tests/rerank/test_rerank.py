@@ -82,7 +82,7 @@ def test_funnel_lists_label_true_item_without_leakage():
     assert fl.history[0].tolist()[-3:] == [2, 3, 4]  # ids + 1, most recent last
 
 
-def _generator(s_max: int, thr: float, always: bool = False, seed: int = 0) -> tuple[PointerGenerator, dict]:
+def _generator(s_max: int, thr: float, always: bool = False, seed: int = 0, static: bool = False) -> tuple[PointerGenerator, dict]:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     n, L = 64, 8
@@ -90,7 +90,7 @@ def _generator(s_max: int, thr: float, always: bool = False, seed: int = 0) -> t
     items[:8, 5:] = -1  # some short lists
     lists = _lists(items, np.zeros((n, L)), n_items=50)
     lists.features = rng.normal(size=lists.features.shape).astype(np.float32)
-    cfg = RerankModelConfig(d_model=16, s_max=s_max, entropy_threshold=thr, always_reason=always)
+    cfg = RerankModelConfig(d_model=16, s_max=s_max, entropy_threshold=thr, always_reason=always, static_score=static)
     model = build_model("eglr", lists, cfg).eval()
     return model, lists.tensors()
 
@@ -140,9 +140,9 @@ def test_dynamic_temperature_explores_on_reasoning_and_exploits_on_selection():
     assert (tr.temp_select <= t0 + 1e-6).all() and (tr.temp_select < t0).any()
 
 
-@pytest.mark.parametrize("sample", [False, True])
-def test_generator_never_repeats_or_invents_items(sample):
-    model, b = _generator(3, 0.5)
+@pytest.mark.parametrize(("sample", "static"), [(False, False), (True, False), (False, True)])
+def test_generator_never_repeats_or_invents_items(sample, static):
+    model, b = _generator(3, 0.5, static=static)
     with torch.no_grad():
         tr = model.decode(b, sample=sample, generator=torch.Generator().manual_seed(1))
         order = model.complete(b, tr)
