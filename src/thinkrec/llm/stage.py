@@ -1,0 +1,254 @@
+"""Stage 4 end to end: SID tokens → alignment → teacher traces → SFT (target and/or reject sampling) → DAPO →
+evaluation, saving everything under ``<run>/llm/``.
+
+Evaluation generates one greedy, constrained answer per list and scores the true item's rank: R@1, R@5, N@5. Only
+lists whose candidates contain the true item can score, so generation runs on those (``n_eval`` of them) and the
+figures are reported both on them and scaled to every test list (× the retriever's coverage).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from thinkrec.llm.answer import AnswerTokens, max_answer_tokens
+from thinkrec.llm.model import LoraSettings, add_sid_tokens, apply_lora, load_causal_lm, trainable_parameters
+from thinkrec.llm.prompts import Catalogue, alignment_examples, rerank_prompt
+from thinkrec.llm.rewards import parse_output
+from thinkrec.llm.teacher import (
+    HFTeacher,
+    OpenAITeacher,
+    ProgrammaticTeacher,
+    RerankRequest,
+    requests_from_lists,
+    sample_traces,
+)
+from thinkrec.llm.train import (
+    DAPOSettings,
+    SFTSettings,
+    alignment_features,
+    sft_features,
+    train_dapo,
+    train_lm,
+)
+from thinkrec.rerank.lists import RerankLists
+from thinkrec.utils.io import write_json
+
+
+@dataclass
+class TeacherSettings:
+    kind: str = "programmatic"  # programmatic | openai | hf
+    base_url: str = "http://127.0.0.1:8000/v1"  # openai
+    model: str = ""  # openai: served model name; hf: model path
+    api_key_env: str = "OPENAI_API_KEY"
+    temperature: float = 1.0
+    max_tries: int = 4
+
+
+@dataclass
+class LLMStageConfig:
+    model: str = "gemma3-270m"  # any HF causal-LM path, or the packaged Gemma 3 270M
+    device: str = "cpu"
+    seed: int = 0
+    n_history: int = 5
+    with_titles: bool = True
+    max_reasoning_tokens: int = 48
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    alignment: SFTSettings = field(default_factory=lambda: SFTSettings(steps=60, lr=5e-4, max_len=128))
+    alignment_plain_text_share: float = 0.1
+    teacher: TeacherSettings = field(default_factory=TeacherSettings)
+    sampling: list[str] = field(default_factory=lambda: ["target", "reject"])
+    n_train_requests: int = 200  # lists sent to the teacher
+    sft: SFTSettings = field(default_factory=SFTSettings)
+    rl: DAPOSettings = field(default_factory=DAPOSettings)
+    rl_from: str = "target"  # which SFT model RL continues from
+    n_eval: int = 100  # test lists (with the true item among the candidates) to generate for
+    eval_batch_size: int = 8
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+def rank_metrics(ranks: np.ndarray) -> dict[str, float]:
+    """R@1, R@5, N@5 from the true item's 1-based rank (0 = not in the list)."""
+    r = np.asarray(ranks, dtype=np.float64)
+    hit = r > 0
+    return {"recall@1": float(np.mean(hit & (r == 1))), "recall@5": float(np.mean(hit & (r <= 5))),
+            "ndcg@5": float(np.mean(np.where(hit & (r <= 5), 1.0 / np.log2(r + 1.0, where=hit, out=np.ones_like(r)), 0.0)))}
+
+
+@torch.inference_mode()
+def evaluate(model: Any, tokens: AnswerTokens, catalogue: Catalogue, requests: Sequence[RerankRequest],
+             cfg: LLMStageConfig) -> dict[str, Any]:
+    """Greedy constrained answers → ranks of the true item (malformed answers keep the pre-ranked order)."""
+    from thinkrec.llm.teacher import generate_answers
+
+    model.eval()
+    ranks, malformed, t0 = [], 0, time.perf_counter()
+    sid_len = catalogue.codes.shape[1]
+    examples = []
+    for b in range(0, len(requests), cfg.eval_batch_size):
+        chunk = requests[b:b + cfg.eval_batch_size]
+        prompts = [rerank_prompt(catalogue, r.history, r.candidates, cfg.n_history, cfg.with_titles) for r in chunk]
+        n_cand = max(len(r.candidates) for r in chunk)
+        answers = generate_answers(model, tokens, prompts, 1, 0.0, cfg.max_reasoning_tokens, n_cand, sid_len)
+        for r, (text,) in zip(chunk, answers, strict=True):
+            order = parse_output(text, [catalogue.sid_tuple(i) for i in r.candidates])
+            if order is None:
+                malformed += 1
+                order = list(range(len(r.candidates)))
+            ranks.append(order.index(r.target) + 1 if r.target >= 0 else 0)
+            if len(examples) < 3:
+                examples.append(text)
+    out = rank_metrics(np.array(ranks))
+    out.update(malformed=malformed, n=len(ranks), wall_s=time.perf_counter() - t0, examples=examples)
+    out["lists_per_s"] = len(ranks) / max(out["wall_s"], 1e-9)
+    return out
+
+
+def pre_rank_metrics(requests: Sequence[RerankRequest]) -> dict[str, Any]:
+    ranks = np.array([r.target + 1 if r.target >= 0 else 0 for r in requests])
+    return {**rank_metrics(ranks), "malformed": 0, "n": len(ranks)}
+
+
+# ------------------------------------------------------------------------------------------------ the stage
+def _snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
+
+
+def _restore(model: torch.nn.Module, snap: dict[str, torch.Tensor]) -> None:
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for k, v in snap.items():
+            params[k].copy_(v)
+
+
+def make_teacher(cfg: LLMStageConfig, catalogue: Catalogue, train_lists: RerankLists) -> Any:
+    t = cfg.teacher
+    if t.kind == "programmatic":
+        return ProgrammaticTeacher.fit(catalogue, train_lists, seed=cfg.seed)
+    if t.kind == "openai":
+        if not t.model:
+            raise ValueError("teacher.model: name the served model for an OpenAI-compatible teacher")
+        return OpenAITeacher(t.base_url, t.model, t.api_key_env)
+    if t.kind == "hf":
+        model, tok = load_causal_lm(t.model, cfg.device)
+        add_sid_tokens(model, tok, catalogue.radix)
+        return HFTeacher(model, tok, Path(t.model).name, cfg.max_reasoning_tokens)
+    raise ValueError(f"teacher.kind must be programmatic, openai or hf, got {t.kind!r}")
+
+
+def select_requests(lists: RerankLists, n: int, seed: int, with_target: bool, prefix: str) -> list[RerankRequest]:
+    reqs = requests_from_lists(lists, prefix)
+    if with_target:
+        reqs = [r for r in reqs if r.target >= 0]
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.permutation(len(reqs))[:n])
+    return [reqs[i] for i in idx]
+
+
+def run_llm_stage(catalogue: Catalogue, train_lists: RerankLists, test_lists: RerankLists,
+                  train_sequences: Sequence[np.ndarray], cfg: LLMStageConfig, out_dir: str | Path,
+                  model: Any = None, tokenizer: Any = None, teacher: Any = None, log: Any = print) -> dict[str, Any]:
+    """Runs the whole stage; ``model``/``tokenizer``/``teacher`` override the configured ones (tests, benchmarks)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    t_stage = time.perf_counter()
+    timings: dict[str, float] = {}
+    if model is None:
+        t = time.perf_counter()
+        model, tokenizer = load_causal_lm(cfg.model, cfg.device)
+        timings["load_s"] = time.perf_counter() - t
+    new_ids = add_sid_tokens(model, tokenizer, catalogue.radix)
+    model = apply_lora(model, cfg.lora, new_ids)
+    tokens = AnswerTokens(tokenizer)
+    n_trainable, n_total = trainable_parameters(model)
+    log(f"LLM: {n_total / 1e6:.1f} M parameters, {n_trainable / 1e6:.2f} M trainable, {len(new_ids)} SID tokens")
+
+    eval_reqs = select_requests(test_lists, cfg.n_eval, cfg.seed, True, "test:")
+    coverage = float((test_lists.labels > 0).any(1).mean())
+    results: dict[str, Any] = {"pre-rank": pre_rank_metrics(eval_reqs)}
+
+    def _eval(name: str) -> None:
+        results[name] = evaluate(model, tokens, catalogue, eval_reqs, cfg)
+        m = results[name]
+        log(f"  {name}: R@1 {m['recall@1']:.3f} R@5 {m['recall@5']:.3f} N@5 {m['ndcg@5']:.3f} "
+            f"({m['n']} lists, {m['wall_s']:.0f}s, malformed {m['malformed']})")
+
+    # 1. alignment
+    t = time.perf_counter()
+    n_align = cfg.alignment.steps * cfg.alignment.batch_size * cfg.alignment.grad_accum
+    examples = alignment_examples(catalogue, train_sequences, n_align, cfg.seed, cfg.alignment_plain_text_share,
+                                  cfg.n_history)
+    align_log = train_lm(model, tokenizer, alignment_features(tokenizer, examples, cfg.alignment.max_len),
+                         cfg.alignment, out_dir / "trainer", cfg.device)
+    timings["alignment_s"] = time.perf_counter() - t
+    _eval("alignment")
+    aligned = _snapshot(model)
+
+    # 2. traces + 3. SFT, per sampling mode (each SFT starts from the aligned model)
+    train_reqs = select_requests(train_lists, cfg.n_train_requests, cfg.seed + 1, False, "train:")
+    prompts = {r.request_id: rerank_prompt(catalogue, r.history, r.candidates, cfg.n_history, cfg.with_titles)
+               for r in train_reqs}
+    sids = {r.request_id: [catalogue.sid_tuple(i) for i in r.candidates] for r in train_reqs}
+    teacher = teacher if teacher is not None else make_teacher(cfg, catalogue, train_lists)
+    trace_stats, sft_logs, states = {}, {}, {}
+    for mode in cfg.sampling:
+        t = time.perf_counter()
+        traces, stats = sample_traces(teacher, catalogue, train_reqs, mode, out_dir / f"traces_{mode}.jsonl",
+                                      cfg.teacher.max_tries, cfg.teacher.temperature, cfg.n_history, cfg.with_titles)
+        trace_stats[mode] = {"teacher": teacher.name, **stats.summary()}
+        log(f"traces ({mode}, {teacher.name}): {stats.accepted} accepted of {len(train_reqs) - stats.skipped_no_target}"
+            f" (acceptance {stats.acceptance_rate:.2f}, tries/sample {stats.tries_per_sample:.2f}, "
+            f"malformed {stats.malformed})")
+        _restore(model, aligned)
+        feats = sft_features(tokens, traces, prompts, sids, cfg.sft)
+        sft_logs[mode] = train_lm(model, tokenizer, feats, cfg.sft, out_dir / "trainer", cfg.device)
+        timings[f"sft_{mode}_s"] = time.perf_counter() - t
+        _eval(f"sft-{mode}")
+        states[mode] = _snapshot(model)
+
+    # 4. DAPO from the chosen SFT model, on training lists that contain the true item
+    t = time.perf_counter()
+    _restore(model, states[cfg.rl_from])
+    model.train()
+    rl_reqs = [r for r in train_reqs if r.target >= 0]
+    n_cand = max(len(r.candidates) for r in rl_reqs)
+    max_completion = max_answer_tokens(tokens, n_cand, catalogue.codes.shape[1], cfg.rl.max_reasoning_tokens)
+    rl_log = train_dapo(model, tokenizer, [prompts[r.request_id] for r in rl_reqs], [r.target for r in rl_reqs],
+                        cfg.rl, out_dir / "trainer", max_completion, cfg.device)
+    timings["rl_s"] = time.perf_counter() - t
+    _eval("rl")
+
+    # 5. save
+    model.save_pretrained(out_dir / "adapter")
+    tokenizer.save_pretrained(out_dir / "adapter")
+    scaled = {name: {k: m[k] * coverage for k in ("recall@1", "recall@5", "ndcg@5")} for name, m in results.items()}
+    summary = {
+        "model": cfg.model, "config": asdict(cfg), "parameters": n_total, "trainable": n_trainable,
+        "eval_lists_with_target": len(eval_reqs), "coverage": coverage, "metrics": results,
+        "metrics_all_lists": scaled, "traces": trace_stats, "timings": timings,
+        "wall_s": time.perf_counter() - t_stage,
+        "logs": {"alignment": align_log, "sft": sft_logs, "rl": rl_log},
+    }
+    write_json(out_dir / "metrics.json", _jsonable(summary))
+    return summary
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, np.generic):
+        return x.item()
+    return x if isinstance(x, str | int | float | bool | type(None)) else json.loads(json.dumps(x, default=str))

@@ -1,0 +1,317 @@
+"""Teachers and reasoning traces (GR2's target sampling and reject sampling).
+
+Three teachers share one interface (``answer(request, prompt, n, temperature) -> list[str]`` raw answers):
+
+* ``OpenAITeacher`` — any OpenAI-compatible chat endpoint (vLLM, llama.cpp, a hosted API): base URL, model name,
+  and the API key read from an environment variable;
+* ``HFTeacher`` — a local Hugging Face model, decoding constrained to the answer format;
+* ``ProgrammaticTeacher`` — a grounded teacher for machines without a strong LLM: it ranks with a real scorer (a
+  logistic model fitted on the training lists' leak-free features) and writes its reasoning from the catalogue and
+  the training statistics (categories, co-purchase transitions, popularity, content similarity).
+
+``sample_traces`` runs target sampling (the teacher is told the true next item and must rank it first) or reject
+sampling (the teacher is not told; an answer is kept only if it ranks the true item first), up to ``max_tries``
+per request; malformed answers (pydantic validation of the JSON, unknown or repeated SIDs) are retried and counted.
+Accepted traces are cached as JSONL with provenance and re-used on the next run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from thinkrec.llm.answer import AnswerTokens, constrained_generate, max_answer_tokens, render_answer
+from thinkrec.llm.prompts import Catalogue, rerank_prompt
+from thinkrec.llm.rewards import parse_output
+from thinkrec.rerank.lists import FEATURES, RerankLists
+
+SYSTEM_PROMPT = ("You are an expert recommender. Items are written as Semantic IDs between <|sid_begin|> and "
+                 "<|sid_end|>. Answer only with the JSON object requested, citing every candidate SID exactly once.")
+
+
+@dataclass
+class RerankRequest:
+    """One list to re-rank: history and candidates as dense item ids (candidates in the pre-ranked order)."""
+
+    request_id: str
+    history: list[int]
+    candidates: list[int]
+    target: int  # index of the true next item among the candidates, −1 when it was not retrieved
+    features: list[list[float]] | None = None
+
+
+def requests_from_lists(lists: RerankLists, prefix: str = "") -> list[RerankRequest]:
+    out = []
+    for n in range(len(lists)):
+        keep = lists.items[n] >= 0
+        cands = lists.items[n][keep].tolist()
+        labels = lists.labels[n][keep]
+        target = int(np.argmax(labels)) if (labels > 0).any() else -1
+        hist = [int(h) - 1 for h in lists.history[n] if h > 0]
+        out.append(RerankRequest(f"{prefix}{int(lists.users[n])}", hist, cands, target,
+                                 lists.features[n][keep].tolist()))
+    return out
+
+
+class Teacher(Protocol):
+    name: str
+
+    def answer(self, request: RerankRequest, prompt: str, n: int, temperature: float) -> list[str]: ...
+
+
+# ------------------------------------------------------------------------------------------------ teachers
+class OpenAITeacher:
+    """Chat completions from an OpenAI-compatible server (``{base_url}/chat/completions``)."""
+
+    def __init__(self, base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY", max_tokens: int = 512,
+                 timeout_s: float = 120.0, retries: int = 3):
+        import httpx
+
+        self.name = f"openai:{model}"
+        self.model, self.max_tokens, self.retries = model, max_tokens, retries
+        key = os.environ.get(api_key_env, "EMPTY")
+        self.client = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout_s,
+                                   headers={"Authorization": f"Bearer {key}"})
+
+    def answer(self, request: RerankRequest, prompt: str, n: int, temperature: float) -> list[str]:
+        import httpx
+
+        body = {"model": self.model, "n": n, "temperature": temperature, "max_tokens": self.max_tokens,
+                "messages": [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": prompt}]}
+        for attempt in range(self.retries):
+            try:
+                r = self.client.post("/chat/completions", json=body)
+                r.raise_for_status()
+                return [c["message"]["content"] or "" for c in r.json()["choices"]]
+            except (httpx.HTTPError, KeyError, ValueError):
+                if attempt == self.retries - 1:
+                    raise
+                time.sleep(2**attempt)
+        return []
+
+
+class HFTeacher:
+    """A local Hugging Face causal LM, sampling answers under the ranking constraint."""
+
+    def __init__(self, model: Any, tokenizer: Any, name: str = "hf", max_reasoning_tokens: int = 64):
+        self.name = f"hf:{name}"
+        self.model, self.tokenizer = model, tokenizer
+        self.tokens = AnswerTokens(tokenizer)
+        self.max_reasoning_tokens = max_reasoning_tokens
+
+    @torch.inference_mode()
+    def answer(self, request: RerankRequest, prompt: str, n: int, temperature: float) -> list[str]:
+        return generate_answers(self.model, self.tokens, [prompt], n, temperature, self.max_reasoning_tokens,
+                                len(request.candidates), sid_len=_sid_len(prompt))[0]
+
+
+def _sid_len(prompt: str) -> int:
+    from thinkrec.llm.answer import prompt_candidates
+
+    c = prompt_candidates(prompt)
+    return len(c[0]) if c else 4
+
+
+@torch.inference_mode()
+def generate_answers(model: Any, tokens: AnswerTokens, prompts: Sequence[str], n: int, temperature: float,
+                     max_reasoning_tokens: int, n_candidates: int, sid_len: int) -> list[list[str]]:
+    """``n`` constrained answers per prompt (greedy when ``temperature`` is 0)."""
+    tok = tokens.tokenizer
+    enc = tok(list(prompts), return_tensors="pt", padding=True).to(model.device)
+    gen = constrained_generate(model, tokens, max_reasoning_tokens)
+    kwargs: dict[str, Any] = {"do_sample": temperature > 0, "num_return_sequences": n,
+                              "max_new_tokens": max_answer_tokens(tokens, n_candidates, sid_len, max_reasoning_tokens),
+                              "pad_token_id": tok.pad_token_id}
+    if temperature > 0:
+        kwargs.update(temperature=temperature, top_k=0, top_p=1.0)
+    out = gen(**enc, **kwargs)
+    texts = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    return [texts[i * n:(i + 1) * n] for i in range(len(prompts))]
+
+
+class ProgrammaticTeacher:
+    """Grounded teacher: logistic scorer over the leak-free list features, reasoning written from the evidence."""
+
+    name = "programmatic"
+
+    def __init__(self, catalogue: Catalogue, weights: np.ndarray, bias: float = 0.0, seed: int = 0):
+        self.catalogue, self.weights, self.bias = catalogue, np.asarray(weights, dtype=np.float64), float(bias)
+        self.rng = np.random.default_rng(seed)
+
+    @classmethod
+    def fit(cls, catalogue: Catalogue, lists: RerankLists, seed: int = 0, steps: int = 200) -> ProgrammaticTeacher:
+        """Logistic regression of the click label on the features (training lists only)."""
+        m = lists.mask
+        x = torch.from_numpy(lists.features[m]).double()
+        y = torch.from_numpy(lists.labels[m]).double()
+        w = torch.zeros(x.shape[1] + 1, dtype=torch.float64, requires_grad=True)
+        opt = torch.optim.LBFGS([w], max_iter=steps, line_search_fn="strong_wolfe")
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(x @ w[:-1] + w[-1], y) + 1e-4 * w[:-1].square().sum()
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        w = w.detach().numpy()
+        return cls(catalogue, w[:-1], float(w[-1]), seed)
+
+    def scores(self, request: RerankRequest) -> np.ndarray:
+        if request.features is None:
+            raise ValueError(f"request {request.request_id}: the programmatic teacher needs candidate features")
+        return np.asarray(request.features, dtype=np.float64) @ self.weights + self.bias
+
+    def answer(self, request: RerankRequest, prompt: str, n: int, temperature: float, hint: int | None = None
+               ) -> list[str]:
+        s = self.scores(request)
+        out = []
+        for _ in range(n):
+            if hint is not None:  # target sampling: the true item first, the rest by score
+                order = [hint] + [int(i) for i in np.argsort(-s, kind="stable") if i != hint]
+            elif temperature > 0:  # Plackett–Luce sample through Gumbel noise
+                order = np.argsort(-(s / temperature + self.rng.gumbel(size=s.shape))).tolist()
+            else:
+                order = np.argsort(-s, kind="stable").tolist()
+            ranking = [self.catalogue.sid_tuple(request.candidates[i]) for i in order]
+            out.append(render_answer(self.explain(request, order), ranking))
+        return out
+
+    def explain(self, request: RerankRequest, order: Sequence[int]) -> str:
+        cat = self.catalogue
+        f = np.asarray(request.features)
+        col = {name: i for i, name in enumerate(FEATURES)}
+        hist = request.history[-2:]
+        parts = []
+        if hist:
+            recent = "; ".join(f"{cat.title(i, 6)} ({cat.categories[i] or 'uncategorised'})" for i in reversed(hist))
+            parts.append(f"Recent purchases: {recent}.")
+        for rank, idx in enumerate(order[:2]):
+            item = request.candidates[idx]
+            ev = []
+            if f[idx, col["log_transition"]] > 0:
+                ev.append(f"bought right after the last item {int(round(np.expm1(f[idx, col['log_transition']])))} times")
+            if f[idx, col["same_cat_last"]] > 0:
+                ev.append(f"same category as the last purchase ({cat.categories[item]})")
+            elif f[idx, col["cat_share_hist"]] > 0:
+                ev.append(f"{f[idx, col['cat_share_hist']]:.0%} of recent purchases are {cat.categories[item]}")
+            if f[idx, col["cos_hist"]] > 0.5:
+                ev.append(f"similar to recent items (cosine {f[idx, col['cos_hist']]:.2f})")
+            if f[idx, col["log_pop"]] > 0.6:
+                ev.append("popular")
+            if f[idx, col["in_history"]] > 0:
+                ev.append("already bought once")
+            lead = "Top pick" if rank == 0 else "Next"
+            parts.append(f"{lead}: {cat.title(item, 6)}, " + (", ".join(ev) if ev else "a weaker but plausible match") + ".")
+        return " ".join(parts)
+
+
+# ------------------------------------------------------------------------------------------------ traces
+@dataclass
+class TraceStats:
+    requests: int = 0
+    skipped_no_target: int = 0
+    accepted: int = 0
+    tries: int = 0
+    malformed: int = 0
+    cached: int = 0
+    wall_s: float = 0.0
+    per_mode: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def acceptance_rate(self) -> float:
+        done = self.requests - self.skipped_no_target - self.cached
+        return self.accepted / done if done > 0 else 0.0
+
+    @property
+    def tries_per_sample(self) -> float:
+        done = self.requests - self.skipped_no_target - self.cached
+        return self.tries / done if done > 0 else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(acceptance_rate=self.acceptance_rate, tries_per_sample=self.tries_per_sample)
+        return d
+
+
+def target_hint(catalogue: Catalogue, item: int) -> str:
+    return (f"Hint (for the teacher only): the user's actual next item is {catalogue.sid(item)} "
+            f"{catalogue.title(item)}. Explain from the history why it fits, and rank it first.")
+
+
+def _read_cache(path: Path) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by a kill: the request is sampled again
+                continue
+            out[row["request_id"]] = row
+    return out
+
+
+def sample_traces(teacher: Teacher, catalogue: Catalogue, requests: Sequence[RerankRequest], mode: str,
+                  cache: str | Path, max_tries: int = 4, temperature: float = 1.0, n_history: int = 5,
+                  with_titles: bool = True) -> tuple[list[dict], TraceStats]:
+    """Target or reject sampling over ``requests``; returns the accepted traces (cached ones included)."""
+    if mode not in ("target", "reject"):
+        raise ValueError(f"sampling mode must be 'target' or 'reject', got {mode!r}")
+    cache = Path(cache)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    done = _read_cache(cache)
+    stats = TraceStats(requests=len(requests))
+    traces: list[dict] = []
+    t0 = time.perf_counter()
+    with cache.open("a") as fh:
+        for req in requests:
+            if req.target < 0:
+                stats.skipped_no_target += 1
+                continue
+            key = f"{mode}:{req.request_id}"
+            if key in done:
+                stats.cached += 1
+                if done[key]["accepted"]:
+                    traces.append(done[key])
+                continue
+            cand_sids = [catalogue.sid_tuple(i) for i in req.candidates]
+            hint = target_hint(catalogue, req.candidates[req.target]) if mode == "target" else None
+            prompt = rerank_prompt(catalogue, req.history, req.candidates, n_history, with_titles, hint)
+            row = {"request_id": key, "mode": mode, "teacher": teacher.name, "accepted": False, "tries": 0,
+                   "malformed": 0, "prompt_sha256": hashlib.sha256(prompt.encode()).hexdigest()[:16]}
+            for _ in range(max_tries):
+                row["tries"] += 1
+                if isinstance(teacher, ProgrammaticTeacher):
+                    text = teacher.answer(req, prompt, 1, temperature, hint=req.target if hint else None)[0]
+                else:
+                    text = teacher.answer(req, prompt, 1, temperature)[0]
+                order = parse_output(text, cand_sids)
+                if order is None:
+                    row["malformed"] += 1
+                    continue
+                if order[0] == req.target:
+                    from thinkrec.llm.rewards import _JSON_OBJECT, RankedOutput
+
+                    parsed = RankedOutput.model_validate(json.loads(_JSON_OBJECT.search(text).group(0)))
+                    row.update(accepted=True, reasoning=parsed.reasoning, order=order,
+                               answer=render_answer(parsed.reasoning, [cand_sids[i] for i in order]))
+                    break
+            row["created"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+            fh.write(json.dumps(row) + "\n")
+            fh.flush()
+            stats.tries += row["tries"]
+            stats.malformed += row["malformed"]
+            if row["accepted"]:
+                stats.accepted += 1
+                traces.append(row)
+    stats.wall_s = time.perf_counter() - t0
+    return traces, stats

@@ -1,0 +1,204 @@
+"""Training the LLM re-ranker: alignment and SFT (transformers' Trainer with per-token loss weights) and DAPO
+(TRL's GRPOTrainer with dynamic sampling and ranking-constrained rollouts).
+
+SFT weighs reasoning tokens by λ_r and output tokens (the JSON scaffold and the ranking) by λ_o, λ_r < λ_o:
+``L = Σ_t λ(t)·CE_t / #tokens``. Only completion positions get logits (``logits_to_keep``), which on a 262k-token
+vocabulary is most of the compute saved.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from thinkrec.llm.answer import AnswerTokens, constrained_generate, prompt_candidates
+from thinkrec.llm.rewards import rerank_reward
+
+
+@dataclass
+class SFTSettings:
+    steps: int = 100
+    batch_size: int = 4
+    grad_accum: int = 1
+    lr: float = 2e-4
+    warmup_ratio: float = 0.05
+    max_len: int = 512
+    reasoning_weight: float = 0.5  # λ_r
+    output_weight: float = 1.0  # λ_o
+    seed: int = 0
+
+
+@dataclass
+class DAPOSettings:
+    steps: int = 10
+    prompts_per_step: int = 2
+    num_generations: int = 4  # G
+    lr: float = 5e-5
+    temperature: float = 1.0
+    epsilon: float = 0.2
+    epsilon_high: float = 0.28
+    format_weight: float = 0.1
+    max_reasoning_tokens: int = 48
+    seed: int = 0
+
+
+# ------------------------------------------------------------------------------------------------ SFT data
+def tokenize_example(tokenizer: Any, prompt: str, completion_ids: Sequence[int], weights: Sequence[float],
+                     max_len: int) -> dict[str, list]:
+    """Prompt (with the tokenizer's BOS) + completion; the prompt is cut from the left if the pair is too long."""
+    p = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+    room = max_len - len(completion_ids)
+    if room < 1:
+        raise ValueError(f"completion of {len(completion_ids)} tokens does not fit max_len {max_len}")
+    p = p[-room:]
+    return {"input_ids": list(p) + list(completion_ids), "labels": [-100] * len(p) + list(completion_ids),
+            "loss_weights": [0.0] * len(p) + [float(w) for w in weights]}
+
+
+def alignment_features(tokenizer: Any, examples: Sequence[dict[str, str]], max_len: int) -> list[dict[str, list]]:
+    eos = int(tokenizer.eos_token_id)
+    out = []
+    for ex in examples:
+        c = tokenizer(ex["completion"], add_special_tokens=False)["input_ids"] + [eos]
+        out.append(tokenize_example(tokenizer, ex["prompt"], c, [1.0] * len(c), max_len))
+    return out
+
+
+def sft_features(tokens: AnswerTokens, traces: Sequence[dict], prompts: dict[str, str], sids: dict[str, list],
+                 settings: SFTSettings) -> list[dict[str, list]]:
+    """One example per accepted trace: the student's prompt (no hint) → the trace's canonical answer."""
+    out = []
+    for tr in traces:
+        key = tr["request_id"].split(":", 1)[1]
+        ranking = [sids[key][i] for i in tr["order"]]
+        ids, is_reasoning = tokens.answer_ids(tr.get("reasoning", ""), ranking)
+        w = [settings.reasoning_weight if r else settings.output_weight for r in is_reasoning]
+        out.append(tokenize_example(tokens.tokenizer, prompts[key], ids, w, settings.max_len))
+    return out
+
+
+class LeftPadCollator:
+    """Left padding, so every sequence ends at the last position and completions sit in the last columns."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, batch: list[dict[str, list]]) -> dict[str, torch.Tensor]:
+        T = max(len(b["input_ids"]) for b in batch)
+        out = {"input_ids": torch.full((len(batch), T), self.pad_id, dtype=torch.long),
+               "attention_mask": torch.zeros(len(batch), T, dtype=torch.long),
+               "labels": torch.full((len(batch), T), -100, dtype=torch.long),
+               "loss_weights": torch.zeros(len(batch), T)}
+        for i, b in enumerate(batch):
+            n = len(b["input_ids"])
+            out["input_ids"][i, T - n:] = torch.tensor(b["input_ids"])
+            out["attention_mask"][i, T - n:] = 1
+            out["labels"][i, T - n:] = torch.tensor(b["labels"])
+            out["loss_weights"][i, T - n:] = torch.tensor(b["loss_weights"])
+        out["position_ids"] = (out["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+        return out
+
+
+def weighted_lm_loss(model: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    labels, weights = inputs["labels"], inputs["loss_weights"]
+    has_label = (labels != -100).any(0)
+    keep = labels.shape[1] - int(has_label.nonzero()[0, 0]) if has_label.any() else 1
+    out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                position_ids=inputs["position_ids"], logits_to_keep=keep + 1)
+    logits = out.logits[:, :-1].float()
+    tgt, w = labels[:, -keep:], weights[:, -keep:]
+    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), ignore_index=-100, reduction="none")
+    n = (tgt != -100).sum().clamp(min=1)
+    return (ce * w.reshape(-1)).sum() / n
+
+
+def train_lm(model: Any, tokenizer: Any, features: list[dict[str, list]], settings: SFTSettings, out_dir: str | Path,
+             device: str = "cpu") -> list[dict]:
+    """Weighted next-token training with transformers' Trainer (AdamW, warm-up, cosine decay). Returns the log."""
+    from datasets import Dataset as HFDataset
+    from transformers import Trainer, TrainingArguments
+
+    class WeightedTrainer(Trainer):
+        def compute_loss(self, model: Any, inputs: dict, return_outputs: bool = False, num_items_in_batch: Any = None):
+            loss = weighted_lm_loss(model, inputs)
+            return (loss, None) if return_outputs else loss
+
+    if not features:
+        raise ValueError("no training examples (did every trace get rejected?)")
+    args = TrainingArguments(
+        output_dir=str(out_dir), per_device_train_batch_size=settings.batch_size,
+        gradient_accumulation_steps=settings.grad_accum, learning_rate=settings.lr, max_steps=settings.steps,
+        lr_scheduler_type="cosine", warmup_steps=max(1, round(settings.warmup_ratio * settings.steps)), logging_steps=max(1, settings.steps // 10),
+        save_strategy="no", report_to=[], seed=settings.seed, remove_unused_columns=False, disable_tqdm=True,
+        use_cpu=device == "cpu", dataloader_num_workers=0,
+    )
+    trainer = WeightedTrainer(model=model, args=args, train_dataset=HFDataset.from_list(list(features)),
+                              data_collator=LeftPadCollator(int(tokenizer.pad_token_id)))
+    trainer.train()
+    return [dict(r) for r in trainer.state.log_history]
+
+
+# ------------------------------------------------------------------------------------------------ DAPO
+def reward_function(format_weight: float):
+    """TRL reward: the candidates are read back from the prompt, ``target`` is a dataset column."""
+
+    def rank_and_format(prompts: list[str], completions: list[str], target: list[int], **_: Any) -> list[float]:
+        return [rerank_reward(c, prompt_candidates(p), int(t), format_weight)
+                for p, c, t in zip(prompts, completions, target, strict=True)]
+
+    return rank_and_format
+
+
+def dapo_trainer_class():
+    from trl import GRPOTrainer
+
+    class DynamicSamplingGRPOTrainer(GRPOTrainer):
+        """GRPOTrainer + DAPO's dynamic sampling: groups whose G rewards are all equal carry no advantage; they are
+        dropped from the loss *and* from the token count that normalises it (instead of diluting it)."""
+
+        def _generate_and_score_completions(self, inputs: Any) -> dict[str, Any]:
+            out = super()._generate_and_score_completions(inputs)
+            adv = out["advantages"]
+            G = self.num_generations
+            if adv.numel() % G == 0:
+                informative = (adv.view(-1, G).abs() > 1e-6).any(1).repeat_interleave(G)
+                out["completion_mask"] = out["completion_mask"] * informative[:, None].to(out["completion_mask"].dtype)
+                out["num_items_in_batch"] = out["completion_mask"].sum().clamp(min=1)
+                self._metrics["train"]["dynamic_sampling/kept_group_frac"].append(float(informative.float().mean()))
+            return out
+
+    return DynamicSamplingGRPOTrainer
+
+
+def train_dapo(model: Any, tokenizer: Any, prompts: Sequence[str], targets: Sequence[int], settings: DAPOSettings,
+               out_dir: str | Path, max_completion_length: int, device: str = "cpu") -> list[dict]:
+    """DAPO (token-level loss, clip-higher, overlong masking, no KL) on re-ranking prompts with rank and format
+    rewards; rollouts are constrained to permutations of each prompt's candidates."""
+    from datasets import Dataset as HFDataset
+    from trl import GRPOConfig
+
+    G = settings.num_generations
+    args = GRPOConfig(
+        output_dir=str(out_dir), loss_type="dapo", epsilon=settings.epsilon, epsilon_high=settings.epsilon_high,
+        mask_truncated_completions=True, beta=0.0, num_generations=G,
+        per_device_train_batch_size=G * settings.prompts_per_step, gradient_accumulation_steps=1,
+        max_completion_length=max_completion_length, max_steps=settings.steps, learning_rate=settings.lr,
+        temperature=settings.temperature, top_k=0, top_p=1.0, logging_steps=1, save_strategy="no", report_to=[],
+        seed=settings.seed, use_cpu=device == "cpu", disable_tqdm=True, shuffle_dataset=True,
+        scale_rewards="group",
+    )
+    data = HFDataset.from_dict({"prompt": list(prompts), "target": [int(t) for t in targets]})
+    trainer = dapo_trainer_class()(model=model, reward_funcs=[reward_function(settings.format_weight)], args=args,
+                                   train_dataset=data, processing_class=tokenizer)
+    unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+    unwrapped.generate = constrained_generate(unwrapped, AnswerTokens(tokenizer), settings.max_reasoning_tokens)
+    try:
+        trainer.train()
+    finally:
+        del unwrapped.generate  # back to the class method
+    return [dict(r) for r in trainer.state.log_history]
