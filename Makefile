@@ -14,7 +14,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install torch==2.13.0
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml
-	$(BIN)/python -m pip install -e ".[dev]"
+	$(BIN)/python -m pip install -e ".[dev,llm]"
 	touch $@
 
 install: $(VENV)/.installed

@@ -204,6 +204,57 @@ def train_reranker_cmd(
     console.print(f"model: {root / 'rerank' / model}")
 
 
+def _print_llm(root: Path) -> None:
+    from thinkrec.utils.io import read_json
+
+    path = root / "llm" / "metrics.json"
+    if not path.exists():
+        return
+    res = read_json(path)
+    table = Table(title=f"LLM re-ranker ({res['model']}) — {res['eval_lists_with_target']} test lists with the true item")
+    for col in ("phase", "R@1", "R@5", "N@5", "malformed"):
+        table.add_column(col, justify="left" if col == "phase" else "right", no_wrap=True)
+    for name, m in res["metrics"].items():
+        table.add_row(name, f"{m['recall@1']:.3f}", f"{m['recall@5']:.3f}", f"{m['ndcg@5']:.3f}", str(m["malformed"]))
+    console.print(table)
+
+
+@train_app.command("llm-reranker")
+def train_llm_reranker_cmd(
+    config: ConfigOpt = None, set_: SetOpt = None, dataset: DatasetOpt = None, data_root: RootOpt = None,
+    name: Annotated[str | None, typer.Option(help="Run name (folder under run.out_dir).")] = None,
+) -> None:
+    """Stage 4 (GR2): add SID tokens to an LLM (llm.model: a Hugging Face path, or gemma3-270m), align it, sample
+    teacher traces (llm.teacher.kind: programmatic | openai | hf; target and/or reject sampling), SFT, DAPO, and
+    evaluate every phase on the re-ranking stage's test lists. Earlier stages run first if they are not done."""
+    cfg = _load_config(config, set_, dataset, data_root, name)
+    root = _run(cfg, ["data", "tokenize", "retrieval", "rerank", "llm", "report"])
+    _print_llm(root)
+    console.print(f"adapter: {root / 'llm' / 'adapter'}")
+
+
+@app.command("serve-teacher")
+def serve_teacher_cmd(
+    model: Annotated[str, typer.Option("--model", "-m", help="Hugging Face causal-LM path (or gemma3-270m).")],
+    radix: Annotated[str, typer.Option(help="SID codes per level, comma-separated (adds the SID tokens).")] = "256,256,256",
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8000,
+    max_reasoning_tokens: Annotated[int, typer.Option(help="Reasoning length cap of constrained answers.")] = 64,
+) -> None:
+    """Serve a local model as an OpenAI-compatible teacher (/v1/chat/completions) with ranking-constrained answers."""
+    import time
+
+    from thinkrec.llm.model import add_sid_tokens, load_causal_lm
+    from thinkrec.llm.server import OpenAICompatibleServer, hf_backend
+
+    lm, tok = load_causal_lm(model)
+    add_sid_tokens(lm, tok, [int(r) for r in radix.split(",")])
+    with OpenAICompatibleServer(hf_backend(lm, tok, max_reasoning_tokens), model, port=port) as srv:
+        console.print(f"teacher at {srv.base_url} (Ctrl-C to stop)")
+        with contextlib.suppress(KeyboardInterrupt):
+            while True:
+                time.sleep(3600)
+
+
 @app.command("recommend")
 def recommend_cmd(
     user: Annotated[str, typer.Option("--user", "-u", help="User id as in the dataset (or #N for dense index N).")],
@@ -277,12 +328,18 @@ def evaluate_cmd(
 def run_cmd(
     config: ConfigOpt = None, set_: SetOpt = None, dataset: DatasetOpt = None, data_root: RootOpt = None,
     name: Annotated[str | None, typer.Option(help="Run name (folder under run.out_dir).")] = None,
+    with_llm: Annotated[bool, typer.Option("--with-llm", help="Also run stage 4, the GR2 LLM re-ranker (needs the llm extra).")] = False,
 ) -> None:
-    """Run the whole funnel: data → baselines → Semantic IDs → retrieval → re-ranking → evaluation → report."""
+    """Run the whole funnel: data → baselines → Semantic IDs → retrieval → re-ranking (→ LLM re-ranking) →
+    evaluation → report."""
     cfg = _load_config(config, set_, dataset, data_root, name)
-    root = _run(cfg)
+    stages = list(cfg.stages)
+    if with_llm and "llm" not in stages:
+        stages.insert(stages.index("rerank") + 1 if "rerank" in stages else len(stages), "llm")
+    root = _run(cfg, stages)
     _print_metrics(root)
     _print_rerank(root)
+    _print_llm(root)
     console.print(f"report: {root / 'report.md'}")
 
 

@@ -61,3 +61,12 @@ def qwen3(vocab_size: int, seed: int = 0):
                          num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=1024,
                          tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=0)
     return Qwen3ForCausalLM(config).float()
+
+
+def save_tiny_llm(path) -> str:  # noqa: ANN001
+    """A tiny random Qwen3 and its tokenizer saved like any Hugging Face checkpoint (for the pipeline's by-path load)."""
+    cat = catalogue()
+    tok = tokenizer(cat, lists(20, seed=3))
+    qwen3(len(tok)).save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)

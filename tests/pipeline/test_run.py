@@ -33,6 +33,13 @@ TINY = [
     "rerank.train.rollouts=2",
 ]
 
+LLM_TINY = [
+    "llm.max_reasoning_tokens=4", "llm.n_history=3", "llm.lora.r=4", "llm.lora.target_modules=[q_proj,v_proj]",
+    "llm.alignment.steps=2", "llm.alignment.batch_size=4", "llm.alignment.max_len=128", "llm.sampling=[target]",
+    "llm.n_train_requests=6", "llm.sft.steps=2", "llm.sft.batch_size=2", "llm.rl.steps=1", "llm.rl.prompts_per_step=1",
+    "llm.rl.num_generations=2", "llm.rl.max_reasoning_tokens=4", "llm.n_eval=4", "llm.eval_batch_size=4",
+]
+
 
 def _args(out_dir, name="t"):
     args = ["--config", "configs/synthetic.yaml", "--name", name, "--set", f"run.out_dir={out_dir}"]
@@ -85,6 +92,23 @@ def test_run_writes_a_complete_run_directory_and_resumes(tmp_path):
     assert "recall@1" in rr["models"]["prm"] and "re-ranking (funnel)" in res7.output
     bad = runner.invoke(app, ["train", "reranker", *_args(tmp_path), "--model", "lambdamart"])
     assert bad.exit_code == 2 and "eglr" in bad.output
+
+    # stage 4 (GR2) on those funnel lists, with a tiny random Qwen3 loaded by path like any HF checkpoint
+    from tests.llm.fixtures import save_tiny_llm
+
+    llm_args = ["--set", "rerank.source=funnel", "--set", "rerank.models=[initial,prm]",
+                "--set", f"llm.model={save_tiny_llm(tmp_path / 'tiny-qwen3')}"]
+    for s in LLM_TINY:
+        llm_args += ["--set", s]
+    res8 = runner.invoke(app, ["train", "llm-reranker", *_args(tmp_path), *llm_args])
+    assert res8.exit_code == 0, res8.output
+    llm = read_json(root / "llm" / "metrics.json")
+    assert set(llm["metrics"]) == {"pre-rank", "alignment", "sft-target", "rl"}
+    assert all(m["malformed"] == 0 for m in llm["metrics"].values()) and llm["traces"]["target"]["accepted"] > 0
+    assert "LLM re-ranker" in res8.output and "LLM re-ranker (GR2" in (root / "report.md").read_text()
+    assert (root / "llm" / "adapter" / "adapter_config.json").exists()
+    res9 = runner.invoke(app, ["run", "--with-llm", *_args(tmp_path), *llm_args])
+    assert res9.exit_code == 0 and "trained LLM re-ranker found" in res9.output, res9.output
 
     # recommend with explanations from the trained S²GR
     res4 = runner.invoke(app, ["recommend", *_args(tmp_path), "--user", "#3", "--model", "s2gr", "-k", "5", "--explain"])

@@ -82,13 +82,16 @@ def resolve_model_path(path: str) -> str:
     return str(gemma_270m()) if path in ("gemma3-270m", "gemma-3-270m") else path
 
 
-def load_causal_lm(path: str, device: str = "cpu") -> tuple[Any, Any]:
-    """(model in fp32 on ``device``, tokenizer with a pad token and left padding for generation)."""
+def load_causal_lm(path: str, device: str = "cpu", dtype: str = "float32") -> tuple[Any, Any]:
+    """(model on ``device``, tokenizer with a pad token and left padding for generation). Stay in fp32 on CPU (bf16
+    matmuls are ~200× slower there); bf16 on GPUs."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
     path = resolve_model_path(path)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(device)
     prepare_tokenizer(tokenizer)
     return model, tokenizer
 

@@ -57,6 +57,7 @@ class TeacherSettings:
 class LLMStageConfig:
     model: str = "gemma3-270m"  # any HF causal-LM path, or the packaged Gemma 3 270M
     device: str = "cpu"
+    dtype: str = "float32"  # bfloat16 on GPUs
     seed: int = 0
     n_history: int = 5
     with_titles: bool = True
@@ -66,7 +67,7 @@ class LLMStageConfig:
     alignment_plain_text_share: float = 0.1
     teacher: TeacherSettings = field(default_factory=TeacherSettings)
     sampling: list[str] = field(default_factory=lambda: ["target", "reject"])
-    n_train_requests: int = 200  # lists sent to the teacher
+    n_train_requests: int = 200  # training lists (with the true item among the candidates) sent to the teacher
     sft: SFTSettings = field(default_factory=SFTSettings)
     rl: DAPOSettings = field(default_factory=DAPOSettings)
     rl_from: str = "target"  # which SFT model RL continues from
@@ -107,14 +108,15 @@ def evaluate(model: Any, tokens: AnswerTokens, catalogue: Catalogue, requests: S
             if len(examples) < 3:
                 examples.append(text)
     out = rank_metrics(np.array(ranks))
-    out.update(malformed=malformed, n=len(ranks), wall_s=time.perf_counter() - t0, examples=examples)
+    out.update(malformed=malformed, n=len(ranks), wall_s=time.perf_counter() - t0, examples=examples,
+               ranks=[int(r) for r in ranks])
     out["lists_per_s"] = len(ranks) / max(out["wall_s"], 1e-9)
     return out
 
 
 def pre_rank_metrics(requests: Sequence[RerankRequest]) -> dict[str, Any]:
     ranks = np.array([r.target + 1 if r.target >= 0 else 0 for r in requests])
-    return {**rank_metrics(ranks), "malformed": 0, "n": len(ranks)}
+    return {**rank_metrics(ranks), "malformed": 0, "n": len(ranks), "ranks": ranks.tolist()}
 
 
 # ------------------------------------------------------------------------------------------------ the stage
@@ -138,7 +140,7 @@ def make_teacher(cfg: LLMStageConfig, catalogue: Catalogue, train_lists: RerankL
             raise ValueError("teacher.model: name the served model for an OpenAI-compatible teacher")
         return OpenAITeacher(t.base_url, t.model, t.api_key_env)
     if t.kind == "hf":
-        model, tok = load_causal_lm(t.model, cfg.device)
+        model, tok = load_causal_lm(t.model, cfg.device, cfg.dtype)
         add_sid_tokens(model, tok, catalogue.radix)
         return HFTeacher(model, tok, Path(t.model).name, cfg.max_reasoning_tokens)
     raise ValueError(f"teacher.kind must be programmatic, openai or hf, got {t.kind!r}")
@@ -162,9 +164,10 @@ def run_llm_stage(catalogue: Catalogue, train_lists: RerankLists, test_lists: Re
     torch.manual_seed(cfg.seed)
     t_stage = time.perf_counter()
     timings: dict[str, float] = {}
+    bf16 = cfg.dtype == "bfloat16"
     if model is None:
         t = time.perf_counter()
-        model, tokenizer = load_causal_lm(cfg.model, cfg.device)
+        model, tokenizer = load_causal_lm(cfg.model, cfg.device, cfg.dtype)
         timings["load_s"] = time.perf_counter() - t
     new_ids = add_sid_tokens(model, tokenizer, catalogue.radix)
     model = apply_lora(model, cfg.lora, new_ids)
@@ -188,13 +191,14 @@ def run_llm_stage(catalogue: Catalogue, train_lists: RerankLists, test_lists: Re
     examples = alignment_examples(catalogue, train_sequences, n_align, cfg.seed, cfg.alignment_plain_text_share,
                                   cfg.n_history)
     align_log = train_lm(model, tokenizer, alignment_features(tokenizer, examples, cfg.alignment.max_len),
-                         cfg.alignment, out_dir / "trainer", cfg.device)
+                         cfg.alignment, out_dir / "trainer", cfg.device, bf16)
     timings["alignment_s"] = time.perf_counter() - t
     _eval("alignment")
     aligned = _snapshot(model)
 
     # 2. traces + 3. SFT, per sampling mode (each SFT starts from the aligned model)
-    train_reqs = select_requests(train_lists, cfg.n_train_requests, cfg.seed + 1, False, "train:")
+    # only lists that contain the true item can yield a trace (both sampling modes rank it first)
+    train_reqs = select_requests(train_lists, cfg.n_train_requests, cfg.seed + 1, True, "train:")
     prompts = {r.request_id: rerank_prompt(catalogue, r.history, r.candidates, cfg.n_history, cfg.with_titles)
                for r in train_reqs}
     sids = {r.request_id: [catalogue.sid_tuple(i) for i in r.candidates] for r in train_reqs}
@@ -210,7 +214,7 @@ def run_llm_stage(catalogue: Catalogue, train_lists: RerankLists, test_lists: Re
             f"malformed {stats.malformed})")
         _restore(model, aligned)
         feats = sft_features(tokens, traces, prompts, sids, cfg.sft)
-        sft_logs[mode] = train_lm(model, tokenizer, feats, cfg.sft, out_dir / "trainer", cfg.device)
+        sft_logs[mode] = train_lm(model, tokenizer, feats, cfg.sft, out_dir / "trainer", cfg.device, bf16)
         timings[f"sft_{mode}_s"] = time.perf_counter() - t
         _eval(f"sft-{mode}")
         states[mode] = _snapshot(model)
@@ -219,11 +223,11 @@ def run_llm_stage(catalogue: Catalogue, train_lists: RerankLists, test_lists: Re
     t = time.perf_counter()
     _restore(model, states[cfg.rl_from])
     model.train()
-    rl_reqs = [r for r in train_reqs if r.target >= 0]
+    rl_reqs = train_reqs
     n_cand = max(len(r.candidates) for r in rl_reqs)
     max_completion = max_answer_tokens(tokens, n_cand, catalogue.codes.shape[1], cfg.rl.max_reasoning_tokens)
     rl_log = train_dapo(model, tokenizer, [prompts[r.request_id] for r in rl_reqs], [r.target for r in rl_reqs],
-                        cfg.rl, out_dir / "trainer", max_completion, cfg.device)
+                        cfg.rl, out_dir / "trainer", max_completion, cfg.device, bf16)
     timings["rl_s"] = time.perf_counter() - t
     _eval("rl")
 

@@ -118,7 +118,7 @@ def weighted_lm_loss(model: Any, inputs: dict[str, torch.Tensor]) -> torch.Tenso
 
 
 def train_lm(model: Any, tokenizer: Any, features: list[dict[str, list]], settings: SFTSettings, out_dir: str | Path,
-             device: str = "cpu") -> list[dict]:
+             device: str = "cpu", bf16: bool = False) -> list[dict]:
     """Weighted next-token training with transformers' Trainer (AdamW, warm-up, cosine decay). Returns the log."""
     from datasets import Dataset as HFDataset
     from transformers import Trainer, TrainingArguments
@@ -135,7 +135,7 @@ def train_lm(model: Any, tokenizer: Any, features: list[dict[str, list]], settin
         gradient_accumulation_steps=settings.grad_accum, learning_rate=settings.lr, max_steps=settings.steps,
         lr_scheduler_type="cosine", warmup_steps=max(1, round(settings.warmup_ratio * settings.steps)), logging_steps=max(1, settings.steps // 10),
         save_strategy="no", report_to=[], seed=settings.seed, remove_unused_columns=False, disable_tqdm=True,
-        use_cpu=device == "cpu", dataloader_num_workers=0,
+        use_cpu=device == "cpu", dataloader_num_workers=0, bf16=bf16,
     )
     trainer = WeightedTrainer(model=model, args=args, train_dataset=HFDataset.from_list(list(features)),
                               data_collator=LeftPadCollator(int(tokenizer.pad_token_id)))
@@ -154,6 +154,17 @@ def reward_function(format_weight: float):
     return rank_and_format
 
 
+def drop_uninformative_groups(advantages: torch.Tensor, completion_mask: torch.Tensor, group_size: int
+                              ) -> tuple[torch.Tensor, float]:
+    """DAPO's dynamic sampling as a mask: rows of groups (``group_size`` consecutive completions of one prompt) whose
+    advantages are all zero — every reward equal — leave the loss. Returns the new mask and the share of kept groups."""
+    if advantages.numel() % group_size:
+        raise ValueError(f"{advantages.numel()} completions do not split into groups of {group_size}")
+    informative = (advantages.view(-1, group_size).abs() > 1e-6).any(1)
+    rows = informative.repeat_interleave(group_size)
+    return completion_mask * rows[:, None].to(completion_mask.dtype), float(informative.float().mean())
+
+
 def dapo_trainer_class():
     from trl import GRPOTrainer
 
@@ -163,20 +174,17 @@ def dapo_trainer_class():
 
         def _generate_and_score_completions(self, inputs: Any) -> dict[str, Any]:
             out = super()._generate_and_score_completions(inputs)
-            adv = out["advantages"]
-            G = self.num_generations
-            if adv.numel() % G == 0:
-                informative = (adv.view(-1, G).abs() > 1e-6).any(1).repeat_interleave(G)
-                out["completion_mask"] = out["completion_mask"] * informative[:, None].to(out["completion_mask"].dtype)
-                out["num_items_in_batch"] = out["completion_mask"].sum().clamp(min=1)
-                self._metrics["train"]["dynamic_sampling/kept_group_frac"].append(float(informative.float().mean()))
+            out["completion_mask"], kept = drop_uninformative_groups(out["advantages"], out["completion_mask"],
+                                                                     self.num_generations)
+            out["num_items_in_batch"] = out["completion_mask"].sum().clamp(min=1)
+            self._metrics["train"]["dynamic_sampling/kept_group_frac"].append(kept)
             return out
 
     return DynamicSamplingGRPOTrainer
 
 
 def train_dapo(model: Any, tokenizer: Any, prompts: Sequence[str], targets: Sequence[int], settings: DAPOSettings,
-               out_dir: str | Path, max_completion_length: int, device: str = "cpu") -> list[dict]:
+               out_dir: str | Path, max_completion_length: int, device: str = "cpu", bf16: bool = False) -> list[dict]:
     """DAPO (token-level loss, clip-higher, overlong masking, no KL) on re-ranking prompts with rank and format
     rewards; rollouts are constrained to permutations of each prompt's candidates."""
     from datasets import Dataset as HFDataset
@@ -190,7 +198,7 @@ def train_dapo(model: Any, tokenizer: Any, prompts: Sequence[str], targets: Sequ
         max_completion_length=max_completion_length, max_steps=settings.steps, learning_rate=settings.lr,
         temperature=settings.temperature, top_k=0, top_p=1.0, logging_steps=1, save_strategy="no", report_to=[],
         seed=settings.seed, use_cpu=device == "cpu", disable_tqdm=True, shuffle_dataset=True,
-        scale_rewards="group",
+        scale_rewards="group", bf16=bf16,
     )
     data = HFDataset.from_dict({"prompt": list(prompts), "target": [int(t) for t in targets]})
     trainer = dapo_trainer_class()(model=model, reward_funcs=[reward_function(settings.format_weight)], args=args,

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from thinkrec.baselines.sasrec import SASRecConfig
+from thinkrec.llm.stage import LLMStageConfig
 from thinkrec.rerank.stage import RerankStageConfig
 from thinkrec.retrieval.stage import RetrievalConfig
 from thinkrec.tokenize.stage import TokenizeConfig
@@ -47,7 +48,9 @@ class RunConfig:
     tokenize: TokenizeConfig = field(default_factory=TokenizeConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     rerank: RerankStageConfig = field(default_factory=RerankStageConfig)
+    llm: LLMStageConfig = field(default_factory=LLMStageConfig)
     eval: EvalSection = field(default_factory=EvalSection)
+    # "llm" (stage 4, the GR2 LLM re-ranker) is opt-in: `thinkrec run --with-llm` or list it here
     stages: list[str] = field(
         default_factory=lambda: ["data", "popularity", "sasrec", "tokenize", "retrieval", "rerank", "evaluate", "report"]
     )

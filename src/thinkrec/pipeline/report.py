@@ -102,6 +102,7 @@ def write_report(root: str | Path, config: Any = None) -> Path:
         if plot:
             lines += [f"![{label} training](plots/{name}_training.png)", ""]
     lines += _rerank_section(root)
+    lines += _llm_section(root)
     timings = root / "timings.json"
     if timings.exists():
         lines += ["## Stage timings", "", "| stage | seconds |", "|---|---|"]
@@ -143,4 +144,24 @@ def _rerank_section(root: Path) -> list[str]:
             f"{k.removeprefix('eglr_vs_')} {t['diff']:+.4f} (p {t['p_ttest']:.3g})" for k, t in tests.items()), ""]
     for plot in res.get("plots", []):
         lines += [f"![{Path(plot).stem}]({plot})", ""]
+    return lines
+
+
+def _llm_section(root: Path) -> list[str]:
+    path = root / "llm" / "metrics.json"
+    if not path.exists():
+        return []
+    res = read_json(path)
+    lines = [f"## LLM re-ranker (GR2, {res['model']})", "",
+             f"{res['eval_lists_with_target']} test lists that contain the true item (coverage of all test lists "
+             f"{res['coverage']:.3f}); one greedy, constrained answer per list.", "",
+             "| phase | R@1 | R@5 | N@5 | N@5 (all lists) | malformed |", "|---|---|---|---|---|---|"]
+    for name, m in res["metrics"].items():
+        lines.append(f"| {name} | {m['recall@1']:.4f} | {m['recall@5']:.4f} | {m['ndcg@5']:.4f} | "
+                     f"{res['metrics_all_lists'][name]['ndcg@5']:.4f} | {m['malformed']} |")
+    lines.append("")
+    for mode, t in res.get("traces", {}).items():
+        lines.append(f"- {mode} sampling ({t['teacher']}): {t['accepted']} traces accepted, acceptance "
+                     f"{t['acceptance_rate']:.2f}, {t['tries_per_sample']:.2f} tries per sample, {t['malformed']} malformed")
+    lines.append("")
     return lines

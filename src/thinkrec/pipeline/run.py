@@ -269,6 +269,34 @@ def stage_rerank(ctx: Context) -> None:
     write_json(metrics_file, results)
 
 
+def stage_llm(ctx: Context) -> None:
+    """Stage 4: the GR2 LLM re-ranker over the re-ranking stage's lists (SIDs from the tokenize stage)."""
+    from thinkrec.llm.prompts import Catalogue
+    from thinkrec.llm.stage import run_llm_stage
+    from thinkrec.rerank.lists import RerankLists
+    from thinkrec.tokenize.stage import load_tokenize
+
+    lists_dir = ctx.rundir.root / "rerank" / "lists"
+    if not (lists_dir / "test" / "lists.safetensors").exists() or not (ctx.rundir.root / "sids" / "sidmap").exists():
+        raise ValueError(f"{ctx.rundir.root}: the llm stage needs the Semantic IDs and the re-ranking lists "
+                         "(run the tokenize, retrieval and rerank stages first)")
+    cfg = ctx.config.llm
+    if ctx.config.run.device != "cpu" and cfg.device == "cpu":
+        cfg.device = ctx.config.run.device
+    key = {"llm": cfg, "rerank": ctx.config.rerank, "tokenize": ctx.config.tokenize, "data": ctx.config.data}
+    if ctx.rundir.is_done("llm", key):
+        ctx.log("llm: trained LLM re-ranker found, skipping")
+        return
+    dataset = ctx.get_dataset()
+    catalogue = Catalogue.from_dataset(dataset, load_tokenize(ctx.rundir.root / "sids").sidmap.codes)
+    split = ctx.get_split()
+    sequences = [split.train_sequence(u) for u in range(split.n_users)]
+    train, test = RerankLists.load(lists_dir / "train"), RerankLists.load(lists_dir / "test")
+    summary = run_llm_stage(catalogue, train, test, sequences, cfg, ctx.rundir.stage_dir("llm"),
+                            log=lambda m: ctx.log(f"llm: {m}"))
+    ctx.rundir.mark_done("llm", key, **{f"{name}_ndcg@5": m["ndcg@5"] for name, m in summary["metrics"].items()})
+
+
 def stage_evaluate(ctx: Context) -> None:
     """Test-set full ranking for every trained model, with bootstrap CIs and paired tests vs the best."""
     ev = ctx.config.eval
@@ -321,6 +349,7 @@ STAGES: dict[str, Callable[[Context], None]] = {
     "tokenize": stage_tokenize,
     "retrieval": stage_retrieval,
     "rerank": stage_rerank,
+    "llm": stage_llm,
     "evaluate": stage_evaluate,
     "report": stage_report,
 }

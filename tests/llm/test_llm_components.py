@@ -1,0 +1,182 @@
+"""Stage 4 pieces: answer tokens, constrained decoding, the weighted SFT loss, teachers and their trace cache, the
+OpenAI-compatible server, dynamic sampling, alignment data."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+pytest.importorskip("transformers")
+
+from tests.llm import fixtures  # noqa: E402
+from thinkrec.llm.answer import (  # noqa: E402
+    AnswerTokens,
+    clean_reasoning,
+    constrained_generate,
+    prompt_candidates,
+    render_answer,
+)
+from thinkrec.llm.model import add_sid_tokens  # noqa: E402
+from thinkrec.llm.prompts import alignment_examples, rerank_prompt  # noqa: E402
+from thinkrec.llm.rewards import parse_output, rerank_reward  # noqa: E402
+from thinkrec.llm.server import OpenAICompatibleServer, hf_backend  # noqa: E402
+from thinkrec.llm.teacher import (  # noqa: E402
+    HFTeacher,
+    OpenAITeacher,
+    ProgrammaticTeacher,
+    generate_answers,
+    requests_from_lists,
+    sample_traces,
+)
+from thinkrec.llm.train import (  # noqa: E402
+    LeftPadCollator,
+    drop_uninformative_groups,
+    reward_function,
+    tokenize_example,
+    weighted_lm_loss,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    cat = fixtures.catalogue()
+    train = fixtures.lists(30, seed=1)
+    tok = fixtures.tokenizer(cat, train)
+    model = fixtures.qwen3(len(tok), seed=0)
+    add_sid_tokens(model, tok, cat.radix)
+    return cat, train, tok, model.eval()
+
+
+def test_answer_tokens_match_the_canonical_text_and_split_reasoning_from_output(tiny):
+    cat, _, tok, _ = tiny
+    tokens = AnswerTokens(tok)
+    ranking = [cat.sid_tuple(i) for i in (3, 17, 5)]
+    reasoning = 'Top pick: "rose" lipstick,\nsame\\category.'
+    ids, is_reasoning = tokens.answer_ids(reasoning, ranking)
+    assert ids[-1] == tok.eos_token_id
+    assert tok.decode(ids[:-1]) == render_answer(reasoning, ranking)
+    assert tok.decode([i for i, r in zip(ids, is_reasoning, strict=True) if r]) == clean_reasoning(reasoning)
+    assert parse_output(render_answer(reasoning, ranking), ranking) == [0, 1, 2]
+    assert json.loads(render_answer(reasoning, ranking))["reasoning"] == "Top pick: rose lipstick, same category."
+
+
+def test_constrained_sampling_always_yields_a_permutation_of_the_prompt_candidates(tiny):
+    cat, train, tok, model = tiny
+    tokens = AnswerTokens(tok)
+    torch.manual_seed(0)
+    prompts = [rerank_prompt(cat, (train.history[n] - 1).tolist(), train.items[n].tolist()) for n in range(4)]
+    answers = generate_answers(model, tokens, prompts, 4, 2.0, 5, 5, 3)  # hot sampling from a random model
+    for n, group in enumerate(answers):
+        cands = [cat.sid_tuple(i) for i in train.items[n]]
+        assert prompt_candidates(prompts[n]) == cands
+        for text in group:
+            order = parse_output(text, cands)
+            assert order is not None and sorted(order) == list(range(5)), text
+    # the reasoning never runs past its cap: count the tokens between the opening and the end-of-reasoning token
+    enc = tok(prompts, return_tensors="pt", padding=True)
+    out = constrained_generate(model, tokens, 5)(**enc, do_sample=True, temperature=2.0, top_k=0, max_new_tokens=80,
+                                                 pad_token_id=tok.pad_token_id)
+    for row in out[:, enc["input_ids"].shape[1]:].tolist():
+        start = len(tokens.reasoning_open)
+        assert row[:start] == tokens.reasoning_open
+        assert row.index(tokens.ranking_open[0], start) - start <= 5
+
+
+def test_weighted_loss_equals_an_independent_per_token_computation(tiny):
+    _, _, tok, model = tiny
+    a = tokenize_example(tok, "Item one is", [10, 11, 12, 2], [0.5, 0.5, 1.0, 1.0], 64)
+    b = tokenize_example(tok, "A much longer prompt for the second", [20, 21, 2], [1.0, 0.25, 1.0], 64)
+    batch = LeftPadCollator(tok.pad_token_id)([a, b])
+    with torch.no_grad():
+        got = weighted_lm_loss(model, batch)
+        total, n = 0.0, 0
+        for ex in (a, b):  # unpadded, full logits, plain cross-entropy
+            ids = torch.tensor([ex["input_ids"]])
+            logits = model(input_ids=ids).logits[0, :-1]
+            ce = F.cross_entropy(logits, ids[0, 1:], reduction="none")
+            lab = torch.tensor(ex["labels"][1:]) != -100
+            total += (ce[lab] * torch.tensor(ex["loss_weights"][1:])[lab]).sum()
+            n += int(lab.sum())
+    assert got.item() == pytest.approx(float(total) / n, rel=1e-4)
+
+
+def test_programmatic_teacher_target_and_reject_sampling_with_a_resumable_cache(tiny, tmp_path):
+    cat, train, _, _ = tiny
+    teacher = ProgrammaticTeacher.fit(cat, train)
+    assert teacher.weights[3] > 0.5  # learned the planted transition signal
+    reqs = requests_from_lists(train, "train:")
+    with_target = sum(r.target >= 0 for r in reqs)
+    traces, st = sample_traces(teacher, cat, reqs, "target", tmp_path / "t.jsonl", max_tries=3)
+    assert st.accepted == with_target and st.tries_per_sample == 1.0 and st.skipped_no_target == len(reqs) - with_target
+    for tr in traces:
+        req = next(r for r in reqs if f"target:{r.request_id}" == tr["request_id"])
+        assert tr["order"][0] == req.target and tr["teacher"] == "programmatic"
+        assert "Top pick: " + cat.title(req.candidates[req.target], 6) in tr["reasoning"]
+    traces_r, st_r = sample_traces(teacher, cat, reqs, "reject", tmp_path / "r.jsonl", max_tries=1, temperature=0.5)
+    assert 0 < st_r.accepted < with_target and st_r.tries == st_r.requests - st_r.skipped_no_target
+    assert all(tr["order"][0] == next(r for r in reqs if f"reject:{r.request_id}" == tr["request_id"]).target
+               for tr in traces_r)
+    # a second run reads the cache; a line cut by a kill is sampled again
+    lines = (tmp_path / "t.jsonl").read_text().splitlines()
+    (tmp_path / "t.jsonl").write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:20])
+    again, st2 = sample_traces(teacher, cat, reqs, "target", tmp_path / "t.jsonl", max_tries=3)
+    assert st2.cached == with_target - 1 and st2.tries == 1 and len(again) == with_target
+
+
+def test_openai_compatible_server_round_trip_and_errors(tiny):
+    cat, train, tok, model = tiny
+    prompt = rerank_prompt(cat, [1, 2], train.items[0].tolist())
+    cands = [cat.sid_tuple(i) for i in train.items[0]]
+    with OpenAICompatibleServer(hf_backend(model, tok, 4), "tiny") as srv:
+        r = httpx.post(srv.base_url + "/chat/completions",
+                       json={"model": "tiny", "n": 3, "temperature": 1.0,
+                             "messages": [{"role": "user", "content": prompt}]})
+        choices = r.json()["choices"]
+        assert r.status_code == 200 and len(choices) == 3
+        assert all(parse_output(c["message"]["content"], cands) is not None for c in choices)
+        assert httpx.post(srv.base_url + "/chat/completions", content=b"{not json").status_code == 400
+        assert httpx.get(srv.base_url + "/nothing").status_code == 404
+        teacher = OpenAITeacher(srv.base_url, "tiny")
+        req = requests_from_lists(train)[0]
+        assert len(teacher.answer(req, prompt, 2, 1.0)) == 2
+    # the local-HF teacher gives the same kind of answers without HTTP
+    assert parse_output(HFTeacher(model, tok, "tiny", 4).answer(req, prompt, 1, 1.0)[0], cands) is not None
+
+
+def test_dynamic_sampling_drops_groups_whose_rewards_are_all_equal():
+    adv = torch.tensor([0.0, 0.0, 0.0, 0.7, -0.7, 0.0, 0.0, 0.0, 0.0])
+    mask = torch.ones(9, 5, dtype=torch.long)
+    new, kept = drop_uninformative_groups(adv, mask, 3)
+    assert new[:, 0].tolist() == [0, 0, 0, 1, 1, 1, 0, 0, 0] and kept == pytest.approx(1 / 3)
+    with pytest.raises(ValueError):
+        drop_uninformative_groups(adv[:8], mask[:8], 3)
+
+
+def test_trl_reward_reads_candidates_from_the_prompt(tiny):
+    cat, train, _, _ = tiny
+    items = train.items[0].tolist()
+    prompt = rerank_prompt(cat, [1], items)
+    cands = [cat.sid_tuple(i) for i in items]
+    moved = render_answer("x", [cands[i] for i in (3, 0, 1, 2, 4)])
+    copied = render_answer("x", cands)
+    got = reward_function(0.1)([prompt, prompt, prompt], [moved, copied, "no json"], [3, 3, 3])
+    assert got == pytest.approx([3 / 5 + 0.1, 0.0, 0.0])
+    assert got[0] == pytest.approx(rerank_reward(moved, cands, 3, 0.1))
+
+
+def test_alignment_examples_cover_every_task_and_use_training_sequences_only(tiny):
+    cat = tiny[0]
+    seqs = [np.array([1, 2, 3, 4]), np.array([5, 6, 7])]
+    ex = alignment_examples(cat, seqs, 400, seed=0, plain_text_share=0.1)
+    kinds = {e["prompt"].split(" ")[0].split(":")[0] for e in ex}
+    assert kinds == {"Product", "Item", "Title", "History"}
+    for e in ex:
+        if e["prompt"].startswith("History"):
+            (nxt,) = [s for s in [prompt_candidates("Candidates:" + e["completion"])[0]]]
+            assert nxt in {cat.sid_tuple(i) for i in (2, 3, 4, 6, 7)}
+    assert 0.05 < np.mean([e["prompt"] == "Product:" for e in ex]) < 0.15
