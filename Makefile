@@ -21,7 +21,7 @@ install: $(VENV)/.installed
 install-dev: $(VENV)/.installed
 
 run: $(VENV)/.installed
-	$(BIN)/thinkrec run --config configs/synthetic.yaml $(RUN_ARGS)
+	$(BIN)/thinkrec run --config configs/synthetic.yaml --with-llm $(RUN_ARGS)
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest tests

@@ -9,6 +9,7 @@ import time
 import httpx
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("trl")
 pytest.importorskip("peft")
@@ -65,5 +66,17 @@ def test_whole_stage_on_a_tiny_qwen3_with_an_http_teacher(tmp_path):
             assert r["order"][0] == int(np.argmax(train.labels[user])) and sorted(r["order"]) == list(range(5))
     rl_steps = [r for r in summary["logs"]["rl"] if "loss" in r]
     assert len(rl_steps) == 2
-    assert (tmp_path / "llm" / "adapter" / "adapter_config.json").exists()
+    # the saved adapter (LoRA + trained SID rows, not the whole embedding) reloads onto the base model exactly
+    from thinkrec.llm.model import load_adapter
+
+    base_dir = tmp_path / "base"
+    fixtures.qwen3(len(fixtures.tokenizer(cat, train)), seed=0).save_pretrained(base_dir)
+    fixtures.tokenizer(cat, train).save_pretrained(base_dir)
+    reloaded, tok2 = load_adapter(str(base_dir), tmp_path / "llm" / "adapter", cat.radix)
+    assert tok2.convert_tokens_to_ids("<|sid_end|>") == tok.convert_tokens_to_ids("<|sid_end|>")
+    ids = tok(["Candidates: <|sid_begin|><s_a_1><s_b_2><s_c_0><|sid_end|>"], return_tensors="pt")
+    student.eval()
+    with torch.no_grad():
+        assert torch.allclose(student(**ids).logits, reloaded(**ids).logits, atol=1e-5)
+    assert sum(f.stat().st_size for f in (tmp_path / "llm" / "adapter").iterdir()) < 2e6
     assert time.perf_counter() - t0 < 120

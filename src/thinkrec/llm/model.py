@@ -142,6 +142,29 @@ def apply_lora(model: Any, settings: LoraSettings, new_token_ids: Sequence[int] 
     return peft_model
 
 
+def save_adapter(model: Any, tokenizer: Any, path: str | Path) -> Path:
+    """LoRA weights + the trained SID rows (peft's trainable tokens) + the tokenizer, written atomically — not the
+    full resized embedding (≈ 670 MB for Gemma); ``load_adapter`` re-adds the SID tokens before loading."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, save_embedding_layers=False)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.rename(path)
+    return path
+
+
+def load_adapter(base: str, adapter: str | Path, radix: Sequence[int], device: str = "cpu", dtype: str = "float32"
+                 ) -> tuple[Any, Any]:
+    """A trained re-ranker back from ``save_adapter``: the base model, its SID tokens, then the adapter."""
+    from peft import PeftModel
+
+    model, tokenizer = load_causal_lm(base, device, dtype)
+    add_sid_tokens(model, tokenizer, radix)
+    return PeftModel.from_pretrained(model, str(adapter)).to(device).eval(), tokenizer
+
+
 def trainable_parameters(model: torch.nn.Module) -> tuple[int, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return trainable, sum(p.numel() for p in model.parameters())

@@ -20,7 +20,14 @@ import numpy as np
 import torch
 
 from thinkrec.llm.answer import AnswerTokens, max_answer_tokens
-from thinkrec.llm.model import LoraSettings, add_sid_tokens, apply_lora, load_causal_lm, trainable_parameters
+from thinkrec.llm.model import (
+    LoraSettings,
+    add_sid_tokens,
+    apply_lora,
+    load_causal_lm,
+    save_adapter,
+    trainable_parameters,
+)
 from thinkrec.llm.prompts import Catalogue, alignment_examples, rerank_prompt
 from thinkrec.llm.rewards import parse_output
 from thinkrec.llm.teacher import (
@@ -232,8 +239,7 @@ def run_llm_stage(catalogue: Catalogue, train_lists: RerankLists, test_lists: Re
     _eval("rl")
 
     # 5. save
-    model.save_pretrained(out_dir / "adapter")
-    tokenizer.save_pretrained(out_dir / "adapter")
+    save_adapter(model, tokenizer, out_dir / "adapter")
     scaled = {name: {k: m[k] * coverage for k in ("recall@1", "recall@5", "ndcg@5")} for name, m in results.items()}
     summary = {
         "model": cfg.model, "config": asdict(cfg), "parameters": n_total, "trainable": n_trainable,
