@@ -67,6 +67,7 @@ class LLMStageConfig:
     dtype: str = "float32"  # bfloat16 on GPUs
     seed: int = 0
     n_history: int = 5
+    max_candidates: int = 10  # the first K of each list's initial order are re-ranked (GR2: K = 10)
     with_titles: bool = True
     max_reasoning_tokens: int = 48
     lora: LoraSettings = field(default_factory=LoraSettings)
@@ -153,8 +154,9 @@ def make_teacher(cfg: LLMStageConfig, catalogue: Catalogue, train_lists: RerankL
     raise ValueError(f"teacher.kind must be programmatic, openai or hf, got {t.kind!r}")
 
 
-def select_requests(lists: RerankLists, n: int, seed: int, with_target: bool, prefix: str) -> list[RerankRequest]:
-    reqs = requests_from_lists(lists, prefix)
+def select_requests(lists: RerankLists, n: int, seed: int, with_target: bool, prefix: str,
+                    max_candidates: int | None = None) -> list[RerankRequest]:
+    reqs = requests_from_lists(lists, prefix, max_candidates)
     if with_target:
         reqs = [r for r in reqs if r.target >= 0]
     rng = np.random.default_rng(seed)
@@ -182,8 +184,9 @@ def run_llm_stage(catalogue: Catalogue, train_lists: RerankLists, test_lists: Re
     n_trainable, n_total = trainable_parameters(model)
     log(f"LLM: {n_total / 1e6:.1f} M parameters, {n_trainable / 1e6:.2f} M trainable, {len(new_ids)} SID tokens")
 
-    eval_reqs = select_requests(test_lists, cfg.n_eval, cfg.seed, True, "test:")
-    coverage = float((test_lists.labels > 0).any(1).mean())
+    eval_reqs = select_requests(test_lists, cfg.n_eval, cfg.seed, True, "test:", cfg.max_candidates)
+    head = np.cumsum(test_lists.mask, axis=1) <= cfg.max_candidates
+    coverage = float(((test_lists.labels > 0) & test_lists.mask & head).any(1).mean())
     results: dict[str, Any] = {"pre-rank": pre_rank_metrics(eval_reqs)}
 
     def _eval(name: str) -> None:
@@ -198,14 +201,14 @@ def run_llm_stage(catalogue: Catalogue, train_lists: RerankLists, test_lists: Re
     examples = alignment_examples(catalogue, train_sequences, n_align, cfg.seed, cfg.alignment_plain_text_share,
                                   cfg.n_history)
     align_log = train_lm(model, tokenizer, alignment_features(tokenizer, examples, cfg.alignment.max_len),
-                         cfg.alignment, out_dir / "trainer", cfg.device, bf16)
+                         cfg.alignment, out_dir / "trainer", cfg.device, bf16, log)
     timings["alignment_s"] = time.perf_counter() - t
     _eval("alignment")
     aligned = _snapshot(model)
 
     # 2. traces + 3. SFT, per sampling mode (each SFT starts from the aligned model)
     # only lists that contain the true item can yield a trace (both sampling modes rank it first)
-    train_reqs = select_requests(train_lists, cfg.n_train_requests, cfg.seed + 1, True, "train:")
+    train_reqs = select_requests(train_lists, cfg.n_train_requests, cfg.seed + 1, True, "train:", cfg.max_candidates)
     prompts = {r.request_id: rerank_prompt(catalogue, r.history, r.candidates, cfg.n_history, cfg.with_titles)
                for r in train_reqs}
     sids = {r.request_id: [catalogue.sid_tuple(i) for i in r.candidates] for r in train_reqs}
@@ -221,7 +224,7 @@ def run_llm_stage(catalogue: Catalogue, train_lists: RerankLists, test_lists: Re
             f"malformed {stats.malformed})")
         _restore(model, aligned)
         feats = sft_features(tokens, traces, prompts, sids, cfg.sft)
-        sft_logs[mode] = train_lm(model, tokenizer, feats, cfg.sft, out_dir / "trainer", cfg.device, bf16)
+        sft_logs[mode] = train_lm(model, tokenizer, feats, cfg.sft, out_dir / "trainer", cfg.device, bf16, log)
         timings[f"sft_{mode}_s"] = time.perf_counter() - t
         _eval(f"sft-{mode}")
         states[mode] = _snapshot(model)
@@ -234,7 +237,7 @@ def run_llm_stage(catalogue: Catalogue, train_lists: RerankLists, test_lists: Re
     n_cand = max(len(r.candidates) for r in rl_reqs)
     max_completion = max_answer_tokens(tokens, n_cand, catalogue.codes.shape[1], cfg.rl.max_reasoning_tokens)
     rl_log = train_dapo(model, tokenizer, [prompts[r.request_id] for r in rl_reqs], [r.target for r in rl_reqs],
-                        cfg.rl, out_dir / "trainer", max_completion, cfg.device, bf16)
+                        cfg.rl, out_dir / "trainer", max_completion, cfg.device, bf16, log)
     timings["rl_s"] = time.perf_counter() - t
     _eval("rl")
 

@@ -49,10 +49,13 @@ class RerankRequest:
     features: list[list[float]] | None = None
 
 
-def requests_from_lists(lists: RerankLists, prefix: str = "") -> list[RerankRequest]:
+def requests_from_lists(lists: RerankLists, prefix: str = "", max_candidates: int | None = None) -> list[RerankRequest]:
+    """One request per list; ``max_candidates`` keeps the first K of the initial order (GR2 re-ranks K = 10)."""
     out = []
     for n in range(len(lists)):
         keep = lists.items[n] >= 0
+        if max_candidates is not None:
+            keep &= np.cumsum(keep) <= max_candidates
         cands = lists.items[n][keep].tolist()
         labels = lists.labels[n][keep]
         target = int(np.argmax(labels)) if (labels > 0).any() else -1

@@ -118,7 +118,7 @@ def weighted_lm_loss(model: Any, inputs: dict[str, torch.Tensor]) -> torch.Tenso
 
 
 def train_lm(model: Any, tokenizer: Any, features: list[dict[str, list]], settings: SFTSettings, out_dir: str | Path,
-             device: str = "cpu", bf16: bool = False) -> list[dict]:
+             device: str = "cpu", bf16: bool = False, log: Any = print) -> list[dict]:
     """Weighted next-token training with transformers' Trainer (AdamW, warm-up, cosine decay). Returns the log."""
     from datasets import Dataset as HFDataset
     from transformers import Trainer, TrainingArguments
@@ -139,8 +139,25 @@ def train_lm(model: Any, tokenizer: Any, features: list[dict[str, list]], settin
     )
     trainer = WeightedTrainer(model=model, args=args, train_dataset=HFDataset.from_list(list(features)),
                               data_collator=LeftPadCollator(int(tokenizer.pad_token_id)))
+    _route_logs(trainer, log)
     trainer.train()
     return [dict(r) for r in trainer.state.log_history]
+
+
+def _route_logs(trainer: Any, log: Any) -> None:
+    """Training logs go to the stage's logger (run log / console) instead of transformers' raw dict printer."""
+    from transformers.trainer_callback import PrinterCallback, TrainerCallback
+
+    keys = ("loss", "reward", "reward_std", "dynamic_sampling/kept_group_frac", "grad_norm", "learning_rate")
+
+    class Forward(TrainerCallback):
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **_: Any) -> None:
+            if logs and any(k in logs for k in keys):
+                parts = ", ".join(f"{k.split('/')[-1]} {float(logs[k]):.4g}" for k in keys if k in logs)
+                log(f"    step {state.global_step}/{state.max_steps}: {parts}")
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(Forward())
 
 
 # ------------------------------------------------------------------------------------------------ DAPO
@@ -184,7 +201,8 @@ def dapo_trainer_class():
 
 
 def train_dapo(model: Any, tokenizer: Any, prompts: Sequence[str], targets: Sequence[int], settings: DAPOSettings,
-               out_dir: str | Path, max_completion_length: int, device: str = "cpu", bf16: bool = False) -> list[dict]:
+               out_dir: str | Path, max_completion_length: int, device: str = "cpu", bf16: bool = False,
+               log: Any = print) -> list[dict]:
     """DAPO (token-level loss, clip-higher, overlong masking, no KL) on re-ranking prompts with rank and format
     rewards; rollouts are constrained to permutations of each prompt's candidates."""
     from datasets import Dataset as HFDataset
@@ -205,6 +223,7 @@ def train_dapo(model: Any, tokenizer: Any, prompts: Sequence[str], targets: Sequ
                                    train_dataset=data, processing_class=tokenizer)
     unwrapped = trainer.accelerator.unwrap_model(trainer.model)
     unwrapped.generate = constrained_generate(unwrapped, AnswerTokens(tokenizer), settings.max_reasoning_tokens)
+    _route_logs(trainer, log)
     try:
         trainer.train()
     finally:
