@@ -126,6 +126,13 @@ def test_programmatic_teacher_target_and_reject_sampling_with_a_resumable_cache(
     (tmp_path / "t.jsonl").write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:20])
     again, st2 = sample_traces(teacher, cat, reqs, "target", tmp_path / "t.jsonl", max_tries=3)
     assert st2.cached == with_target - 1 and st2.tries == 1 and len(again) == with_target
+    # another teacher (or another prompt) does not reuse the cache
+    other = ProgrammaticTeacher(cat, teacher.weights, teacher.bias)
+    other.name = "programmatic-v2"
+    _, st3 = sample_traces(other, cat, reqs, "target", tmp_path / "t.jsonl", max_tries=3)
+    assert st3.cached == 0 and st3.accepted == with_target
+    _, st4 = sample_traces(other, cat, reqs, "target", tmp_path / "t.jsonl", max_tries=3, n_history=2)
+    assert st4.cached == 0
 
 
 def test_openai_compatible_server_round_trip_and_errors(tiny):

@@ -281,16 +281,19 @@ def sample_traces(teacher: Teacher, catalogue: Catalogue, requests: Sequence[Rer
                 stats.skipped_no_target += 1
                 continue
             key = f"{mode}:{req.request_id}"
-            if key in done:
-                stats.cached += 1
-                if done[key]["accepted"]:
-                    traces.append(done[key])
-                continue
             cand_sids = [catalogue.sid_tuple(i) for i in req.candidates]
             hint = target_hint(catalogue, req.candidates[req.target]) if mode == "target" else None
             prompt = rerank_prompt(catalogue, req.history, req.candidates, n_history, with_titles, hint)
+            digest = hashlib.sha256(prompt.encode()).hexdigest()[:16]
+            cached = done.get(key)
+            # a cached trace counts only for the same teacher and the same prompt (SIDs, history, candidates)
+            if cached is not None and cached.get("teacher") == teacher.name and cached.get("prompt_sha256") == digest:
+                stats.cached += 1
+                if cached["accepted"]:
+                    traces.append(cached)
+                continue
             row = {"request_id": key, "mode": mode, "teacher": teacher.name, "accepted": False, "tries": 0,
-                   "malformed": 0, "prompt_sha256": hashlib.sha256(prompt.encode()).hexdigest()[:16]}
+                   "malformed": 0, "prompt_sha256": digest}
             for _ in range(max_tries):
                 row["tries"] += 1
                 if isinstance(teacher, ProgrammaticTeacher):
