@@ -75,9 +75,8 @@ def main() -> None:
         per = ndcg5(m["ranks"])
         assert abs(per.mean() - rank_metrics(np.array(m["ranks"]))["ndcg@5"]) < 1e-9
         out = {k: round(m[k], 5) for k in ("recall@1", "recall@5", "ndcg@5")}
-        out.update({f"{k}_all_lists": round(v, 5) for k, v in scaled[phase].items()})
         out["peak_rss_mb"] = round(peak_rss_mb(), 1)
-        extra = {"phase": phase, "variant": phase, "n_eval_lists": m["n"], "malformed": m["malformed"],
+        extra = {"metrics_all_lists": {k: round(v, 5) for k, v in scaled[phase].items()}, "phase": phase, "variant": phase, "n_eval_lists": m["n"], "malformed": m["malformed"],
                  "coverage": summary["coverage"], "llm": cfg.model, "config": summary["config"],
                  "timings": summary["timings"]}
         if phase != "pre-rank":
