@@ -187,3 +187,13 @@ def test_alignment_examples_cover_every_task_and_use_training_sequences_only(tin
             (nxt,) = [s for s in [prompt_candidates("Candidates:" + e["completion"])[0]]]
             assert nxt in {cat.sid_tuple(i) for i in (2, 3, 4, 6, 7)}
     assert 0.05 < np.mean([e["prompt"] == "Product:" for e in ex]) < 0.15
+
+
+def test_stage_configuration_errors_name_the_field(tiny, tmp_path):
+    from thinkrec.llm.stage import LLMStageConfig, run_llm_stage
+
+    cat, train, _, _ = tiny
+    with pytest.raises(ValueError, match="llm.rl_from"):
+        run_llm_stage(cat, train, train, [], LLMStageConfig(sampling=["reject"], rl_from="target"), tmp_path)
+    with pytest.raises(ValueError, match="llm.sampling"):
+        run_llm_stage(cat, train, train, [], LLMStageConfig(sampling=["best"]), tmp_path)

@@ -168,6 +168,10 @@ def run_llm_stage(catalogue: Catalogue, train_lists: RerankLists, test_lists: Re
                   train_sequences: Sequence[np.ndarray], cfg: LLMStageConfig, out_dir: str | Path,
                   model: Any = None, tokenizer: Any = None, teacher: Any = None, log: Any = print) -> dict[str, Any]:
     """Runs the whole stage; ``model``/``tokenizer``/``teacher`` override the configured ones (tests, benchmarks)."""
+    if not cfg.sampling or any(m not in ("target", "reject") for m in cfg.sampling):
+        raise ValueError(f"llm.sampling must list target and/or reject, got {cfg.sampling}")
+    if cfg.rl_from not in cfg.sampling:
+        raise ValueError(f"llm.rl_from={cfg.rl_from!r} must be one of llm.sampling {cfg.sampling}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
