@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import peak_rss_mb, row, save_rows  # noqa: E402
+from common import RESULTS, peak_rss_mb, read_json, row, save_rows  # noqa: E402
 from thinkrec.baselines.sasrec import SASRecConfig, train_sasrec  # noqa: E402
 from thinkrec.data import load_dataset  # noqa: E402
 from thinkrec.data.batching import pad_histories  # noqa: E402
@@ -42,6 +42,8 @@ KS = (5, 10)
 # name: (model label, RetrieverConfig overrides)
 MODELS: dict[str, tuple[str, dict]] = {
     "s2gr": ("s2gr", {"thinking": True}),
+    # the open weights tuned on validation (benchmarks/retrieval_tune.py): alignment and InfoNCE at 0.1
+    "s2gr-light": ("s2gr", {"thinking": True, "align_weight": 0.1, "nce_weight": 0.1}),
     "tiger": ("tiger", {"thinking": False}),
     "s2gr-noalign": ("s2gr", {"thinking": True, "align": False}),
     "s2gr-noaux": ("s2gr", {"thinking": True, "aux_decoder": False}),
@@ -86,6 +88,10 @@ def main() -> None:
     p.add_argument("--beam", type=int, default=20)
     p.add_argument("--set", action="append", default=[], help="RetrieverConfig override key=value (all models)")
     p.add_argument("--out", default="runs/bench-retrieval")
+    p.add_argument("--tag", default="", help="suffix of variant names, checkpoints and per-user files (e.g. -60m): "
+                   "keeps rows of other budgets; paired tests compare models of the same tag")
+    p.add_argument("--pairs", default="s2gr:tiger,s2gr:sasrec,tiger:sasrec,s2gr:s2gr-noalign,s2gr:s2gr-noaux",
+                   help="paired tests a:b (per-user test N@10 of earlier or this invocation's models, same tag)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     bench = f"retrieval_{args.dataset}"
@@ -121,7 +127,7 @@ def main() -> None:
         clusters = code_clusters(art.quantizer.codebooks(), sm.radix, mcfg.n_clusters) if mcfg.thinking else None
         t = time.perf_counter()
         model, history = train_retriever(split, sm, mcfg, tcfg, code_clusters=clusters,
-                                         checkpoint_dir=Path(args.out) / args.dataset / name, log=print,
+                                         checkpoint_dir=Path(args.out) / args.dataset / (name + args.tag), log=print,
                                          codebooks=art.quantizer.codebooks() if mcfg.codebook_init else None)
         wall = time.perf_counter() - t
         scorer = GenerativeScorer(model, sm, args.beam)
@@ -129,8 +135,8 @@ def main() -> None:
         ranks = compute_ranks(scorer.score, split.test, mcfg.max_len, 256)
         eval_s = time.perf_counter() - t_eval
         m, pu = _metrics(ranks)
-        per_user_n10[name] = pu["ndcg@10"]
-        _save_per_user(args, name, pu["ndcg@10"])
+        per_user_n10[name + args.tag] = pu["ndcg@10"]
+        _save_per_user(args, name + args.tag, pu["ndcg@10"])
         train_s = sum(h["train_s"] for h in history)
         m.update(
             train_s=round(train_s, 1),
@@ -144,7 +150,7 @@ def main() -> None:
             toks = torch.from_numpy(pad_histories(split.test.offsets, split.test.items, np.arange(min(2000, len(split.test))), 50))
             beams = constrained_beam_search(model, toks, scorer.trie, args.beam, return_thoughts=True)
             m["thought_cluster_agreement"] = {f"l{k + 1}": round(v, 4) for k, v in thought_agreement(model, beams.thoughts[:, :1], beams.codes[:, :1]).items()}
-        rows.append(row(bench, args.dataset, label, m, wall, variant=name, model_config=asdict(mcfg),
+        rows.append(row(bench, args.dataset, label, m, wall, variant=name + args.tag, model_config=asdict(mcfg),
                         train_config=asdict(tcfg), history=history))
         print(name, {k: v for k, v in m.items()}, flush=True)
         save_rows(bench, rows, key="variant")
@@ -152,15 +158,22 @@ def main() -> None:
     tests = {}
     for f in (Path(args.out) / args.dataset).glob("per_user_ndcg10_*.npy"):  # earlier invocations' models
         per_user_n10.setdefault(f.stem.removeprefix("per_user_ndcg10_"), np.load(f))
-    for a, b in [("s2gr", "tiger"), ("s2gr", "sasrec"), ("tiger", "sasrec"), ("s2gr", "s2gr-noalign"), ("s2gr", "s2gr-noaux")]:
+    for pair in [x for x in args.pairs.split(",") if x]:
+        a, b = (n + args.tag if n != "sasrec" else n for n in pair.split(":"))
         if a in per_user_n10 and b in per_user_n10:
             tests[f"{a}_vs_{b}"] = paired_test(per_user_n10[a], per_user_n10[b], 1000, seed=0)
             print(a, "vs", b, tests[f"{a}_vs_{b}"])
-    if tests:
-        for r in rows:
-            if r["variant"] == "s2gr":
-                r["paired_tests_ndcg@10"] = tests
-        save_rows(bench, rows, key="variant")
+    if tests:  # attached to the first model of each pair, also to rows saved by an earlier invocation
+        path = RESULTS / f"{bench}.json"
+        saved = [r for r in (read_json(path) if path.exists() else []) if r["dataset"] == args.dataset]
+        by_variant = {r["variant"]: r for r in saved if "variant" in r} | {r["variant"]: r for r in rows}
+        touched = []
+        for key, t in tests.items():
+            first = key.split("_vs_")[0]
+            if first in by_variant:
+                by_variant[first].setdefault("paired_tests_ndcg@10", {})[key] = t
+                touched.append(by_variant[first])
+        save_rows(bench, list({id(r): r for r in touched + rows}.values()), key="variant")
 
 
 if __name__ == "__main__":

@@ -37,6 +37,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "s2gr-soft": ("s2gr", {"thinking": True, "align_weight": 0.3, "align_tau": 0.5, "nce_weight": 0.3}),
     "s2gr-kc64": ("s2gr", {"thinking": True, "align_weight": 0.1, "nce_weight": 0.1, "n_clusters": 64}),
     "s2gr-thinkonly": ("s2gr", {"thinking": True, "align": False, "aux_decoder": False}),
+    # the fed-back hidden state scaled by a learned scalar starting at the code embeddings' scale
+    "s2gr-thinkonly-scaled": ("s2gr", {"thinking": True, "align": False, "aux_decoder": False, "think_scale_init": 0.02}),
 }
 
 

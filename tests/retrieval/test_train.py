@@ -7,6 +7,7 @@ from thinkrec.data.dataset import Dataset
 from thinkrec.data.splits import leave_one_out
 from thinkrec.eval.protocol import evaluate_full_ranking
 from thinkrec.retrieval import (
+    GenerativeRetriever,
     GenerativeScorer,
     RetrieverConfig,
     RetrieverTrainConfig,
@@ -89,3 +90,30 @@ def test_save_load_roundtrip(tmp_path):
     assert again.config == model.config and torch.equal(again.code_clusters, model.code_clusters)
     tokens = torch.tensor([[0, 3, 4], [1, 2, 5]])
     torch.testing.assert_close(GenerativeScorer(again, sm, 5).score(None, tokens), GenerativeScorer(model, sm, 5).score(None, tokens))
+
+
+def test_thinking_scale_and_checkpoints_saved_before_it(tmp_path):
+    """``think_scale_init`` scales the fed-back state (learned); a checkpoint without the parameter loads as
+    the unscaled model it was trained as."""
+    from safetensors.torch import load_file, save_file
+
+    ds = _planted(n_users=20)
+    sm, books = _sids(ds)
+    torch.manual_seed(0)
+    scaled = GenerativeRetriever(torch.from_numpy(sm.codes), sm.radix, RetrieverConfig(**TINY, thinking=True, think_scale_init=0.02))
+    assert scaled.think_scale.requires_grad and float(scaled.think_scale.detach()) == pytest.approx(0.02)
+    h = torch.randn(3, TINY["d_model"])
+    torch.testing.assert_close(scaled.thought(1, h), 0.02 * h + scaled.think_pos[1])
+    torch.manual_seed(0)
+    raw = GenerativeRetriever(torch.from_numpy(sm.codes), sm.radix, RetrieverConfig(**TINY, thinking=True))
+    assert not raw.think_scale.requires_grad and float(raw.think_scale.detach()) == 1.0
+    save_retriever(raw, tmp_path / "m")
+    state = load_file(str(tmp_path / "m" / "model.safetensors"))
+    del state["think_scale"]  # as written before the parameter existed
+    save_file(state, str(tmp_path / "m" / "model.safetensors"))
+    (tmp_path / "m" / "config.json").write_text(
+        (tmp_path / "m" / "config.json").read_text().replace('"think_scale_init": null,', ""))
+    again = load_retriever(tmp_path / "m")
+    assert again.config.think_scale_init is None
+    tokens = torch.tensor([[0, 3, 4], [1, 2, 5]])
+    torch.testing.assert_close(GenerativeScorer(again, sm, 5).score(None, tokens), GenerativeScorer(raw.eval(), sm, 5).score(None, tokens))

@@ -46,6 +46,9 @@ class RetrieverConfig:
     head_dim: int | None = None  # None: d_model / n_heads (T5, the paper's model: 6 heads × 64 at d_model 128)
     ffn: int = 512
     dropout: float = 0.1
+    # Dropout on attention weights: the decoder's cross-attention weights are [users, heads, positions × tokens,
+    # history] — drawing their mask was a fifth of a training step on CPU; None = ``dropout``.
+    attn_dropout: float | None = 0.0
     max_len: int = 50  # history items kept (the last ones)
     input_mode: str = "item"  # "code": one token per SID code (TIGER) | "item": one token per item
     item_embedding: bool = True  # item mode: add a learned per-item embedding to the summed code embeddings
@@ -57,6 +60,10 @@ class RetrieverConfig:
     codebook_init: bool = False  # initialise code embeddings from the quantizer's codewords (PCA to d_model)
     # S²GR
     thinking: bool = False  # latent thinking token before each code
+    # The fed-back hidden state leaves the final LayerNorm with per-dim scale ~1, ~50× the code embeddings'
+    # (std 0.02); a learned scalar, initialised to the embeddings' scale, keeps a thinking token's input on
+    # the scale of the tokens around it (T5, the paper's backbone, has both on one scale). None: no scaling.
+    think_scale_init: float | None = None
     align: bool = True  # cluster-alignment loss on thinking tokens
     n_clusters: int = 16  # K_c per level
     align_tau: float = 0.1
@@ -110,10 +117,10 @@ def _ffn(d: int, ffn: int, dropout: float) -> nn.Sequential:
 
 
 class EncoderBlock(nn.Module):
-    def __init__(self, d: int, n_heads: int, head_dim: int, ffn: int, dropout: float):
+    def __init__(self, d: int, n_heads: int, head_dim: int, ffn: int, dropout: float, attn_dropout: float):
         super().__init__()
         self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
-        self.attn = Attention(d, n_heads, head_dim, dropout)
+        self.attn = Attention(d, n_heads, head_dim, attn_dropout)
         self.ffn = _ffn(d, ffn, dropout)
         self.drop = nn.Dropout(dropout)
 
@@ -128,11 +135,11 @@ class DecoderBlock(nn.Module):
     """Pre-LN decoder block over groups: ``x [B, G, t, d]``; self-attention within each group (cached),
     cross-attention from all of a row's groups to the row's memory at once."""
 
-    def __init__(self, d: int, n_heads: int, head_dim: int, ffn: int, dropout: float):
+    def __init__(self, d: int, n_heads: int, head_dim: int, ffn: int, dropout: float, attn_dropout: float):
         super().__init__()
         self.ln1, self.ln2, self.ln3 = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
-        self.self_attn = Attention(d, n_heads, head_dim, dropout)
-        self.cross_attn = Attention(d, n_heads, head_dim, dropout)
+        self.self_attn = Attention(d, n_heads, head_dim, attn_dropout)
+        self.cross_attn = Attention(d, n_heads, head_dim, attn_dropout)
         self.ffn = _ffn(d, ffn, dropout)
         self.drop = nn.Dropout(dropout)
 
@@ -236,7 +243,8 @@ class GenerativeRetriever(nn.Module):
         self.enc_pos_emb = nn.Embedding(config.max_len, d)
         self.enc_level_emb = nn.Embedding(L, d)  # code mode only
         self.item_emb = nn.Embedding(self.n_items, d) if config.item_embedding else None
-        args = (d, config.n_heads, head_dim, config.ffn, config.dropout)
+        attn_drop = config.dropout if config.attn_dropout is None else config.attn_dropout
+        args = (d, config.n_heads, head_dim, config.ffn, config.dropout, attn_drop)
         self.enc_blocks = nn.ModuleList(EncoderBlock(*args) for _ in range(config.n_enc_layers))
         self.enc_ln = nn.LayerNorm(d)
         # Decoder.
@@ -245,6 +253,8 @@ class GenerativeRetriever(nn.Module):
         self.dec_code_emb = nn.ModuleList(nn.Embedding(k, d) for k in self.radix)
         self.dec_pos_emb = nn.Embedding(2 * L + 1, d)
         self.think_pos = nn.Parameter(torch.zeros(L, d))  # p_l
+        self.think_scale = nn.Parameter(torch.tensor(float(config.think_scale_init or 1.0)),
+                                        requires_grad=config.think_scale_init is not None)
         self.dec_blocks = nn.ModuleList(DecoderBlock(*args) for _ in range(config.n_dec_layers))
         self.dec_ln = nn.LayerNorm(d)
         self.heads = nn.ModuleList(nn.Linear(d, k) for k in self.radix)
@@ -401,8 +411,8 @@ class GenerativeRetriever(nn.Module):
         return self.dec_code_emb[level](codes)[:, :, None]
 
     def thought(self, level: int, hidden: torch.Tensor) -> torch.Tensor:
-        """Thinking token ``t_level`` from a last hidden state ``[..., d]``: hidden + p_level."""
-        return hidden + self.think_pos[level]
+        """Thinking token ``t_level`` from a last hidden state ``[..., d]``: (scaled) hidden + p_level."""
+        return self.think_scale * hidden + self.think_pos[level]
 
     def forward_targets(
         self,

@@ -113,6 +113,9 @@ def load_retriever(path: str | Path, device: str | torch.device = "cpu") -> Gene
     meta = json.loads((path / "config.json").read_text())
     cfg = from_dict(RetrieverConfig, meta["config"], where=str(path / "config.json"))
     state = load_file(str(path / "model.safetensors"))
+    if "think_scale" not in state:  # saved before the thinking-token scale existed: it fed back h unscaled
+        cfg.think_scale_init = None
+        state["think_scale"] = torch.tensor(1.0)
     model = GenerativeRetriever(state["item_codes"], meta["radix"], cfg)
     model.load_state_dict(state)
     return model.to(device).eval()
