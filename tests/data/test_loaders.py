@@ -80,6 +80,17 @@ def test_s3rec_without_metadata_numbers_by_int_id(writer: Writer) -> None:
     assert ds.items["item_id"].to_list() == ["2", "9", "10"]
 
 
+def test_s3rec_item_attributes_fill_categories(writer: Writer) -> None:
+    seq = writer("Toy.txt", "1 1 2\n2 2 3\n")
+    attrs = writer("Toy_item2attributes.json", json.dumps({"1": [4, 7], "2": [7], "3": []}))
+    ds = load_s3rec(seq, attributes=attrs)
+    assert ds.items["categories"].to_list() == [["attr4", "attr7"], ["attr7"], []]
+    bad = writer("bad_item2attributes.json", json.dumps({"1": [4, "x"]}))
+    with pytest.raises(DataFormatError, match="integer attribute ids") as exc:
+        load_s3rec(seq, attributes=bad)
+    assert exc.value.field == "1"
+
+
 def test_s3rec_errors(writer: Writer, tmp_path: Path) -> None:
     bad = writer("bad.txt", "1 2 3\n\n2 4 x5\n")
     with pytest.raises(DataFormatError) as exc:

@@ -159,3 +159,22 @@ def test_real_minilm_embeddings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
     _forbid_loading(monkeypatch)
     np.testing.assert_array_equal(embed_texts(TEXTS, cfg), x)
+
+
+def test_items_without_text_use_attribute_vectors_or_fail_clearly(fake_loader: type[FakeModel]) -> None:
+    """Identical texts would give every item one vector (every SID level collapses): ``auto`` switches to the
+    attribute TF-IDF + SVD vectors, ``text`` refuses with the dataset named."""
+    cats = [["a1", "a2"], ["a1", "a2"], ["a3"], ["a3", "a4"], ["a5"], ["a1", "a5"]]
+    items = pl.DataFrame({"item_id": [f"i{i}" for i in range(6)], "title": [""] * 6, "categories": cats})
+    inter = pl.DataFrame({"user_id": ["u0"] * 6, "item_id": [f"i{i}" for i in range(6)]})
+    ds = Dataset.from_frames("no-text", inter, items)
+    x = embed_items(ds, EmbedConfig(cache_dir=None, attribute_dim=4, template="{title}"))
+    assert FakeModel.calls == 0 and x.shape == (6, 4)
+    np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, rtol=1e-5)
+    sim = x @ x.T
+    assert sim[0, 1] == pytest.approx(1.0, abs=1e-5)  # same attributes, same vector
+    assert sim[2, 3] > sim[2, 0] and sim[4, 5] > sim[4, 2]  # shared attributes are closer than none
+    with pytest.raises(ValueError, match="'no-text': 1 distinct item texts for 6 items"):
+        embed_items(ds, EmbedConfig(cache_dir=None, source="text", template="{title}"))
+    with pytest.raises(ValueError, match="tokenize.embed.source"):
+        embed_items(ds, EmbedConfig(cache_dir=None, source="words"))

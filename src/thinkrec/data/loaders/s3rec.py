@@ -103,13 +103,35 @@ def read_datamaps_items(path: str | Path) -> pl.DataFrame:
     )
 
 
+def read_item_attributes(path: str | Path) -> pl.DataFrame:
+    """S3-Rec ``*_item2attributes.json`` (``{"item": [attribute id, ...]}``, brand and category ids without
+    names) -> (item_id, categories = ``["attr<id>", ...]``)."""
+    path = require_file(path, "S3-Rec item attributes file")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataFormatError(path, f"invalid JSON ({exc.msg})", exc.lineno) from None
+    if not isinstance(raw, dict):
+        raise DataFormatError(path, "expected a JSON object {item: [attribute ids]}")
+    cats = []
+    for item, attrs in raw.items():
+        if not isinstance(attrs, list) or not all(isinstance(a, int) for a in attrs):
+            raise DataFormatError(path, f"item {item!r}: expected a list of integer attribute ids", field=str(item))
+        cats.append([f"attr{a}" for a in attrs])
+    return pl.DataFrame({"item_id": [str(k) for k in raw], "categories": cats},
+                        schema={"item_id": pl.Utf8, "categories": pl.List(pl.Utf8)})
+
+
 def load_s3rec(
     sequences: str | Path,
     items_jsonl: str | Path | None = None,
     datamaps: str | Path | None = None,
     name: str | None = None,
+    attributes: str | Path | None = None,
 ) -> Dataset:
-    """Load an S3-Rec sequence file; metadata files that do not exist are skipped (they are optional)."""
+    """Load an S3-Rec sequence file; metadata files that do not exist are skipped (they are optional).
+    ``attributes`` (S3-Rec ``item2attributes.json``) fills the catalogue's ``categories`` with attribute ids
+    where no other metadata names them."""
     sequences = require_file(sequences, "S3-Rec sequence file")
     inter = read_s3rec_sequences(sequences)
     items = None
@@ -120,6 +142,8 @@ def load_s3rec(
     if items is None:
         # No catalogue: number items by their integer id anyway, so numbering never depends on line order.
         items = pl.DataFrame({"item_id": inter["item_id"].unique()})
+    if attributes is not None and Path(attributes).exists() and "categories" not in items.columns:
+        items = items.join(read_item_attributes(attributes), on="item_id", how="left")
     bad = items.filter(~pl.col("item_id").str.contains(r"^\d+$"))
     if bad.height:
         src = items_jsonl if items_jsonl is not None and Path(items_jsonl).exists() else datamaps
