@@ -28,7 +28,10 @@ RootOpt = Annotated[str | None, typer.Option("--data-root", help="Folder holding
 
 
 def _fail(msg: str) -> None:
-    console.print(f"[bold red]error:[/] {msg}")
+    # soft_wrap: an error naming a file and line stays on one line (copyable, greppable) at any terminal width;
+    # markup off for the message itself, so brackets in a path or value are printed as they are
+    console.print("[bold red]error:[/] ", end="")
+    console.print(msg, soft_wrap=True, markup=False)
     raise typer.Exit(2)
 
 
