@@ -61,8 +61,9 @@ class RetrieverConfig:
     # S²GR
     thinking: bool = False  # latent thinking token before each code
     # The fed-back hidden state leaves the final LayerNorm with per-dim scale ~1, ~50× the code embeddings'
-    # (std 0.02); a learned scalar, initialised to the embeddings' scale, keeps a thinking token's input on
-    # the scale of the tokens around it (T5, the paper's backbone, has both on one scale). None: no scaling.
+    # (std 0.02 at init); a learned scalar, initialised to the embeddings' scale, keeps a thinking token's input on
+    # the scale of the tokens around it (T5, the paper's backbone, has both on one scale). None: no scaling
+    # (the default: 0.02 gave no gain on Beauty, BENCHMARKS.md).
     think_scale_init: float | None = None
     align: bool = True  # cluster-alignment loss on thinking tokens
     n_clusters: int = 16  # K_c per level
@@ -253,7 +254,7 @@ class GenerativeRetriever(nn.Module):
         self.dec_code_emb = nn.ModuleList(nn.Embedding(k, d) for k in self.radix)
         self.dec_pos_emb = nn.Embedding(2 * L + 1, d)
         self.think_pos = nn.Parameter(torch.zeros(L, d))  # p_l
-        self.think_scale = nn.Parameter(torch.tensor(float(config.think_scale_init or 1.0)),
+        self.think_scale = nn.Parameter(torch.tensor(1.0 if config.think_scale_init is None else float(config.think_scale_init)),
                                         requires_grad=config.think_scale_init is not None)
         self.dec_blocks = nn.ModuleList(DecoderBlock(*args) for _ in range(config.n_dec_layers))
         self.dec_ln = nn.LayerNorm(d)
