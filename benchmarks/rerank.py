@@ -35,12 +35,14 @@ from thinkrec.rerank.models import RerankModelConfig  # noqa: E402
 from thinkrec.rerank.plots import plot_profiles  # noqa: E402
 from thinkrec.rerank.stage import (  # noqa: E402
     RerankStageConfig,
+    evaluate_orders,
     fit_and_score,
     funnel_sets,
     impression_sets,
+    reference_orders,
     scorer_top_k,
 )
-from thinkrec.rerank.train import RERANK_MODELS, RerankTrainConfig, train_evaluator  # noqa: E402
+from thinkrec.rerank.train import RERANK_MODELS, RerankTrainConfig, reward_kind, train_evaluator  # noqa: E402
 from thinkrec.utils.io import write_json  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -155,6 +157,12 @@ def main() -> None:
             runs += [(label, base, replace(mcfg, **over)) for label, (base, over) in ABLATIONS.items()]
         runs = [(label + args.tag, base, c) for label, base, c in runs]
         per_list, profiles = {}, {}
+        references = {}
+        if click_model is not None:  # orders that know the true click model: what do logged clicks say of them?
+            for ref, orders in reference_orders(te, click_model).items():
+                per = evaluate_orders(te, orders, evaluator, reward_kind(tcfg, tr), click_model)
+                references[ref] = {k: round(float(v.mean()), 5) for k, v in per.items()}
+                print(f"{dname} reference order {ref}: {references[ref]}", flush=True)
         for label, base, model_cfg in runs:
             t = time.perf_counter()
             fit = fit_and_score(base, tr, va, te, model_cfg, tcfg, evaluator, click_model, log=print, label=label)
@@ -164,7 +172,8 @@ def main() -> None:
                 profiles[label] = fit.profile
             m = {k: round(v, 5) for k, v in fit.metrics.items()}
             m["peak_rss_mb"] = round(peak_rss_mb(), 1)
-            rows.append(row("rerank", dname, base, m, wall, variant=label, model_config=asdict(model_cfg),
+            extra = {"reference_orders": references} if references and base == "initial" else {}
+            rows.append(row("rerank", dname, base, m, wall, variant=label, model_config=asdict(model_cfg), **extra,
                             train_config=asdict(tcfg), profile=fit.profile,
                             n_lists={"train": len(tr), "valid": len(va), "test": len(te)},
                             evaluator={"train_s": round(ev_s, 1), "valid_logloss": min(h["valid_logloss"] for h in ev_hist)}))

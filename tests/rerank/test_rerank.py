@@ -258,3 +258,22 @@ def test_funnel_sets_train_on_validation_targets_and_test_on_test_targets():
     assert not set(tr.users) & set(va.users)  # held-out users are disjoint
     assert (te.labels[:, 1] == 1).all() and te.labels.sum() == len(te)
     assert np.array_equal(np.sort(np.r_[tr.users, va.users]), np.sort(split.valid.users))
+
+
+def test_reference_orders_know_the_true_click_model():
+    from thinkrec.rerank.stage import evaluate_orders, reference_orders
+
+    ds = generate(SyntheticConfig(n_users=200, n_items=150, n_impressions=200, seed=5))
+    lists = impression_lists(ds)
+    cm = ClickModel.from_dataset(ds)
+    refs = reference_orders(lists, cm)
+    n, L = lists.items.shape
+    hist = [h[h > 0] - 1 for h in lists.history]
+    for orders in refs.values():
+        assert np.array_equal(np.sort(orders, 1), np.tile(np.arange(L), (n, 1)))  # permutations of each list
+    # attractiveness: each list sorted by the true per-item click probability if examined
+    a0 = cm.attractiveness(int(lists.users[0]), hist[0], lists.items[0])
+    assert np.all(np.diff(a0[refs["attractiveness"][0]]) <= 1e-12)
+    ec = {name: evaluate_orders(lists, o, None, "clicks", cm)["expected_clicks"].mean()
+          for name, o in {"initial": np.tile(np.arange(L), (n, 1)), **refs}.items()}
+    assert ec["true_greedy"] > ec["attractiveness"] > ec["initial"]

@@ -174,6 +174,22 @@ def evaluate_orders(lists: RerankLists, orders: np.ndarray, evaluator: ListEvalu
     return per
 
 
+def reference_orders(lists: RerankLists, click_model: Any) -> dict[str, np.ndarray]:
+    """Orders that know the true click model (synthetic lists): ``attractiveness`` sorts each list by the true
+    per-item click probability if examined; ``true_greedy`` fills positions top-down by the largest marginal click
+    probability (position bias and redundancy included). Upper references for expected clicks — and a check of
+    what logged-click metrics say about lists that are better under the true model."""
+    hist = [h[h > 0] - 1 for h in lists.history]
+    n, width = lists.items.shape
+    out = {name: np.tile(np.arange(width), (n, 1)) for name in ("attractiveness", "true_greedy")}
+    for i in range(n):
+        k = int(lists.mask[i].sum())  # real candidates come first; padding keeps its place at the end
+        items, user = lists.items[i, :k], int(lists.users[i])
+        out["attractiveness"][i, :k] = np.argsort(-click_model.attractiveness(user, hist[i], items), kind="stable")
+        out["true_greedy"][i, :k] = click_model.greedy_order(user, hist[i], items)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- the stage
 @dataclass
 class FitResult:
