@@ -35,7 +35,7 @@ from thinkrec.eval.stats import bootstrap_ci, paired_test  # noqa: E402
 from thinkrec.retrieval import GenerativeScorer, RetrieverConfig, RetrieverTrainConfig, train_retriever  # noqa: E402
 from thinkrec.retrieval.beam import constrained_beam_search  # noqa: E402
 from thinkrec.retrieval.clusters import code_clusters  # noqa: E402
-from thinkrec.retrieval.inference import thought_agreement  # noqa: E402
+from thinkrec.retrieval.inference import thought_agreement, tune_dense_weight  # noqa: E402
 from thinkrec.tokenize.stage import TokenizeConfig, load_tokenize, run_tokenize  # noqa: E402
 
 KS = (5, 10)
@@ -90,6 +90,9 @@ def main() -> None:
     p.add_argument("--out", default="runs/bench-retrieval")
     p.add_argument("--tag", default="", help="suffix of variant names, checkpoints and per-user files (e.g. -60m): "
                    "keeps rows of other budgets; paired tests compare models of the same tag")
+    p.add_argument("--rescore", action="store_true",
+                   help="also rank each model's beams with its item head (LIGER-style hybrid): the weight is tuned on "
+                        "the validation subset, the row is <model>+dense<tag>")
     p.add_argument("--pairs", default="s2gr:tiger,s2gr:sasrec,tiger:sasrec,s2gr:s2gr-noalign,s2gr:s2gr-noaux",
                    help="paired tests a:b (per-user test N@10 of earlier or this invocation's models, same tag)")
     args = p.parse_args()
@@ -154,6 +157,28 @@ def main() -> None:
                         train_config=asdict(tcfg), history=history))
         print(name, {k: v for k, v in m.items()}, flush=True)
         save_rows(bench, rows, key="variant")
+        if args.rescore:
+            valid = split.valid
+            if tcfg.valid_users and len(valid) > tcfg.valid_users:  # the early-stopping subset
+                valid = valid.subset(np.sort(np.random.default_rng(tcfg.seed).choice(len(valid), tcfg.valid_users, replace=False)))
+            t_tune = time.perf_counter()
+            weight, by_weight = tune_dense_weight(model, sm, valid, args.beam, max_len=mcfg.max_len)
+            tune_s = time.perf_counter() - t_tune
+            t_eval = time.perf_counter()
+            ranks = compute_ranks(GenerativeScorer(model, sm, args.beam, weight).score, split.test, mcfg.max_len, 256)
+            eval_s = time.perf_counter() - t_eval
+            md, pud = _metrics(ranks)
+            md.update({k: m[k] for k in ("train_s", "epochs", "best_epoch", "samples_per_s")},
+                      users_per_s=round(len(split.test) / eval_s, 1), peak_rss_mb=round(peak_rss_mb(), 1),
+                      dense_weight=weight, valid_ndcg10_by_weight={str(w): round(v, 5) for w, v in by_weight.items()},
+                      tune_s=round(tune_s, 1))
+            dense_name = f"{name}+dense{args.tag}"
+            per_user_n10[dense_name] = pud["ndcg@10"]
+            _save_per_user(args, dense_name, pud["ndcg@10"])
+            rows.append(row(bench, args.dataset, label, md, wall, variant=dense_name, model_config=asdict(mcfg),
+                            train_config=asdict(tcfg)))
+            print(dense_name, md, flush=True)
+            save_rows(bench, rows, key="variant")
 
     tests = {}
     for f in (Path(args.out) / args.dataset).glob("per_user_ndcg10_*.npy"):  # earlier invocations' models

@@ -128,3 +128,49 @@ def test_causal_training_does_not_see_the_future():
     changed[0, 2:] = torch.tensor([1, 2, 4])
     b = model.losses(changed, only_first)["rec"]
     torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("thinking", [False, True])
+def test_dense_rescoring_reorders_the_beams_only(thinking):
+    from thinkrec.retrieval import GenerativeScorer
+
+    torch.manual_seed(0)
+    sm = _sidmap(40)
+    model = _tiny(sm, thinking).eval()
+    tokens = _histories(sm.n_items, 6, 6)
+    pure = GenerativeScorer(model, sm, beam_size=8)
+    hybrid = GenerativeScorer(model, sm, beam_size=8, dense_weight=2.0)
+    with torch.no_grad():
+        p, h = pure.score(None, tokens), hybrid.score(None, tokens)
+        # independent computation: encoder state at the last position · item table, log-softmax over all items
+        memory, _, _ = model.encode(tokens)
+        dense = torch.log_softmax(memory[:, -1] @ model.item_table().T, -1)
+    assert torch.equal(torch.isfinite(p), torch.isfinite(h))  # the same candidates: the beams
+    ok = torch.isfinite(p)
+    assert torch.allclose(h[ok], (p + 2.0 * dense)[ok], atol=1e-5)
+    rec = hybrid.recommend(tokens, 8)
+    assert (np.diff(rec.scores, axis=1) <= 1e-6).all()  # best first after re-scoring
+    beam_items = beams_to_items(sm, rec.beams.codes, rec.beams.scores).numpy()
+    assert np.array_equal(np.take_along_axis(beam_items, rec.beam_index, 1), rec.items)
+    with pytest.raises(ValueError, match="item head"):
+        GenerativeScorer(_tiny(sm, thinking, item_loss_weight=0.0), sm, dense_weight=1.0)
+
+
+def test_tuned_dense_weight_scores_match_the_full_ranking_protocol():
+    from thinkrec.data.splits import EvalExamples
+    from thinkrec.eval.protocol import evaluate_full_ranking
+    from thinkrec.retrieval import GenerativeScorer
+    from thinkrec.retrieval.inference import tune_dense_weight
+
+    torch.manual_seed(0)
+    sm = _sidmap(40)
+    model = _tiny(sm).eval()
+    rng = np.random.default_rng(4)
+    lengths = rng.integers(1, 7, size=60)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    ex = EvalExamples(np.arange(60), offsets, rng.integers(0, 40, size=offsets[-1]), rng.integers(0, 40, size=60))
+    best, ndcg = tune_dense_weight(model, sm, ex, beam_size=8, grid=(0.0, 1.0, 3.0), max_len=8, batch_size=16)
+    for w in (0.0, 1.0, 3.0):
+        m, _ = evaluate_full_ranking(GenerativeScorer(model, sm, 8, w).score, ex, ks=(10,), max_len=8)
+        assert ndcg[w] == pytest.approx(m["ndcg@10"], abs=1e-6)
+    assert ndcg[best] == max(ndcg.values())

@@ -135,7 +135,7 @@ def stage_retrieval(ctx: Context) -> None:
         stage = f"retrieval_{name}"
         if ctx.rundir.is_done(stage, key):
             ctx.log(f"retrieval: trained {name} found, loading")
-            ctx.scorers[name] = load_scorer(out / name, sids, cfg.beam, device)
+            ctx.scorers[name] = load_scorer(out / name, sids, cfg.beam, device, cfg.rescore_weight)
             continue
 
         def progress(step: int, total: int, name: str = name) -> None:
@@ -144,7 +144,7 @@ def stage_retrieval(ctx: Context) -> None:
 
         model, summary = train_one(name, ctx.get_split(), sids, cfg, out, device,
                                    log=lambda m, name=name: ctx.log(f"{name}: {m}"), progress=progress)
-        ctx.scorers[name] = GenerativeScorer(model, sids.sidmap, cfg.beam)
+        ctx.scorers[name] = GenerativeScorer(model, sids.sidmap, cfg.beam, cfg.rescore_weight)
         ctx.rundir.mark_done(stage, key, **summary)
 
 
@@ -158,7 +158,8 @@ def _load_trained_retrievers(ctx: Context) -> None:
     if names:
         sids = load_tokenize(ctx.rundir.root / "sids")
         for n in names:
-            ctx.scorers[n] = load_scorer(root / n, sids, ctx.config.retrieval.beam, ctx.config.run.device)
+            ctx.scorers[n] = load_scorer(root / n, sids, ctx.config.retrieval.beam, ctx.config.run.device,
+                                          ctx.config.retrieval.rescore_weight)
 
 
 def _funnel_candidates(ctx: Context, which: str) -> tuple[str, Any]:

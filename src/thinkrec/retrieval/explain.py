@@ -87,8 +87,9 @@ def explain_recommendations(root: str | Path, model_name: str, user: str, k: int
     items: list[ItemView] = []
     agreement = None
     if rec.beams.thoughts is not None:
-        th = rec.beams.thoughts[:, :k].cpu()
-        codes = rec.beams.codes[:, :k].cpu()
+        which = torch.from_numpy(rec.beam_index)  # shown items' beams (re-scoring may reorder them)
+        th = rec.beams.thoughts.cpu()[torch.arange(len(which))[:, None], which]
+        codes = rec.beams.codes.cpu()[torch.arange(len(which))[:, None], which]
         nearest, sim = nearest_clusters(model, th)
         cats = cluster_categories(model.code_clusters, sids.sidmap.codes, coarse)
         agreement = thought_agreement(model, th, codes)

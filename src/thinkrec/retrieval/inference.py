@@ -8,6 +8,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from thinkrec.data.batching import pad_histories
+from thinkrec.data.splits import EvalExamples
 from thinkrec.retrieval.beam import BeamResult, beams_to_items, constrained_beam_search
 from thinkrec.retrieval.model import GenerativeRetriever
 from thinkrec.tokenize.sids import SIDMap
@@ -16,8 +18,9 @@ from thinkrec.tokenize.sids import SIDMap
 @dataclass
 class Recommendation:
     items: np.ndarray  # [B, k] item ids, −1 where fewer than k valid SIDs exist
-    scores: np.ndarray  # [B, k] beam log-probabilities
+    scores: np.ndarray  # [B, k] beam log-probabilities (plus the weighted dense term when re-scored)
     beams: BeamResult
+    beam_index: np.ndarray  # [B, k] the beam each item came from (beams are in log-probability order)
 
 
 class GenerativeScorer:
@@ -26,27 +29,82 @@ class GenerativeScorer:
     ``score(users, tokens)`` returns ``[B, n_items]`` with each beam item's log-probability and −inf for
     items outside the beams, so ranks beyond ``beam_size`` count as misses (ties are broken against the
     target by the metrics).
+
+    ``dense_weight`` > 0 re-scores the beams with the model's own item head (LIGER-style hybrid, Yang et al.
+    2024): score = beam log-probability + ``dense_weight`` × log-softmax over all items of the encoder state ·
+    item table (the auxiliary next-item loss trains that head). Candidates still come only from the
+    trie-constrained beams; only their order changes.
     """
 
-    def __init__(self, model: GenerativeRetriever, sidmap: SIDMap, beam_size: int = 20):
-        self.model, self.sidmap, self.beam_size = model, sidmap, beam_size
+    def __init__(self, model: GenerativeRetriever, sidmap: SIDMap, beam_size: int = 20, dense_weight: float = 0.0):
+        if dense_weight < 0:
+            raise ValueError(f"dense_weight must be ≥ 0, got {dense_weight}")
+        if dense_weight > 0 and model.config.item_loss_weight <= 0:
+            raise ValueError("dense re-scoring needs a model trained with the item head (item_loss_weight > 0)")
+        self.model, self.sidmap, self.beam_size, self.dense_weight = model, sidmap, beam_size, float(dense_weight)
         self.trie = sidmap.trie().to(next(model.parameters()).device)
 
+    def _rescored(self, tokens: torch.Tensor, beams: BeamResult, items: torch.Tensor) -> torch.Tensor:
+        """Beam scores ``[B, K]``, plus the weighted dense log-probability of each beam's item."""
+        scores = beams.scores.float()
+        if self.dense_weight == 0:
+            return scores
+        dense = torch.log_softmax(self.model.item_scores(tokens), -1)
+        extra = dense.gather(1, items.clamp(min=0).to(dense.device)).to(scores.device)
+        return torch.where(items.to(scores.device) >= 0, scores + self.dense_weight * extra, scores)
+
+    @torch.inference_mode()
     def recommend(self, tokens: torch.Tensor, k: int | None = None, return_thoughts: bool = False) -> Recommendation:
         beams = constrained_beam_search(self.model, tokens, self.trie, max(self.beam_size, k or 0), return_thoughts)
-        items = beams_to_items(self.sidmap, beams.codes.cpu(), beams.scores.cpu()).numpy()
+        items = beams_to_items(self.sidmap, beams.codes.cpu(), beams.scores.cpu())
+        scores = self._rescored(tokens, beams, items).cpu()
+        order = scores.argsort(dim=1, descending=True, stable=True)
+        if self.dense_weight == 0:  # beams already come best first
+            order = torch.arange(items.shape[1])[None].expand_as(items)
         k = k or self.beam_size
-        return Recommendation(items[:, :k], beams.scores[:, :k].cpu().numpy(), beams)
+        top = order[:, :k]
+        return Recommendation(items.gather(1, top).numpy(), scores.gather(1, top).numpy(), beams, top.numpy())
 
     @torch.inference_mode()
     def score(self, users: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         beams = constrained_beam_search(self.model, tokens, self.trie, self.beam_size)
         items = beams_to_items(self.sidmap, beams.codes.cpu(), beams.scores.cpu()).to(tokens.device)
+        scores = self._rescored(tokens, beams, items).to(tokens.device)
         out = torch.full((tokens.shape[0], self.sidmap.n_items), float("-inf"), device=tokens.device)
         ok = items >= 0
         rows = torch.arange(tokens.shape[0], device=tokens.device)[:, None].expand_as(items)
-        out[rows[ok], items[ok]] = beams.scores[ok].float()
+        out[rows[ok], items[ok]] = scores[ok]
         return out
+
+
+@torch.inference_mode()
+def tune_dense_weight(model: GenerativeRetriever, sidmap: SIDMap, examples: EvalExamples, beam_size: int = 20,
+                      grid: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0), max_len: int = 50,
+                      batch_size: int = 256) -> tuple[float, dict[float, float]]:
+    """Pick :class:`GenerativeScorer`'s ``dense_weight`` on held-out examples (``EvalExamples``, e.g. validation):
+    the beams are searched once per batch and re-ordered for every weight of ``grid``; returns the weight with the
+    highest N@10 (the smallest on ties) and N@10 per weight."""
+    if model.config.item_loss_weight <= 0:
+        return 0.0, {0.0: float("nan")}
+    scorer = GenerativeScorer(model, sidmap, beam_size)
+    gains = {w: 0.0 for w in grid}
+    for lo in range(0, len(examples), batch_size):
+        rows = np.arange(lo, min(lo + batch_size, len(examples)))
+        tokens = torch.from_numpy(pad_histories(examples.offsets, examples.items, rows, max_len)).to(scorer.trie.device)
+        beams = constrained_beam_search(model, tokens, scorer.trie, beam_size)
+        items = beams_to_items(sidmap, beams.codes.cpu(), beams.scores.cpu())
+        dense = torch.log_softmax(model.item_scores(tokens), -1).cpu().gather(1, items.clamp(min=0))
+        hit = items == torch.from_numpy(examples.targets[rows])[:, None]  # [B, K], at most one per row
+        valid = items >= 0
+        for w in grid:
+            s = (beams.scores.cpu().float() + w * dense).masked_fill(~valid, float("-inf"))
+            s_target = torch.where(hit, s, torch.full_like(s, float("-inf"))).max(1).values
+            rank = (s > s_target[:, None]).sum(1)  # 0-based rank of the target among the beams
+            found = hit.any(1) & (rank < 10)
+            gains[w] += float((found.float() / torch.log2(rank.float() + 2)).sum())
+    ndcg = {w: g / max(len(examples), 1) for w, g in gains.items()}
+    best = max(grid, key=lambda w: (round(ndcg[w], 6), -w))
+    return best, ndcg
 
 
 def nearest_clusters(model: GenerativeRetriever, thoughts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

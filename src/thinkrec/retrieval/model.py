@@ -461,6 +461,12 @@ class GenerativeRetriever(nn.Module):
         x = sum(self.enc_code_emb[lv](self.item_codes[:, lv]) for lv in range(self.n_levels))
         return x + self.item_emb.weight if self.item_emb is not None else x
 
+    def item_scores(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The item head: encoder state at the last history item · item table, ``[B, n_items]`` logits (what the
+        auxiliary next-item loss trains; used to re-score beams)."""
+        memory, _, _ = self.encode(tokens)
+        return self.last_state(memory)[:, 0] @ self.item_table().T
+
     # ------------------------------------------------------------------ losses
     def cluster_centres(self, level: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(centres [K_c, d], cluster of each code [radix])``: mean code embedding per cluster."""

@@ -31,6 +31,9 @@ class RetrievalConfig:
     model: RetrieverConfig = field(default_factory=RetrieverConfig)
     train: RetrieverTrainConfig = field(default_factory=RetrieverTrainConfig)
     beam: int = 20  # beam size at evaluation / recommendation (the ranked list's length)
+    # > 0: re-order the beams by log-probability + this × the model's item-head log-probability (LIGER-style
+    # hybrid; candidates still come from the trie-constrained beams). 0 = pure generative ranking.
+    rescore_weight: float = 0.0
 
     def model_config(self, name: str) -> RetrieverConfig:
         if name not in MODEL_NAMES:
@@ -71,5 +74,6 @@ def train_one(
     return model, summary
 
 
-def load_scorer(path: str | Path, sids: TokenizeArtifact, beam: int, device: str = "cpu") -> GenerativeScorer:
-    return GenerativeScorer(load_retriever(path, device), sids.sidmap, beam)
+def load_scorer(path: str | Path, sids: TokenizeArtifact, beam: int, device: str = "cpu",
+                dense_weight: float = 0.0) -> GenerativeScorer:
+    return GenerativeScorer(load_retriever(path, device), sids.sidmap, beam, dense_weight)
