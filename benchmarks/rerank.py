@@ -5,7 +5,7 @@
 
 Datasets:
 * ``synthetic`` — the built-in generator's impressions (``--synthetic-impressions`` lists of 20), whose true click
-  model gives every re-ranked list's expected clicks;
+  model gives every re-ranked list's expected clicks; ``synthetic-randomlog`` — the same, logged in random order;
 * ``mind`` — MIND-small subset impressions (first 50 shown news per impression), split by time 80/10/10;
 * ``beauty-funnel`` — Amazon Beauty: the retriever's top-K (``--k``) per user; training lists from the
   validation-position targets (10 % of users held out for early stopping), test lists from the test targets.
@@ -84,8 +84,12 @@ def _retriever_scorer(path: Path, beam: int):
 
 def build_sets(name: str, args: argparse.Namespace, cfg: RerankStageConfig):
     """-> (train, valid, test, click model or None)."""
-    if name == "synthetic":
-        ds = generate(SyntheticConfig(n_impressions=args.synthetic_impressions, seed=0))
+    if name in ("synthetic", "synthetic-randomlog"):
+        # synthetic-randomlog: the same users, candidates and click model, but each list is displayed (and its clicks
+        # logged) in a uniformly random order — logged clicks are then free of the logger's order on average, the
+        # condition under which logged-click metrics are an unbiased test (Open Bandit's "random" policy).
+        noise = 1e4 if name == "synthetic-randomlog" else 1.0
+        ds = generate(SyntheticConfig(n_impressions=args.synthetic_impressions, logging_noise=noise, seed=0))
         tr, va, te = impression_sets(ds, cfg)
         return tr, va, te, ClickModel.from_dataset(ds)
     if name == "mind":
