@@ -276,7 +276,8 @@ def recommend_cmd(
         _fail(f"no trained {model} under {root / 'retrieval'}; run `thinkrec train retriever --model {model}"
               + (f" --dataset {cfg.data.dataset}`" if cfg.data.dataset else "`") + " first")
     try:
-        result = explain_recommendations(root, model, user, k, cfg.retrieval.beam, cfg.run.device)
+        result = explain_recommendations(root, model, user, k, cfg.retrieval.beam, cfg.run.device,
+                                         dense_weight=cfg.retrieval.rescore_weight)
     except (KeyError, ValueError) as exc:
         _fail(str(exc).strip("'\""))
     console.print(f"[bold]user {result.user_id}[/] — last {len(result.history)} of {result.history_len} items:")
@@ -293,6 +294,9 @@ def recommend_cmd(
             cells.append("\n".join(rec.thoughts or []) or "(no thinking: TIGER)")
         table.add_row(*cells)
     console.print(table)
+    if cfg.retrieval.rescore_weight > 0:
+        console.print(f"beams re-ordered: log-prob column = beam log-prob + {cfg.retrieval.rescore_weight:g} × "
+                      "item-head log-prob (retrieval.rescore_weight)", soft_wrap=True)
     if explain and result.agreement is not None:
         console.print("thinking-token / next-code cluster agreement over these beams: "
                       + ", ".join(f"level {lv + 1}: {a:.0%}" for lv, a in result.agreement.items()))

@@ -114,6 +114,11 @@ def test_run_writes_a_complete_run_directory_and_resumes(tmp_path):
     res4 = runner.invoke(app, ["recommend", *_args(tmp_path), "--user", "#3", "--model", "s2gr", "-k", "5", "--explain"])
     assert res4.exit_code == 0, res4.output
     assert "t1 →" in res4.output and "cluster" in res4.output and "agreement" in res4.output
+    # the same with the beams re-ordered by the item head: same thinking lines, the score column says so
+    res6 = runner.invoke(app, ["recommend", *_args(tmp_path), "--user", "#3", "--model", "s2gr", "-k", "5", "--explain",
+                               "--set", "retrieval.rescore_weight=1"])
+    assert res6.exit_code == 0, res6.output
+    assert "item-head log-prob" in res6.output and "t1 →" in res6.output
     res5 = runner.invoke(app, ["recommend", *_args(tmp_path), "--user", "nobody", "--model", "tiger"])
     assert res5.exit_code == 2 and "unknown user" in res5.output
 

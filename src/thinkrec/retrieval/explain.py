@@ -64,11 +64,11 @@ def _coarse_labels(ds: Dataset, depth: int = 2) -> list[str | None]:
 
 
 def explain_recommendations(root: str | Path, model_name: str, user: str, k: int = 10, beam: int = 20,
-                            device: str = "cpu", show_history: int = 5) -> Explanation:
+                            device: str = "cpu", show_history: int = 5, dense_weight: float = 0.0) -> Explanation:
     root = Path(root)
     ds = Dataset.load(root / "data")
     sids = load_tokenize(root / "sids")
-    scorer = load_scorer(root / "retrieval" / model_name, sids, max(beam, k), device)
+    scorer = load_scorer(root / "retrieval" / model_name, sids, max(beam, k), device, dense_weight)
     model = scorer.model
     u = _resolve_user(ds, user)
     offsets, seq = ds.sequences()
