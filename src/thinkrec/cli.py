@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -275,9 +276,12 @@ def recommend_cmd(
     if not (root / "retrieval" / model / "model.safetensors").exists():
         _fail(f"no trained {model} under {root / 'retrieval'}; run `thinkrec train retriever --model {model}"
               + (f" --dataset {cfg.data.dataset}`" if cfg.data.dataset else "`") + " first")
+    weight = cfg.retrieval.rescore_weight
+    if weight is None:  # tuned on validation by the run (rescore.json), else pure beams
+        tuned = root / "retrieval" / model / "rescore.json"
+        weight = float(json.loads(tuned.read_text())["weight"]) if tuned.exists() else 0.0
     try:
-        result = explain_recommendations(root, model, user, k, cfg.retrieval.beam, cfg.run.device,
-                                         dense_weight=cfg.retrieval.rescore_weight)
+        result = explain_recommendations(root, model, user, k, cfg.retrieval.beam, cfg.run.device, dense_weight=weight)
     except (KeyError, ValueError) as exc:
         _fail(str(exc).strip("'\""))
     console.print(f"[bold]user {result.user_id}[/] — last {len(result.history)} of {result.history_len} items:")
@@ -294,8 +298,8 @@ def recommend_cmd(
             cells.append("\n".join(rec.thoughts or []) or "(no thinking: TIGER)")
         table.add_row(*cells)
     console.print(table)
-    if cfg.retrieval.rescore_weight > 0:
-        console.print(f"beams re-ordered: log-prob column = beam log-prob + {cfg.retrieval.rescore_weight:g} × "
+    if weight > 0:
+        console.print(f"beams re-ordered: log-prob column = beam log-prob + {weight:g} × "
                       "item-head log-prob (retrieval.rescore_weight)", soft_wrap=True)
     if explain and result.agreement is not None:
         console.print("thinking-token / next-code cluster agreement over these beams: "

@@ -121,7 +121,8 @@ def stage_tokenize(ctx: Context) -> None:
 
 def stage_retrieval(ctx: Context) -> None:
     """Stage 2: generative retrievers (TIGER, S²GR) over the run's Semantic IDs."""
-    from thinkrec.retrieval.stage import load_scorer, train_one
+    from thinkrec.retrieval.stage import train_one
+    from thinkrec.retrieval.train import load_retriever
     from thinkrec.tokenize.stage import load_tokenize
 
     cfg = ctx.config.retrieval
@@ -135,7 +136,7 @@ def stage_retrieval(ctx: Context) -> None:
         stage = f"retrieval_{name}"
         if ctx.rundir.is_done(stage, key):
             ctx.log(f"retrieval: trained {name} found, loading")
-            ctx.scorers[name] = load_scorer(out / name, sids, cfg.beam, device, cfg.rescore_weight)
+            ctx.scorers[name] = _generative_scorer(ctx, name, load_retriever(out / name, device), sids, out)
             continue
 
         def progress(step: int, total: int, name: str = name) -> None:
@@ -144,13 +145,22 @@ def stage_retrieval(ctx: Context) -> None:
 
         model, summary = train_one(name, ctx.get_split(), sids, cfg, out, device,
                                    log=lambda m, name=name: ctx.log(f"{name}: {m}"), progress=progress)
-        ctx.scorers[name] = GenerativeScorer(model, sids.sidmap, cfg.beam, cfg.rescore_weight)
+        ctx.scorers[name] = _generative_scorer(ctx, name, model, sids, out)
         ctx.rundir.mark_done(stage, key, **summary)
+
+
+def _generative_scorer(ctx: Context, name: str, model: Any, sids: Any, out: Path) -> GenerativeScorer:
+    """Beam-search scorer with the configured (or, ``rescore_weight: null``, validation-tuned) dense re-scoring."""
+    from thinkrec.retrieval.stage import resolve_rescore_weight
+
+    cfg = ctx.config.retrieval
+    weight = resolve_rescore_weight(model, ctx.get_split(), sids, cfg, out / name, log=lambda m: ctx.log(f"{name}: {m}"))
+    return GenerativeScorer(model, sids.sidmap, cfg.beam, weight)
 
 
 def _load_trained_retrievers(ctx: Context) -> None:
     """Register retrievers trained in an earlier invocation (evaluate-only runs)."""
-    from thinkrec.retrieval.stage import load_scorer
+    from thinkrec.retrieval.train import load_retriever
     from thinkrec.tokenize.stage import load_tokenize
 
     root = ctx.rundir.root / "retrieval"
@@ -158,8 +168,7 @@ def _load_trained_retrievers(ctx: Context) -> None:
     if names:
         sids = load_tokenize(ctx.rundir.root / "sids")
         for n in names:
-            ctx.scorers[n] = load_scorer(root / n, sids, ctx.config.retrieval.beam, ctx.config.run.device,
-                                          ctx.config.retrieval.rescore_weight)
+            ctx.scorers[n] = _generative_scorer(ctx, n, load_retriever(root / n, ctx.config.run.device), sids, root)
 
 
 def _funnel_candidates(ctx: Context, which: str) -> tuple[str, Any]:

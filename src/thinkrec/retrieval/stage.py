@@ -16,13 +16,14 @@ import numpy as np
 
 from thinkrec.data.splits import SequenceSplit
 from thinkrec.retrieval.clusters import code_clusters
-from thinkrec.retrieval.inference import GenerativeScorer
+from thinkrec.retrieval.inference import GenerativeScorer, tune_dense_weight
 from thinkrec.retrieval.model import GenerativeRetriever, RetrieverConfig
 from thinkrec.retrieval.train import RetrieverTrainConfig, load_retriever, save_retriever, train_retriever
 from thinkrec.tokenize.stage import TokenizeArtifact
-from thinkrec.utils.io import write_json
+from thinkrec.utils.io import read_json, write_json
 
 MODEL_NAMES = ("tiger", "s2gr")
+RESCORE_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
 
 
 @dataclass
@@ -32,8 +33,9 @@ class RetrievalConfig:
     train: RetrieverTrainConfig = field(default_factory=RetrieverTrainConfig)
     beam: int = 20  # beam size at evaluation / recommendation (the ranked list's length)
     # > 0: re-order the beams by log-probability + this × the model's item-head log-probability (LIGER-style
-    # hybrid; candidates still come from the trie-constrained beams). 0 = pure generative ranking.
-    rescore_weight: float = 0.0
+    # hybrid; candidates still come from the trie-constrained beams). 0 = pure generative ranking; None (YAML null)
+    # = pick it on the validation subset from RESCORE_GRID (saved to <model>/rescore.json).
+    rescore_weight: float | None = 0.0
 
     def model_config(self, name: str) -> RetrieverConfig:
         if name not in MODEL_NAMES:
@@ -61,6 +63,7 @@ def train_one(
     model, history = train_retriever(split, sids.sidmap, mcfg, cfg.train, device, clusters, out, log, progress,
                                      codebooks=sids.quantizer.codebooks() if mcfg.codebook_init else None)
     wall = time.perf_counter() - t
+    (out / "rescore.json").unlink(missing_ok=True)  # tuned for the previous model
     save_retriever(model, out)
     write_json(out / "history.json", history)
     summary = {
@@ -77,3 +80,24 @@ def train_one(
 def load_scorer(path: str | Path, sids: TokenizeArtifact, beam: int, device: str = "cpu",
                 dense_weight: float = 0.0) -> GenerativeScorer:
     return GenerativeScorer(load_retriever(path, device), sids.sidmap, beam, dense_weight)
+
+
+def resolve_rescore_weight(model: GenerativeRetriever, split: SequenceSplit, sids: TokenizeArtifact,
+                           cfg: RetrievalConfig, model_dir: str | Path, log: Callable[[str], None] = print) -> float:
+    """The configured ``rescore_weight``, or (None) the one tuned on the training run's validation subset —
+    computed once per trained model and kept in ``model_dir/rescore.json``."""
+    if cfg.rescore_weight is not None:
+        return float(cfg.rescore_weight)
+    path = Path(model_dir) / "rescore.json"
+    if path.exists() and read_json(path).get("beam") == cfg.beam:
+        return float(read_json(path)["weight"])
+    valid = split.valid
+    n = cfg.train.valid_users
+    if n and len(valid) > n:  # the early-stopping subset
+        valid = valid.subset(np.sort(np.random.default_rng(cfg.train.seed).choice(len(valid), n, replace=False)))
+    weight, by_weight = tune_dense_weight(model, sids.sidmap, valid, cfg.beam, RESCORE_GRID, model.config.max_len,
+                                          cfg.train.eval_batch_size)
+    write_json(path, {"weight": weight, "valid_ndcg@10_by_weight": {str(w): v for w, v in by_weight.items()},
+                      "valid_users": len(valid), "beam": cfg.beam})
+    log(f"rescore weight {weight:g} (valid N@10 " + ", ".join(f"{w:g}: {v:.4f}" for w, v in by_weight.items()) + ")")
+    return weight
