@@ -55,7 +55,7 @@ ABLATIONS: dict[str, tuple[str, dict]] = {
 }
 
 
-def _retriever_scorer(path: Path, beam: int):
+def _retriever_scorer(path: Path, beam: int, dense_weight: float = 0.0):
     """A trained retriever folder (model.safetensors), or a benchmark checkpoint (last.pt + results row)."""
     from thinkrec.retrieval import GenerativeScorer, RetrieverConfig
     from thinkrec.retrieval.model import GenerativeRetriever
@@ -79,7 +79,7 @@ def _retriever_scorer(path: Path, beam: int):
         model = GenerativeRetriever(torch.from_numpy(sids.sidmap.codes), sids.sidmap.radix, cfg, clusters)
         model.load_state_dict(state["best_state"])
         save_retriever(model, path)
-    return GenerativeScorer(load_retriever(path), sids.sidmap, beam)
+    return GenerativeScorer(load_retriever(path), sids.sidmap, beam, dense_weight)
 
 
 def build_sets(name: str, args: argparse.Namespace, cfg: RerankStageConfig):
@@ -97,14 +97,16 @@ def build_sets(name: str, args: argparse.Namespace, cfg: RerankStageConfig):
         tr, va, te = impression_sets(ds, cfg)
         return tr, va, te, None
     if name == "beauty-funnel":
-        cache = Path(args.out) / name / f"lists-k{cfg.k}-{Path(args.retriever).name}"
+        beam = max(args.retriever_beam, cfg.k)
+        suffix = "" if (beam, args.retriever_rescore) == (max(20, cfg.k), 0.0) else f"-b{beam}-w{args.retriever_rescore:g}"
+        cache = Path(args.out) / name / f"lists-k{cfg.k}-{Path(args.retriever).name}{suffix}"
         if (cache / "test" / "lists.safetensors").exists():
             return (*(RerankLists.load(cache / p) for p in ("train", "valid", "test")), None)
         from thinkrec.tokenize.embed import EmbedConfig, embed_items
 
         ds = load_dataset("beauty", args.data_root)
         split = leave_one_out(ds)
-        scorer = _retriever_scorer(Path(args.retriever), max(20, cfg.k))
+        scorer = _retriever_scorer(Path(args.retriever), beam, args.retriever_rescore)
         t = time.perf_counter()
         tr, va, te = funnel_sets(split, scorer_top_k(scorer, cfg.k), item_categories(ds), cfg,
                                  item_vectors=embed_items(ds, EmbedConfig()))
@@ -122,6 +124,9 @@ def main() -> None:
     p.add_argument("--ablations", action="store_true", help="also S_max 0/1, fixed temperature, always-reason")
     p.add_argument("--data-root", default=None)
     p.add_argument("--retriever", default="runs/bench-retrieval/beauty/tiger")
+    p.add_argument("--retriever-beam", type=int, default=20, help="beam size of the funnel retriever (≥ k)")
+    p.add_argument("--retriever-rescore", type=float, default=0.0,
+                   help="the funnel retriever's dense re-scoring weight (GenerativeScorer.dense_weight)")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--synthetic-impressions", type=int, default=20000)
     p.add_argument("--set", action="append", default=[], help="model.KEY=V or train.KEY=V overrides")
@@ -183,16 +188,17 @@ def main() -> None:
                             evaluator={"train_s": round(ev_s, 1), "valid_logloss": min(h["valid_logloss"] for h in ev_hist)}))
             save_rows("rerank", rows, key="variant")
         tests = {}
-        if "eglr" in per_list:
+        main = "eglr" + args.tag
+        if main in per_list:
             for other in per_list:
-                if other != "eglr":
-                    tests[f"eglr_vs_{other}"] = {
-                        k: paired_test(per_list["eglr"][k], per_list[other][k], 1000, seed=0)
-                        for k in ("ndcg@5", "expected_clicks") if k in per_list["eglr"]
+                if other != main:
+                    tests[f"{main}_vs_{other}"] = {
+                        k: paired_test(per_list[main][k], per_list[other][k], 1000, seed=0)
+                        for k in ("ndcg@5", "expected_clicks") if k in per_list[main]
                     }
-                    print("eglr vs", other, tests[f"eglr_vs_{other}"], flush=True)
+                    print(main, "vs", other, tests[f"{main}_vs_{other}"], flush=True)
             for r in rows:
-                if r["dataset"] == dname and r["variant"] == "eglr":
+                if r["dataset"] == dname and r["variant"] == main:
                     r["paired_tests"] = tests
         if profiles:
             plot_profiles(profiles, RESULTS / "plots", prefix=f"rerank_{dname}")
