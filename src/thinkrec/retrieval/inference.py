@@ -84,8 +84,8 @@ def tune_dense_weight(model: GenerativeRetriever, sidmap: SIDMap, examples: Eval
     """Pick :class:`GenerativeScorer`'s ``dense_weight`` on held-out examples (``EvalExamples``, e.g. validation):
     the beams are searched once per batch and re-ordered for every weight of ``grid``; returns the weight with the
     highest N@10 (the smallest on ties) and N@10 per weight."""
-    if model.config.item_loss_weight <= 0:
-        return 0.0, {0.0: float("nan")}
+    if model.config.item_loss_weight <= 0:  # no item head to re-score with
+        return 0.0, {}
     scorer = GenerativeScorer(model, sidmap, beam_size)
     gains = {w: 0.0 for w in grid}
     for lo in range(0, len(examples), batch_size):
