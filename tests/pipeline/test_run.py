@@ -63,7 +63,7 @@ def test_run_writes_a_complete_run_directory_and_resumes(tmp_path):
     for name in ("tiger", "s2gr"):
         tuned = read_json(root / "retrieval" / name / "rescore.json")
         by_weight = tuned["valid_ndcg@10_by_weight"]
-        assert len(by_weight) == 6 and by_weight[str(tuned["weight"])] == max(by_weight.values())
+        assert len(by_weight) == 8 and by_weight[str(tuned["weight"])] == max(by_weight.values())
     assert 0 <= metrics["sasrec"]["metrics"]["ndcg@10"] <= metrics["sasrec"]["metrics"]["recall@10"] <= 1
     assert "sasrec" in res.output and "ndcg@10" in res.output
     report = (root / "report.md").read_text()

@@ -79,7 +79,7 @@ class GenerativeScorer:
 
 @torch.inference_mode()
 def tune_dense_weight(model: GenerativeRetriever, sidmap: SIDMap, examples: EvalExamples, beam_size: int = 20,
-                      grid: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0), max_len: int = 50,
+                      grid: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0), max_len: int = 50,
                       batch_size: int = 256) -> tuple[float, dict[float, float]]:
     """Pick :class:`GenerativeScorer`'s ``dense_weight`` on held-out examples (``EvalExamples``, e.g. validation):
     the beams are searched once per batch and re-ordered for every weight of ``grid``; returns the weight with the

@@ -23,7 +23,7 @@ from thinkrec.tokenize.stage import TokenizeArtifact
 from thinkrec.utils.io import read_json, write_json
 
 MODEL_NAMES = ("tiger", "s2gr")
-RESCORE_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
+RESCORE_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 
 
 @dataclass
