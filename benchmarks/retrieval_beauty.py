@@ -25,6 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, peak_rss_mb, read_json, row, save_rows  # noqa: E402
+from retrieval_models import MODELS  # noqa: E402
 from thinkrec.baselines.sasrec import SASRecConfig, train_sasrec  # noqa: E402
 from thinkrec.data import load_dataset  # noqa: E402
 from thinkrec.data.batching import pad_histories  # noqa: E402
@@ -39,17 +40,6 @@ from thinkrec.retrieval.inference import thought_agreement, tune_dense_weight  #
 from thinkrec.tokenize.stage import TokenizeConfig, load_tokenize, run_tokenize  # noqa: E402
 
 KS = (5, 10)
-# name: (model label, RetrieverConfig overrides)
-MODELS: dict[str, tuple[str, dict]] = {
-    "s2gr": ("s2gr", {"thinking": True}),
-    # the open weights tuned on validation (benchmarks/retrieval_tune.py): alignment and InfoNCE at 0.1
-    "s2gr-light": ("s2gr", {"thinking": True, "align_weight": 0.1, "nce_weight": 0.1}),
-    "tiger": ("tiger", {"thinking": False}),
-    "s2gr-noalign": ("s2gr", {"thinking": True, "align": False}),
-    "s2gr-noaux": ("s2gr", {"thinking": True, "aux_decoder": False}),
-    "s2gr-nosupervision": ("s2gr", {"thinking": True, "align": False, "aux_decoder": False}),
-    "tiger-codetokens": ("tiger", {"thinking": False, "input_mode": "code"}),
-}
 
 
 def _metrics(ranks: np.ndarray) -> tuple[dict, dict]:

@@ -82,7 +82,8 @@ def test_funnel_lists_label_true_item_without_leakage():
     assert fl.history[0].tolist()[-3:] == [2, 3, 4]  # ids + 1, most recent last
 
 
-def _generator(s_max: int, thr: float, always: bool = False, seed: int = 0, static: bool = False) -> tuple[PointerGenerator, dict]:
+def _generator(s_max: int, thr: float, always: bool = False, seed: int = 0, static: bool = False,
+               residual: bool = False) -> tuple[PointerGenerator, dict]:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     n, L = 64, 8
@@ -90,7 +91,8 @@ def _generator(s_max: int, thr: float, always: bool = False, seed: int = 0, stat
     items[:8, 5:] = -1  # some short lists
     lists = _lists(items, np.zeros((n, L)), n_items=50)
     lists.features = rng.normal(size=lists.features.shape).astype(np.float32)
-    cfg = RerankModelConfig(d_model=16, s_max=s_max, entropy_threshold=thr, always_reason=always, static_score=static)
+    cfg = RerankModelConfig(d_model=16, s_max=s_max, entropy_threshold=thr, always_reason=always, static_score=static,
+                            reason_residual=residual)
     model = build_model("eglr", lists, cfg).eval()
     return model, lists.tensors()
 
@@ -128,6 +130,27 @@ def test_gate_ablations():
     assert h_th != 1.5 and 0.35 <= float(fired) <= 0.65  # the calibrated gate fires at about half the positions
     with torch.no_grad():
         assert (model0.decode(b0).steps == 0).all()
+
+
+def test_residual_reasoning_starts_as_the_identity_and_learns_its_gain():
+    model, b = _generator(3, 0.0, always=True, residual=True)
+    with torch.no_grad():
+        reasoned = model.decode(b)
+        model.cfg.s_max = 0
+        plain = model.decode(b)
+        model.cfg.s_max = 3
+    assert (reasoned.steps[:, :3] == 3).all()  # the steps run ...
+    torch.testing.assert_close(reasoned.step_logits, plain.step_logits)  # ... and leave the pointer as it was
+    assert torch.equal(reasoned.actions, plain.actions)
+    model.train()
+    loss = model.decode(b).step_logits[:, 0].logsumexp(-1).mean()
+    loss.backward()
+    assert model.reason_gain.grad is not None and model.reason_gain.grad.abs().sum() > 0
+    with torch.no_grad():
+        model.eval()
+        model.reason_gain.fill_(1.0)
+        moved = model.decode(b)
+    assert not torch.allclose(moved.step_logits[:, 0], plain.step_logits[:, 0])
 
 
 def test_dynamic_temperature_explores_on_reasoning_and_exploits_on_selection():

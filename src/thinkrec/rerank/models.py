@@ -37,6 +37,9 @@ class RerankModelConfig:
     select_temp_gain: float = 1.0  # τ_select = τ0 / (1 + gain · H/log n): exploit on selection
     max_decode: int = 10  # positions decoded step by step; the rest follow the last step's scores
     static_score: bool = False  # generator logits = a static per-candidate score + the state-dependent pointer
+    # A reasoning step moves the state by a learned fraction of the GRU's update, starting at 0 (ReZero-style): the
+    # untrained reasoning path leaves the pointer exactly as without reasoning, so training can only add to it.
+    reason_residual: bool = False
 
 
 class CandidateEncoder(nn.Module):
@@ -224,6 +227,7 @@ class PointerGenerator(RerankBase):
         self.select_emb = nn.Parameter(torch.zeros(d))
         self.reason_proj = nn.Linear(d, d)
         self.reason_emb = nn.Parameter(torch.randn(max(self.cfg.s_max, 1), d) * 0.02)
+        self.reason_gain = nn.Parameter(torch.zeros(d)) if self.cfg.reason_residual else None
         self.register_buffer("h_th", torch.tensor(float(self.cfg.entropy_threshold)))  # entropy gate (nats)
 
     @torch.no_grad()
@@ -282,7 +286,10 @@ class PointerGenerator(RerankBase):
             p = torch.softmax(logits / t_reason[:, None], -1)
             context = (p[..., None] * values).sum(1)
             inp = self.reason_proj(state) + context + self.reason_emb[s]
-            state = torch.where(gate[:, None], self.cell(inp, state), state)
+            new = self.cell(inp, state)
+            if self.reason_gain is not None:
+                new = state + self.reason_gain * (new - state)
+            state = torch.where(gate[:, None], new, state)
             logits = self._logits(keys, static, state, avail)
             h = entropy(logits, avail)
             steps = steps + gate.float()
