@@ -1,9 +1,7 @@
-import numpy as np
-import polars as pl
 import pytest
 import torch
 
-from thinkrec.data.dataset import Dataset
+from tests.retrieval.fixtures import planted_dataset, random_sids
 from thinkrec.data.splits import leave_one_out
 from thinkrec.eval.protocol import evaluate_full_ranking
 from thinkrec.retrieval import (
@@ -16,30 +14,8 @@ from thinkrec.retrieval import (
     train_retriever,
 )
 from thinkrec.retrieval.clusters import code_clusters
-from thinkrec.tokenize.sids import SIDMap
 
 torch.set_num_threads(1)
-
-
-def _planted(n_items: int = 30, n_users: int = 200, seed: int = 0) -> Dataset:
-    """Every user walks a fixed successor permutation (next item = succ[current]) for 4–13 steps."""
-    rng = np.random.default_rng(seed)
-    succ = rng.permutation(n_items)
-    users, items = [], []
-    for u in range(n_users):
-        cur = int(rng.integers(n_items))
-        for _ in range(int(rng.integers(4, 14))):
-            users.append(u)
-            items.append(cur)
-            cur = int(succ[cur])
-    inter = pl.DataFrame({"user_id": users, "item_id": items, "ts": list(range(len(users)))})
-    return Dataset.from_frames("planted", inter)
-
-
-def _sids(ds: Dataset, k: int = 4, seed: int = 1) -> tuple[SIDMap, list[np.ndarray]]:
-    rng = np.random.default_rng(seed)
-    raw = rng.integers(0, k, size=(ds.n_items, 2))
-    return SIDMap(raw, codebook_size=k), [rng.normal(size=(k, 6)).astype(np.float32) for _ in range(2)]
 
 
 TINY = dict(d_model=32, n_enc_layers=1, n_dec_layers=1, n_heads=2, ffn=64, dropout=0.0, max_len=10)
@@ -47,9 +23,9 @@ TINY = dict(d_model=32, n_enc_layers=1, n_dec_layers=1, n_heads=2, ffn=64, dropo
 
 @pytest.mark.parametrize(("thinking", "causal", "mode"), [(False, True, "item"), (True, True, "item"), (True, True, "code"), (False, False, "item")])
 def test_planted_sequence_is_learned(thinking, causal, mode):
-    ds = _planted()
+    ds = planted_dataset()
     split = leave_one_out(ds)
-    sm, books = _sids(ds)
+    sm, books = random_sids(ds)
     mcfg = RetrieverConfig(**TINY, thinking=thinking, causal_encoder=causal, input_mode=mode, n_clusters=2)
     tcfg = RetrieverTrainConfig(lr=5e-3, batch_size=32, epochs=40, patience=40, warmup_steps=10, eval_beam=5)
     clusters = code_clusters(books, sm.radix, 2) if thinking else None
@@ -59,9 +35,9 @@ def test_planted_sequence_is_learned(thinking, causal, mode):
 
 
 def test_resume_after_kill_equals_uninterrupted(tmp_path):
-    ds = _planted(n_users=80)
+    ds = planted_dataset(n_users=80)
     split = leave_one_out(ds)
-    sm, books = _sids(ds)
+    sm, books = random_sids(ds)
     mcfg = RetrieverConfig(**{**TINY, "dropout": 0.1}, thinking=True, n_clusters=2)
     tcfg = RetrieverTrainConfig(lr=3e-3, batch_size=16, epochs=4, patience=10, warmup_steps=5, eval_beam=5)
     clusters = code_clusters(books, sm.radix, 2)
@@ -80,8 +56,8 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path):
 
 
 def test_save_load_roundtrip(tmp_path):
-    ds = _planted(n_users=20)
-    sm, books = _sids(ds)
+    ds = planted_dataset(n_users=20)
+    sm, books = random_sids(ds)
     model = train_retriever(leave_one_out(ds), sm, RetrieverConfig(**TINY, thinking=True, n_clusters=2),
                             RetrieverTrainConfig(epochs=1, batch_size=8), code_clusters=code_clusters(books, sm.radix, 2),
                             log=lambda m: None)[0]
@@ -97,8 +73,8 @@ def test_thinking_scale_and_checkpoints_saved_before_it(tmp_path):
     the unscaled model it was trained as."""
     from safetensors.torch import load_file, save_file
 
-    ds = _planted(n_users=20)
-    sm, books = _sids(ds)
+    ds = planted_dataset(n_users=20)
+    sm, books = random_sids(ds)
     torch.manual_seed(0)
     scaled = GenerativeRetriever(torch.from_numpy(sm.codes), sm.radix, RetrieverConfig(**TINY, thinking=True, think_scale_init=0.02))
     assert scaled.think_scale.requires_grad and float(scaled.think_scale.detach()) == pytest.approx(0.02)

@@ -304,7 +304,7 @@ def train_rl(model: PointerGenerator, evaluator: ListEvaluator, train: RerankLis
     ``rl_select``: the evaluator's validation score (as generator–evaluator methods select; low-variance) or label
     NDCG@5 (noisy with few clicks per list)."""
     kind = reward_kind(config, train)
-    gen = torch.Generator(device="cpu").manual_seed(config.seed)
+    gen = torch.Generator(device=device).manual_seed(config.seed)  # multinomial needs one on the sampled tensors' device
     opt = _optimizer(model, config.rl_lr, config.weight_decay)
     evaluator.eval()
     best, best_state, history = _valid_ndcg5(model, valid, device), copy.deepcopy(model.state_dict()), []
