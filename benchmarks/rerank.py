@@ -22,6 +22,7 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -52,6 +53,7 @@ ABLATIONS: dict[str, tuple[str, dict]] = {
     "eglr-smax1": ("eglr", {"s_max": 1}),
     "eglr-fixed-temp": ("eglr", {"dynamic_temperature": False}),
     "eglr-always-reason": ("eglr", {"always_reason": True}),
+    "eglr-residual": ("eglr", {"reason_residual": True}),
 }
 
 
@@ -121,7 +123,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--datasets", default="synthetic,mind,beauty-funnel")
     p.add_argument("--models", default=",".join(RERANK_MODELS))
-    p.add_argument("--ablations", action="store_true", help="also S_max 0/1, fixed temperature, always-reason")
+    p.add_argument("--ablations", nargs="?", const="all", default="",
+                   help="EGLR ablations: all (S_max 0/1, fixed temperature, always-reason, residual reasoning) or a "
+                        "comma-separated subset of their names")
     p.add_argument("--data-root", default=None)
     p.add_argument("--retriever", default="runs/bench-retrieval/beauty/tiger")
     p.add_argument("--retriever-beam", type=int, default=20, help="beam size of the funnel retriever (≥ k)")
@@ -133,7 +137,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--tag", default="", help="suffix for the variant names (keeps other rows of the results file)")
     p.add_argument("--out", default="runs/bench-rerank")
+    p.add_argument("--seeds", default="0", help="training seeds (comma-separated); rows report the seeds' means")
     args = p.parse_args()
+    seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
     torch.set_num_threads(args.threads)
     mcfg, tcfg = RerankModelConfig(), RerankTrainConfig()
     for kv in args.set:
@@ -163,7 +169,11 @@ def main() -> None:
         ev_s = time.perf_counter() - t
         runs = [(m, m, mcfg) for m in args.models.split(",") if m]
         if args.ablations:
-            runs += [(label, base, replace(mcfg, **over)) for label, (base, over) in ABLATIONS.items()]
+            names = list(ABLATIONS) if args.ablations == "all" else [a.strip() for a in args.ablations.split(",")]
+            unknown = [a for a in names if a not in ABLATIONS]
+            if unknown:
+                raise SystemExit(f"--ablations: unknown {unknown}; choose from {', '.join(ABLATIONS)}")
+            runs += [(label, ABLATIONS[label][0], replace(mcfg, **ABLATIONS[label][1])) for label in names]
         runs = [(label + args.tag, base, c) for label, base, c in runs]
         per_list, profiles = {}, {}
         references = {}
@@ -174,14 +184,20 @@ def main() -> None:
                 print(f"{dname} reference order {ref}: {references[ref]}", flush=True)
         for label, base, model_cfg in runs:
             t = time.perf_counter()
-            fit = fit_and_score(base, tr, va, te, model_cfg, tcfg, evaluator, click_model, log=print, label=label)
+            # one fit per training seed; with several, metrics and per-list values are the seeds' means (paired tests
+            # then compare seed-averaged lists, so training noise is not mistaken for a difference between models)
+            fits = [fit_and_score(base, tr, va, te, model_cfg, replace(tcfg, seed=s), evaluator, click_model, log=print,
+                                  label=label if len(seeds) == 1 else f"{label}@seed{s}") for s in seeds]
             wall = time.perf_counter() - t
-            per_list[label] = fit.per_list
+            fit = fits[0]
+            per_list[label] = {k: np.mean([f.per_list[k] for f in fits], 0) for k in fit.per_list}
             if fit.profile is not None and label in ("eglr", "eglr-smax0", "egrerank", "eglr-always-reason"):
                 profiles[label] = fit.profile
-            m = {k: round(v, 5) for k, v in fit.metrics.items()}
+            m = {k: round(float(np.mean([f.metrics[k] for f in fits])), 5) for k in fit.metrics}
             m["peak_rss_mb"] = round(peak_rss_mb(), 1)
             extra = {"reference_orders": references} if references and base == "initial" else {}
+            if len(seeds) > 1:
+                extra["seeds"] = {str(s): {k: round(v, 5) for k, v in f.metrics.items()} for s, f in zip(seeds, fits, strict=True)}
             rows.append(row("rerank", dname, base, m, wall, variant=label, model_config=asdict(model_cfg), **extra,
                             train_config=asdict(tcfg), profile=fit.profile,
                             n_lists={"train": len(tr), "valid": len(va), "test": len(te)},
