@@ -51,7 +51,7 @@ def test_s2gr_learns_the_planted_sequence_on_cuda():
 
 def test_eglr_supervised_and_rl_on_cuda():
     ds = generate(SyntheticConfig(n_users=200, n_items=150, n_impressions=300, seed=3))
-    tr, va, te = temporal_thirds(impression_lists(ds))
+    tr, va, te = temporal_thirds(impression_lists(ds)[0])
     cfg = RerankModelConfig(d_model=16)
     tc = RerankTrainConfig(epochs=2, evaluator_epochs=2, rl_epochs=1, rollouts=4)
     ev, _ = train_evaluator(tr, va, cfg, tc, device=DEVICE, log=lambda s: None)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +23,7 @@ console = Console()
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML preset (configs/*.yaml).")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a config value: key.sub=value (repeatable).")]
 DatasetOpt = Annotated[str | None, typer.Option("--dataset", "-d", help="Named dataset or prepared folder.")]
-FormatOpt = Annotated[str | None, typer.Option("--format", help="Format of a dataset given as a path (s3rec, lcrec, recbole, movielens, mind, csv, parquet, amazon).")]
+FormatOpt = Annotated[str | None, typer.Option("--format", help="Format of a dataset given as a path (`thinkrec models` lists them).")]
 RootOpt = Annotated[str | None, typer.Option("--data-root", help="Folder holding the datasets (default: $THINKREC_DATA or ../shared/data).")]
 
 
@@ -37,8 +36,8 @@ def _fail(msg: str) -> None:
 
 
 def _load_config(config: Path | None, sets: list[str] | None, dataset: str | None = None, data_root: str | None = None, name: str | None = None):
-    from thinkrec.pipeline.config import RunConfig
-    from thinkrec.utils.config import ConfigError, load_config
+    from thinkrec.pipeline.config import load_run_config
+    from thinkrec.utils.config import ConfigError
 
     overrides = list(sets or [])
     if dataset:
@@ -48,7 +47,7 @@ def _load_config(config: Path | None, sets: list[str] | None, dataset: str | Non
     if name:
         overrides.append(f"run.name={name}")
     try:
-        cfg = load_config(RunConfig, config, overrides)
+        cfg = load_run_config(config, overrides)
     except ConfigError as exc:
         _fail(str(exc))
     if cfg.run.name == "default" and not name:
@@ -154,20 +153,19 @@ def train_sasrec_cmd(
 @train_app.command("retriever")
 def train_retriever_cmd(
     config: ConfigOpt = None, set_: SetOpt = None, dataset: DatasetOpt = None, data_root: RootOpt = None,
-    model: Annotated[str, typer.Option("--model", "-m", help="tiger | s2gr")] = "s2gr",
+    model: Annotated[str, typer.Option("--model", "-m", help="tiger | s2gr (`thinkrec models`)")] = "s2gr",
     name: Annotated[str | None, typer.Option(help="Run name (folder under run.out_dir).")] = None,
 ) -> None:
     """Stage 2: train a generative retriever (TIGER, or S²GR with latent thinking) over the run's Semantic IDs,
     resuming from its last checkpoint, then evaluate it on the test split."""
-    if model not in ("tiger", "s2gr"):
-        _fail(f"--model must be tiger or s2gr, got {model!r}")
+    from thinkrec.retrieval.stage import RETRIEVERS
+
+    if model not in RETRIEVERS:
+        _fail(f"--model must be one of {', '.join(RETRIEVERS.names())}, got {model!r}")
     cfg = _load_config(config, [*(set_ or []), f"retrieval.models=[{model}]"], dataset, data_root, name)
     root = _run(cfg, ["data", "tokenize", "retrieval", "evaluate", "report"])
     _print_metrics(root)
     console.print(f"model: {root / 'retrieval' / model}")
-
-
-RERANKERS = ("eglr", "prm", "dlcm", "seq2slate", "egrerank", "dnn")
 
 
 def _print_rerank(root: Path) -> None:
@@ -200,8 +198,10 @@ def train_reranker_cmd(
     """Stage 3: train a re-ranker (and the list evaluator it is compared and RL-trained against) on the dataset's
     impression lists, or on the retriever's top-K lists when the dataset logs no impressions; compare with the
     initial order on the test lists."""
-    if model not in RERANKERS:
-        _fail(f"--model must be one of {', '.join(RERANKERS)}, got {model!r}")
+    from thinkrec.rerank.models import RERANKERS
+
+    if model not in RERANKERS or model == "initial":
+        _fail(f"--model must be one of {', '.join(n for n in RERANKERS.names() if n != 'initial')}, got {model!r}")
     cfg = _load_config(config, [*(set_ or []), f"rerank.models=[initial,{model}]"], dataset, data_root, name)
     root = _run(cfg, ["data", "rerank", "report"])
     _print_rerank(root)
@@ -259,51 +259,112 @@ def serve_teacher_cmd(
                 time.sleep(3600)
 
 
+def _read_users(spec: str, funnel) -> list[str]:
+    if spec == "all":
+        return funnel.dataset.users.sort("user")["user_id"].to_list()
+    path = Path(spec)
+    if not path.exists():
+        _fail(f"--users {spec}: no such file (give a file with one user id per line, or 'all')")
+    return [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+
+
 @app.command("recommend")
 def recommend_cmd(
-    user: Annotated[str, typer.Option("--user", "-u", help="User id as in the dataset (or #N for dense index N).")],
-    config: ConfigOpt = None, set_: SetOpt = None, dataset: DatasetOpt = None, data_root: RootOpt = None,
-    model: Annotated[str, typer.Option("--model", "-m", help="tiger | s2gr")] = "s2gr",
+    run: Annotated[Path, typer.Option("--run", "-r", help="Trained run directory.")],
+    user: Annotated[list[str] | None, typer.Option("--user", "-u", help="User id as in the dataset (repeatable).")] = None,
+    users: Annotated[str | None, typer.Option("--users", help="File of user ids (one per line), or 'all'.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write all recommendations to this parquet file.")] = None,
     k: Annotated[int, typer.Option("-k", help="How many items.")] = 10,
-    explain: Annotated[bool, typer.Option("--explain", help="Show each item's thinking tokens: nearest code cluster, its dominant categories, and whether the code generated next falls in it.")] = False,
-    name: Annotated[str | None, typer.Option(help="Run name (folder under run.out_dir).")] = None,
+    retriever: Annotated[str | None, typer.Option("--retriever", help="Override funnel.json's retriever.")] = None,
+    no_rerank: Annotated[bool, typer.Option("--no-rerank", help="The retriever's order only.")] = False,
+    as_of: Annotated[str | None, typer.Option("--as-of", help="test | valid: the history evaluation saw.")] = None,
+    exclude_seen: Annotated[bool | None, typer.Option("--exclude-seen/--keep-seen", help="Drop items of the history (default: the run's eval.mask_history).")] = None,
+    explain: Annotated[bool, typer.Option("--explain", help="Thinking tokens' nearest clusters (S²GR) and EGLR's reasoning per position.")] = False,
+    batch_size: Annotated[int, typer.Option(help="Users per batch.")] = 256,
+    device: Annotated[str | None, typer.Option(help="cpu | cuda (default: the run's run.device).")] = None,
 ) -> None:
-    """Recommend the next items for a user with a trained retriever (after the user's whole known history)."""
-    from thinkrec.retrieval.explain import explain_recommendations
+    """Recommend with a trained funnel (thinkrec.load(run).recommend): candidates → re-ranking, per funnel.json."""
+    import time
 
-    cfg = _load_config(config, set_, dataset, data_root, name)
-    root = Path(cfg.run.out_dir) / cfg.run.name
-    if not (root / "retrieval" / model / "model.safetensors").exists():
-        _fail(f"no trained {model} under {root / 'retrieval'}; run `thinkrec train retriever --model {model}"
-              + (f" --dataset {cfg.data.dataset}`" if cfg.data.dataset else "`") + " first")
-    weight = cfg.retrieval.rescore_weight
-    if weight is None:  # tuned on validation by the run (rescore.json), else pure beams
-        tuned = root / "retrieval" / model / "rescore.json"
-        weight = float(json.loads(tuned.read_text())["weight"]) if tuned.exists() else 0.0
+    import thinkrec
+
     try:
-        result = explain_recommendations(root, model, user, k, cfg.retrieval.beam, cfg.run.device, dense_weight=weight)
+        funnel = thinkrec.load(run, device)
+    except FileNotFoundError as exc:
+        _fail(str(exc))
+    ids = list(user or []) + (_read_users(users, funnel) if users else [])
+    if not ids:
+        _fail("give --user ID (repeatable) or --users FILE|all")
+    rerank = None if no_rerank else True
+    results = []
+    t0 = time.perf_counter()
+    try:
+        with _progress() as update:
+            for lo in range(0, len(ids), batch_size):
+                results += funnel.recommend(users=ids[lo: lo + batch_size], k=k, explain=explain, exclude_seen=exclude_seen,
+                                            as_of=as_of, retriever=retriever, reranker=rerank, batch_size=batch_size)
+                update("recommend", min(lo + batch_size, len(ids)), len(ids))
     except (KeyError, ValueError) as exc:
         _fail(str(exc).strip("'\""))
-    console.print(f"[bold]user {result.user_id}[/] — last {len(result.history)} of {result.history_len} items:")
-    for it in result.history:
-        console.print(f"  · {it.title}  [dim]{it.category}[/]", highlight=False)
-    table = Table(title=f"{model} top-{k}")
-    for col in ("#", "item", "title", "category", "log-prob", "SID"):
-        table.add_column(col, overflow="fold")
-    if explain:
-        table.add_column("thinking → nearest cluster (dominant categories) ✓/✗ agrees with next code", overflow="fold")
-    for i, rec in enumerate(result.items, 1):
-        cells = [str(i), rec.item_id, rec.title, rec.category, f"{rec.score:.3f}", rec.sid]
+    wall = time.perf_counter() - t0
+    if out is not None:
+        import polars as pl
+
+        from thinkrec.utils.io import atomic_path
+
+        frame = pl.DataFrame({
+            "user_id": [r.user_id for r in results for _ in r.items],
+            "rank": [i + 1 for r in results for i in range(len(r.items))],
+            "item_id": [it.item_id for r in results for it in r.items],
+            "score": [it.score for r in results for it in r.items],
+            "retriever_rank": [it.ranks["retriever"] for r in results for it in r.items],
+        })
+        with atomic_path(out) as tmp:
+            frame.write_parquet(tmp)
+        console.print(f"wrote {out}: {len(results):,} users × top-{k} ({len(results) / max(wall, 1e-9):,.0f} users/s)")
+        return
+    for r in results:
+        stages = " → ".join(f"{s} {n}" for s, n in r.stages.items() if n)
+        console.print(f"[bold]user {r.user_id}[/] — {stages}; last {min(5, len(r.history))} of {len(r.history)} items: "
+                      + ", ".join(r.history[-5:]), highlight=False)
+        table = Table(title=f"top-{k}")
+        for col in ("#", "item", "title", "score", "retriever #", "SID"):
+            table.add_column(col, overflow="fold")
         if explain:
-            cells.append("\n".join(rec.thoughts or []) or "(no thinking: TIGER)")
-        table.add_row(*cells)
-    console.print(table)
-    if weight > 0:
-        console.print(f"beams re-ordered: log-prob column = beam log-prob + {weight:g} × "
-                      "item-head log-prob (retrieval.rescore_weight)", soft_wrap=True)
-    if explain and result.agreement is not None:
-        console.print("thinking-token / next-code cluster agreement over these beams: "
-                      + ", ".join(f"level {lv + 1}: {a:.0%}" for lv, a in result.agreement.items()))
+            table.add_column("thinking → nearest cluster (dominant categories) ✓/✗ agrees with next code", overflow="fold")
+        for i, it in enumerate(r.items, 1):
+            cells = [str(i), it.item_id, it.title, f"{it.score:.3f}", str(it.ranks["retriever"]), it.sid or ""]
+            if explain:
+                from thinkrec.retrieval.explain import thought_lines
+
+                cells.append("\n".join(thought_lines((it.explanation or {}).get("thinking", []))) or "(no thinking tokens)")
+            table.add_row(*cells)
+        console.print(table)
+        if explain and r.explanation and r.explanation.get("thinking_agreement"):
+            console.print("thinking-token / next-code cluster agreement over these beams: "
+                          + ", ".join(f"level {lv + 1}: {a:.0%}" for lv, a in r.explanation["thinking_agreement"].items()))
+    console.print(f"{len(results)} users in {wall:.2f}s", style="dim")
+
+
+@app.command("models")
+def models_cmd() -> None:
+    """List every registered model family and dataset format, one line each."""
+    from thinkrec.data.registry import DATASETS, FORMATS
+    from thinkrec.llm.teacher import TEACHERS
+    from thinkrec.pipeline.scorers import SCORERS
+    from thinkrec.rerank.models import RERANKERS
+    from thinkrec.tokenize.quantizers import QUANTIZERS
+
+    for title, reg in (("next-item scorers (retrieval.models, rerank.candidates)", SCORERS),
+                       ("re-rankers (rerank.models)", RERANKERS), ("quantizers (tokenize.method)", QUANTIZERS),
+                       ("LLM teachers (llm.teacher.kind)", TEACHERS), ("dataset formats (data.format)", FORMATS),
+                       ("named datasets (data.dataset)", DATASETS)):
+        table = Table(title=title, title_justify="left")
+        table.add_column("name", no_wrap=True)
+        table.add_column("description")
+        for e in reg.entries():
+            table.add_row(e.name, e.description)
+        console.print(table)
 
 
 @app.command("tokenize")
@@ -330,7 +391,7 @@ def evaluate_cmd(
     """Evaluate every trained model of a run on the test split (full ranking, CIs, paired tests)."""
     if not (run / "config.yaml").exists():
         _fail(f"{run}: not a run directory (no config.yaml)")
-    cfg = _load_config(run / "config.yaml", set_)
+    cfg = _load_config(run / "config.yaml", set_, name=run.name)
     root = _run(cfg, ["evaluate", "report"], run_dir=run)
     _print_metrics(root)
 

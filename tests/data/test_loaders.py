@@ -16,9 +16,9 @@ from thinkrec.data.loaders.lcrec import load_lcrec, load_lcrec_path, read_inter_
 from thinkrec.data.loaders.mind import load_mind, read_behaviors, read_news
 from thinkrec.data.loaders.movielens import load_ml1m, load_ml100k, load_movielens, load_movielens_csv
 from thinkrec.data.loaders.recbole import load_recbole, read_atomic
-from thinkrec.data.loaders.s3rec import load_s3rec, read_s3rec_sequences
+from thinkrec.data.loaders.s3rec import load_s3rec, load_s3rec_path, read_s3rec_sequences
 from thinkrec.data.loaders.tabular import load_table
-from thinkrec.data.registry import NAMED_DATASETS, detect_format
+from thinkrec.data.registry import DATASETS, FORMATS, NAMED_DATASETS, Format, detect_format
 
 from .conftest import LCREC_INTER, Writer
 
@@ -89,6 +89,46 @@ def test_s3rec_item_attributes_fill_categories(writer: Writer) -> None:
     with pytest.raises(DataFormatError, match="integer attribute ids") as exc:
         load_s3rec(seq, attributes=bad)
     assert exc.value.field == "1"
+
+
+def test_s3rec_folder_finds_item_attributes(writer: Writer, tmp_path: Path) -> None:
+    """The standard S3-Rec layout (``<Name>.txt`` + ``<Name>_item2attributes.json``, no titles) loaded as a path
+    carries its attributes into the catalogue's ``categories``, as the named ``sports`` preset does."""
+    seq = writer("s3/Toy.txt", "1 1 2\n2 2 3\n")
+    writer("s3/Toy_item2attributes.json", json.dumps({"1": [4, 7], "2": [7], "3": []}))
+    writer("s3/readme.txt", "not a sequence file")
+    expected = [["attr4", "attr7"], ["attr7"], []]
+    for ds in (
+        load_s3rec_path(seq.parent),
+        load_s3rec_path(seq),
+        load_dataset(str(seq.parent), format="s3rec"),
+        load_dataset(str(seq.parent)),  # auto-detected
+    ):
+        check_schema(ds)
+        assert ds.items["item_id"].to_list() == ["1", "2", "3"]
+        assert ds.items["categories"].to_list() == expected
+    assert detect_format(seq.parent) == "s3rec"
+    # An explicit attributes file under another name; an explicit path that does not exist is an error.
+    other = writer("elsewhere/attrs.json", json.dumps({"1": [9]}))
+    ds = load_s3rec_path(seq.parent, attributes=other)
+    assert ds.items["categories"].to_list() == [["attr9"], [], []]
+    with pytest.raises(FileNotFoundError, match="item attributes file not found"):
+        load_s3rec_path(seq.parent, attributes=tmp_path / "missing_item2attributes.json")
+    # Item metadata with categories of its own wins over the attribute ids.
+    writer("s3/Toy.items.jsonl", json.dumps({"s3rec_id": 1, "title": "t1", "categories": ["A"]}) + "\n")
+    assert load_s3rec_path(seq.parent).items["categories"].to_list() == [["A"], [], []]
+
+
+def test_s3rec_folder_needs_one_sequence_file(writer: Writer, tmp_path: Path) -> None:
+    writer("two/A.txt", "1 1\n")
+    writer("two/B.txt", "1 1\n")
+    with pytest.raises(
+        FileNotFoundError, match=r"expected exactly one S3-Rec '\*\.txt' sequence file .* found 2"
+    ):
+        load_s3rec_path(tmp_path / "two")
+    (tmp_path / "none").mkdir()
+    with pytest.raises(FileNotFoundError, match="found 0"):
+        load_s3rec_path(tmp_path / "none")
 
 
 def test_s3rec_errors(writer: Writer, tmp_path: Path) -> None:
@@ -331,6 +371,15 @@ def test_movielens_errors(writer: Writer, ml100k_dir: Path, ml_small_dir: Path, 
     assert_error(exc, dat, 2, "column 5")
     with pytest.raises(FileNotFoundError, match="no MovieLens ratings found"):
         load_movielens(tmp_path)
+    with pytest.raises(
+        FileNotFoundError, match="no ml-100k ratings found \\(expected 'u.data' or RecBole 'ml-100k.inter'\\)"
+    ):
+        load_ml100k(tmp_path)
+    with pytest.raises(
+        FileNotFoundError,
+        match="no ml-1m ratings found \\(expected 'ratings.dat' or 'ml-1m_sequences.txt'\\)",
+    ):
+        load_ml1m(tmp_path)
     with pytest.raises(FileNotFoundError, match="ml-1m folder not found"):
         load_ml1m(tmp_path / "nope")
 
@@ -520,6 +569,8 @@ def test_amazon_errors(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------------------------------------- registry
 def test_named_datasets_listed() -> None:
+    assert NAMED_DATASETS is DATASETS  # the former name
+    assert all(e.description and callable(e.obj) for e in DATASETS.entries())
     for name in (
         "synthetic",
         "beauty",
@@ -531,7 +582,49 @@ def test_named_datasets_listed() -> None:
         "ml-latest-small",
         "mind",
     ):
-        assert name in NAMED_DATASETS
+        assert name in DATASETS
+
+
+def test_formats_registry() -> None:
+    """Every accepted ``format=`` name is a registry entry with a description and an importable loader."""
+    assert set(FORMATS.names()) == {
+        "prepared", "s3rec", "lcrec", "letter", "recbole", "movielens", "mind",
+        "csv", "tsv", "parquet", "table", "amazon",
+    }  # fmt: skip
+    for entry in FORMATS.entries():
+        fmt = entry.obj
+        assert isinstance(fmt, Format) and entry.description, entry.name
+        if isinstance(fmt.loader, str):
+            import importlib
+
+            module, _, attr = fmt.loader.partition(":")
+            assert callable(getattr(importlib.import_module(module), attr)), entry.name
+    # Aliases load but are never what detection answers.
+    for alias in ("letter", "csv", "tsv", "parquet"):
+        assert not FORMATS.get(alias).detect(Path("x.inter.json"))
+        assert not FORMATS.get(alias).detect(Path("x.csv"))
+    with pytest.raises(ValueError, match="unknown format 'xml'; known: prepared, "):
+        FORMATS.get("xml")
+
+
+def test_detect_format_files(tmp_path: Path) -> None:
+    cases = {
+        "a.inter.json": "lcrec",
+        "a.inter": "recbole",
+        "Behaviors.tsv": "mind",
+        "reviews_Toy_5.json.gz": "amazon",
+        "x.TSV": "table",
+        "x.pq": "table",
+        "Beauty.txt": "s3rec",
+    }
+    for name, fmt in cases.items():
+        assert detect_format(tmp_path / name) == fmt, name
+    with pytest.raises(ValueError, match="cannot tell the dataset format; pass format= one of prepared"):
+        detect_format(tmp_path / "u.data")
+    (tmp_path / "prep").mkdir()
+    (tmp_path / "prep" / "meta.json").write_text("{}")
+    (tmp_path / "prep" / "notes.txt").write_text("")
+    assert detect_format(tmp_path / "prep") == "prepared"
 
 
 def test_registry_resolves_against_data_root(tmp_path: Path, ml100k_dir: Path, mind_dir: Path) -> None:

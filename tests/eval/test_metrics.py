@@ -86,3 +86,80 @@ def test_list_map_independent_loop():
                 hits += 1
                 total += hits / (i + 1)
         assert value == pytest.approx(total / hits if hits else 0.0)
+
+
+def _brute_dcg(gains: list[float], k: int) -> float:
+    """DCG@k written out position by position (1-based position p discounted by log2(p + 1))."""
+    total = 0.0
+    for p, g in enumerate(gains[:k], start=1):
+        total += (2.0**g - 1.0) / math.log2(p + 1)
+    return total
+
+
+def test_metrics_match_a_brute_force_dcg_on_hand_made_lists():
+    # next-item: one relevant item at 0-based rank r is the list [0]*r + [1]
+    for r in range(12):
+        m = rank_metrics(np.array([r]), ks=(1, 5, 10))
+        for k in (1, 5, 10):
+            ideal = _brute_dcg([1.0], k)
+            assert m[f"ndcg@{k}"][0] == pytest.approx(_brute_dcg([0.0] * r + [1.0], k) / ideal)
+            assert m[f"recall@{k}"][0] == float(1.0 in ([0.0] * r + [1.0])[:k])
+        assert m["mrr"][0] == pytest.approx(1.0 / (r + 1))
+    # graded lists, scored in a shuffled order
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 4, size=(25, 7)) * (rng.random((25, 7)) < 0.6)
+    order = np.argsort(rng.random((25, 7)), axis=1)
+    ours = list_metrics(labels, order, ks=(3, 7))
+    for i in range(25):
+        shown = [float(labels[i, j]) for j in order[i]]
+        ideal_order = sorted(shown, reverse=True)
+        for k in (3, 7):
+            idcg = _brute_dcg(ideal_order, k)
+            assert ours[f"ndcg@{k}"][i] == pytest.approx(_brute_dcg(shown, k) / idcg if idcg > 0 else 0.0)
+
+
+def test_rank_conversions_and_unretrieved_targets():
+    from thinkrec.eval.metrics import first_hit_ranks, ranks_from_positions
+
+    assert ranks_from_positions([1, 3, 0]).tolist() == [0.0, 2.0, math.inf]
+    assert first_hit_ranks(np.array([[0, 0, 1], [1, 0, 1], [0, 0, 0]])).tolist() == [2.0, 0.0, math.inf]
+    m = rank_metrics(np.array([math.inf]), ks=(5,))  # not retrieved: 0 everywhere, no warnings
+    assert m["recall@5"][0] == 0 and m["ndcg@5"][0] == 0 and m["mrr"][0] == 0
+
+
+def _old_llm_metrics(positions: np.ndarray) -> dict[str, float]:
+    """The LLM stage's former 1-based formulas (0 = absent), kept here as the reference."""
+    r = np.asarray(positions, dtype=np.float64)
+    hit = r > 0
+    return {"recall@1": float(np.mean(hit & (r == 1))), "recall@5": float(np.mean(hit & (r <= 5))),
+            "ndcg@5": float(np.mean(np.where(hit & (r <= 5), 1.0 / np.log2(np.maximum(r, 1) + 1.0), 0.0)))}
+
+
+def test_llm_and_rerank_paths_agree_with_eval_metrics():
+    pytest.importorskip("transformers")
+    from thinkrec.llm.stage import answer_metrics
+    from thinkrec.rerank.lists import N_FEATURES, RerankLists
+    from thinkrec.rerank.train import order_metrics
+
+    rng = np.random.default_rng(5)
+    n, L = 400, 10
+    target = rng.integers(-1, L, size=n)  # 0-based index of the true item in the displayed order, −1 = absent
+    ranks = np.where(target >= 0, target, np.inf)
+    ref = rank_metrics(ranks, ks=(1, 5))
+
+    # llm: 1-based positions, 0 = absent
+    positions = np.where(target >= 0, target + 1, 0)
+    got = answer_metrics(positions)
+    for key in ("recall@1", "recall@5", "ndcg@5"):
+        assert got[key] == float(ref[key].mean()) == _old_llm_metrics(positions)[key], key  # bit for bit
+
+    # rerank: funnel lists with one positive label, shown in a random order
+    order = np.argsort(rng.random((n, L)), axis=1)
+    labels = np.zeros((n, L), np.float32)
+    rows = np.nonzero(target >= 0)[0]
+    labels[rows, order[rows, target[rows]]] = 1.0  # the true item lands at display position `target`
+    lists = RerankLists(np.arange(n), np.zeros((n, 3), np.int64), np.tile(np.arange(L), (n, 1)), labels,
+                        np.zeros((n, L, N_FEATURES), np.float32), np.zeros(L, np.int64), "funnel")
+    per = order_metrics(lists, order, ks=(5,))
+    for key in ("recall@1", "recall@5", "ndcg@5"):
+        np.testing.assert_array_equal(per[key], ref[key], err_msg=key)  # one positive: list NDCG = next-item NDCG

@@ -197,3 +197,39 @@ def test_stage_configuration_errors_name_the_field(tiny, tmp_path):
         run_llm_stage(cat, train, train, [], LLMStageConfig(sampling=["reject"], rl_from="target"), tmp_path)
     with pytest.raises(ValueError, match="llm.sampling"):
         run_llm_stage(cat, train, train, [], LLMStageConfig(sampling=["best"]), tmp_path)
+
+
+def test_teacher_registry_builds_each_kind_and_names_the_field(tiny, tmp_path):
+    from thinkrec.llm.stage import LLMStageConfig, TeacherSettings, make_teacher
+    from thinkrec.llm.teacher import TEACHERS
+
+    cat, train, _, _ = tiny
+    assert TEACHERS.names() == ("programmatic", "openai", "hf")
+    assert all(e.description and "\n" not in e.description for e in TEACHERS.entries())
+    assert isinstance(make_teacher(LLMStageConfig(), cat, train), ProgrammaticTeacher)
+    t = make_teacher(LLMStageConfig(teacher=TeacherSettings(kind="openai", model="m")), cat, train)
+    assert isinstance(t, OpenAITeacher) and t.name == "openai:m"
+    with pytest.raises(ValueError, match="llm.teacher.model"):
+        make_teacher(LLMStageConfig(teacher=TeacherSettings(kind="openai")), cat, train)
+    with pytest.raises(ValueError, match="llm.teacher.model"):
+        make_teacher(LLMStageConfig(teacher=TeacherSettings(kind="hf")), cat, train)
+    fixtures.qwen3(len(fixtures.tokenizer(cat, train)), seed=0).save_pretrained(tmp_path / "hf-teacher")
+    fixtures.tokenizer(cat, train).save_pretrained(tmp_path / "hf-teacher")
+    t = make_teacher(LLMStageConfig(teacher=TeacherSettings(kind="hf", model=str(tmp_path / "hf-teacher"))), cat, train)
+    assert isinstance(t, HFTeacher) and t.name == "hf:hf-teacher" and t.model.device == torch.device("cpu")
+    with pytest.raises(ValueError, match=r"llm.teacher.kind: unknown teacher 'gpt'; known: programmatic, openai, hf"):
+        make_teacher(LLMStageConfig(teacher=TeacherSettings(kind="gpt")), cat, train)
+
+
+def test_trainer_is_pinned_to_the_stage_device(tmp_path):
+    from transformers import TrainingArguments
+
+    from thinkrec.llm.train import pin_device
+
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=False, report_to=[])
+    pin_device(args, "cpu")
+    assert args.device == torch.device("cpu") and args.n_gpu == 0
+    if torch.cuda.is_available():
+        args = TrainingArguments(output_dir=str(tmp_path), report_to=[])
+        pin_device(args, "cuda")
+        assert args.device == torch.device("cuda", torch.cuda.current_device()) and args.n_gpu == 1

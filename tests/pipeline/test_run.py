@@ -77,8 +77,9 @@ def test_run_writes_a_complete_run_directory_and_resumes(tmp_path):
     # A second run with the same config reuses the prepared data and the trained model.
     res2 = runner.invoke(app, ["run", *_args(tmp_path)])
     assert res2.exit_code == 0, res2.output
-    assert "skipping" in res2.output and "trained model found" in res2.output and "trained s2gr found" in res2.output
-    assert "trained eglr found" in res2.output
+    out2 = res2.output.replace("\n", " ")
+    for node in ("data", "sids", "sasrec", "retrieval/s2gr", "retrieval/s2gr/rescore", "rerank/lists", "rerank/eglr"):
+        assert f"{node}: up to date" in out2, node
     assert "rescore weight" not in res2.output  # the tuned weight is reused, not re-tuned
     again = read_json(root / "metrics.json")["test"]
     for name in ("sasrec", "tiger", "s2gr"):
@@ -87,9 +88,9 @@ def test_run_writes_a_complete_run_directory_and_resumes(tmp_path):
     # train retriever reuses the trained model (same config hash) and reports test metrics
     res6 = runner.invoke(app, ["train", "retriever", *_args(tmp_path), "--model", "tiger"])
     assert res6.exit_code == 0, res6.output
-    assert "trained tiger found" in res6.output and "retrieval/tiger" in res6.output.replace("\n", "")
+    assert "retrieval/tiger: up to date" in res6.output.replace("\n", " ")
     bad = runner.invoke(app, ["train", "retriever", *_args(tmp_path), "--model", "sasrec"])
-    assert bad.exit_code == 2 and "tiger or s2gr" in bad.output
+    assert bad.exit_code == 2 and "tiger, s2gr" in bad.output
 
     # a re-ranker over the funnel: the best trained retriever's top-K lists
     res7 = runner.invoke(app, ["train", "reranker", *_args(tmp_path), "--model", "prm", "--set", "rerank.source=funnel"])
@@ -115,19 +116,22 @@ def test_run_writes_a_complete_run_directory_and_resumes(tmp_path):
     assert "LLM re-ranker" in res8.output and "LLM re-ranker (GR2" in (root / "report.md").read_text()
     assert (root / "llm" / "adapter" / "adapter_config.json").exists()
     res9 = runner.invoke(app, ["run", "--with-llm", *_args(tmp_path), *llm_args])
-    assert res9.exit_code == 0 and "trained LLM re-ranker found" in res9.output, res9.output
+    assert res9.exit_code == 0 and "llm: up to date" in res9.output.replace("\n", " "), res9.output
+    assert "LLM" in (root / "report.md").read_text() and read_json(root / "funnel.json")["llm"] is None
 
-    # recommend with explanations from the trained S²GR
-    res4 = runner.invoke(app, ["recommend", *_args(tmp_path), "--user", "#3", "--model", "s2gr", "-k", "5", "--explain"])
+    # recommend with explanations from the trained S²GR, through thinkrec.load
+    res4 = runner.invoke(app, ["recommend", "--run", str(root), "--user", "u00003", "--retriever", "s2gr", "-k", "5",
+                               "--explain", "--no-rerank"])
     assert res4.exit_code == 0, res4.output
     assert "t1 →" in res4.output and "cluster" in res4.output and "agreement" in res4.output
-    # the same with the beams re-ordered by the item head: same thinking lines, the score column says so
-    res6 = runner.invoke(app, ["recommend", *_args(tmp_path), "--user", "#3", "--model", "s2gr", "-k", "5", "--explain",
-                               "--set", "retrieval.rescore_weight=1"])
-    assert res6.exit_code == 0, res6.output
-    assert "item-head log-prob" in res6.output and "t1 →" in res6.output
-    res5 = runner.invoke(app, ["recommend", *_args(tmp_path), "--user", "nobody", "--model", "tiger"])
+    res5 = runner.invoke(app, ["recommend", "--run", str(root), "--user", "nobody"])
     assert res5.exit_code == 2 and "unknown user" in res5.output
+    res10 = runner.invoke(app, ["recommend", "--run", str(root), "--users", "all", "--out", str(tmp_path / "recs.parquet")])
+    assert res10.exit_code == 0, res10.output
+    import polars as pl
+
+    recs = pl.read_parquet(tmp_path / "recs.parquet")
+    assert recs["user_id"].n_unique() == 150 and recs.group_by("user_id").len()["len"].max() == 10
 
     # evaluate on an existing run directory
     res3 = runner.invoke(app, ["evaluate", "--run", str(root)])
@@ -155,3 +159,17 @@ def test_data_stats_and_prepare(tmp_path):
     assert meta["stats"]["users"] > 0
     res = runner.invoke(app, ["data", "stats", "--dataset", str(out)])
     assert res.exit_code == 0 and f"{meta['stats']['interactions']:,}" in res.output
+
+
+def test_models_lists_every_registry():
+    from thinkrec.data.registry import FORMATS
+    from thinkrec.llm.teacher import TEACHERS
+    from thinkrec.pipeline.scorers import SCORERS
+    from thinkrec.rerank.models import RERANKERS
+    from thinkrec.tokenize.quantizers import QUANTIZERS
+
+    res = runner.invoke(app, ["models"], terminal_width=200)
+    assert res.exit_code == 0, res.output
+    for reg in (SCORERS, RERANKERS, QUANTIZERS, TEACHERS, FORMATS):
+        for e in reg.entries():
+            assert e.name in res.output and e.description[:20] in res.output, e.name

@@ -93,7 +93,7 @@ def _generator(s_max: int, thr: float, always: bool = False, seed: int = 0, stat
     lists.features = rng.normal(size=lists.features.shape).astype(np.float32)
     cfg = RerankModelConfig(d_model=16, s_max=s_max, entropy_threshold=thr, always_reason=always, static_score=static,
                             reason_residual=residual)
-    model = build_model("eglr", lists, cfg).eval()
+    model = build_model("eglr", lists.item_category, lists.list_len, cfg).eval()
     return model, lists.tensors()
 
 
@@ -217,7 +217,7 @@ def test_generator_learns_planted_list_context_effect():
 
 def test_synthetic_impressions_pipeline_and_reward():
     ds = generate(SyntheticConfig(n_users=200, n_items=150, n_impressions=300, seed=3))
-    lists = impression_lists(ds)
+    lists, _ = impression_lists(ds)
     assert lists.items.shape == (300, 20) and lists.features.shape == (300, 20, N_FEATURES)
     assert np.array_equal(lists.labels > 0, np.concatenate([np.asarray(c)[None] for c in ds.impressions.sort(["ts", "impression"])["clicks"].to_list()]) > 0)
     tr, va, te = temporal_thirds(lists)
@@ -260,7 +260,7 @@ def test_rl_models_need_an_evaluator_and_a_known_selection_rule():
         train_reranker("lambdamart", lists, lists, cfg, RerankTrainConfig(epochs=1), log=lambda s: None)
 
 
-def test_funnel_sets_train_on_validation_targets_and_test_on_test_targets():
+def test_funnel_sets_train_on_validation_targets_and_test_on_test_targets(tmp_path):
     rng = np.random.default_rng(0)
     n_users, n_items = 40, 30
     seqs = [rng.choice(n_items, rng.integers(4, 8), replace=False) for _ in range(n_users)]
@@ -275,19 +275,26 @@ def test_funnel_sets_train_on_validation_targets_and_test_on_test_targets():
         cands = np.stack([np.r_[(t + 1) % n_items, t, (t + 2) % n_items] for t in ex.targets])
         return cands, -np.tile(np.arange(3.0), (len(ex), 1))
 
-    tr, va, te = funnel_sets(split, top_k, np.zeros(split.n_items, np.int64), RerankStageConfig(holdout_frac=0.25))
+    tr, va, te, featurizer = funnel_sets(split, top_k, np.zeros(split.n_items, np.int64), RerankStageConfig(holdout_frac=0.25))
     assert calls[0] is split.valid and calls[1] is split.test
     assert len(tr) + len(va) == len(split.valid) and len(te) == len(split.test)
     assert not set(tr.users) & set(va.users)  # held-out users are disjoint
     assert (te.labels[:, 1] == 1).all() and te.labels.sum() == len(te)
     assert np.array_equal(np.sort(np.r_[tr.users, va.users]), np.sort(split.valid.users))
+    # the featurizer saved beside the lists rebuilds the test lists' features exactly from ids alone
+    from thinkrec.rerank.lists import ListFeaturizer
+
+    loaded = ListFeaturizer.load(featurizer.save(tmp_path / "featurizer"))
+    hist = [split.test.history(i) for i in range(len(split.test))]
+    again = loaded.lists(te.users, hist, te.items, None, -np.tile(np.arange(3.0), (len(te), 1)), 50, "funnel")
+    assert np.array_equal(again.features, te.features) and np.array_equal(again.history, te.history)
 
 
 def test_reference_orders_know_the_true_click_model():
     from thinkrec.rerank.stage import evaluate_orders, reference_orders
 
     ds = generate(SyntheticConfig(n_users=200, n_items=150, n_impressions=200, seed=5))
-    lists = impression_lists(ds)
+    lists, _ = impression_lists(ds)
     cm = ClickModel.from_dataset(ds)
     refs = reference_orders(lists, cm)
     n, L = lists.items.shape

@@ -23,7 +23,9 @@ from safetensors.torch import load_file, save_file
 from thinkrec.data.batching import shifted_pair
 from thinkrec.data.splits import SequenceSplit
 from thinkrec.eval.protocol import evaluate_full_ranking
-from thinkrec.utils.io import atomic_path
+from thinkrec.utils.config import from_dict
+from thinkrec.utils.io import atomic_path, read_json, write_json
+from thinkrec.utils.nn import normal_init
 from thinkrec.utils.training import EarlyStopping, length_bucketed_batches, lr_lambda, param_groups
 
 
@@ -81,15 +83,7 @@ class SASRec(nn.Module):
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(d, config.n_heads, config.ffn_mult, config.dropout) for _ in range(config.n_layers))
         self.ln_f = nn.LayerNorm(d)
-        self.apply(self._init)
-
-    @staticmethod
-    def _init(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, std=0.02)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Embedding):
-            nn.init.normal_(m.weight, std=0.02)
+        self.apply(normal_init)
 
     def hidden(self, tokens: torch.Tensor) -> torch.Tensor:
         """Hidden states [B, L, d] for left-padded tokens [B, L] (L ≤ max_len)."""
@@ -136,6 +130,21 @@ class SASRec(nn.Module):
         model = cls(n_items, config)
         model.load_state_dict(load_file(str(path), device=device))
         return model.to(device)
+
+    def save_folder(self, path: str | Path) -> Path:
+        """A standalone model folder: ``config.json`` (config + catalogue size) + ``model.safetensors``."""
+        path = Path(path)
+        self.save(path / "model.safetensors")
+        write_json(path / "config.json", {"model": "sasrec", "n_items": self.n_items, "config": asdict(self.config)})
+        return path
+
+    @classmethod
+    def from_folder(cls, path: str | Path, device: str = "cpu") -> SASRec:
+        """Load a folder written by :meth:`save_folder`; needs nothing else."""
+        path = Path(path)
+        meta = read_json(path / "config.json")
+        config = from_dict(SASRecConfig, meta["config"], where=str(path / "config.json"))
+        return cls.load(path / "model.safetensors", config, int(meta["n_items"]), device).eval()
 
 
 def _epoch_batches(rows: np.ndarray, lengths: np.ndarray, config: SASRecConfig, rng: np.random.Generator) -> list[np.ndarray]:

@@ -37,6 +37,14 @@ CATALOG_COLUMNS: dict[str, pl.DataType] = {
     "description": pl.Utf8,
     "price": pl.Float64,
 }
+
+
+def catalog_schema(**extra: pl.DataType) -> dict[str, pl.DataType]:
+    """Schema of a loader's catalogue frame: :data:`CATALOG_COLUMNS` keyed by the original ``item_id`` (no dense
+    ``item`` yet), followed by the loader's ``extra`` columns."""
+    return {col: dtype for col, dtype in CATALOG_COLUMNS.items() if col != "item"} | extra
+
+
 IMPRESSION_SCHEMA: dict[str, pl.DataType] = {
     "impression": pl.Int64,
     "user": pl.Int32,

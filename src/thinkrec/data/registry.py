@@ -1,19 +1,44 @@
 """Named datasets resolved against a data root (``--data-root``, ``THINKREC_DATA``, default ``../shared/data``),
 and path loading with a format hint (``load_dataset("some/folder", format="recbole")``).
 
+Two registries (:class:`thinkrec.utils.registry.Registry`), listed by ``thinkrec models`` and the CLI help:
+
+* :data:`FORMATS`: path formats, each a :class:`Format` (``load(path, **options)``, ``detect(path)``).
+* :data:`DATASETS`: named datasets, each a loader ``(data_root, **options) -> Dataset``.
+
+A new path format is one loader module plus one ``FORMATS.register(...)`` call below. Loaders are named as
+``"module:function"`` strings and imported on first use, so ``import thinkrec.data`` stays light.
+
 Nothing here downloads: fetch raw files explicitly with :mod:`thinkrec.data.download`.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from thinkrec.data.dataset import Dataset
+from thinkrec.utils.registry import Registry
+
+__all__ = [
+    "DATASETS",
+    "DEFAULT_DATA_ROOT",
+    "FORMATS",
+    "NAMED_DATASETS",
+    "Format",
+    "detect_format",
+    "load_dataset",
+    "resolve_data_root",
+]
 
 DEFAULT_DATA_ROOT = "../shared/data"
+
+NameTest = Callable[[str], bool]
 
 
 def resolve_data_root(data_root: str | Path | None = None) -> Path:
@@ -21,6 +46,114 @@ def resolve_data_root(data_root: str | Path | None = None) -> Path:
     return Path(root).expanduser()
 
 
+# ---------------------------------------------------------------------------------------------- formats
+@dataclass(frozen=True)
+class Format:
+    """How to load one path format.
+
+    ``loader`` is a callable or a ``"module:function"`` string imported on first use; it gets the path and the
+    caller's options on top of ``defaults``. ``file`` / ``folder`` test names (a file's lower-cased name; the
+    names of a folder's entries) for :meth:`detect`; a format without either (an alias) is never auto-detected.
+    """
+
+    loader: str | Callable[..., Dataset]
+    file: NameTest | None = None
+    folder: NameTest | None = None
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+
+    def load(self, path: Path, **options: Any) -> Dataset:
+        fn = self.loader
+        if isinstance(fn, str):
+            module, _, attr = fn.partition(":")
+            fn = functools.reduce(getattr, attr.split("."), importlib.import_module(module))
+        return fn(path, **{**self.defaults, **options})
+
+    def detect(self, path: str | Path) -> bool:
+        """Whether ``path`` (a file, or a folder) looks like this format, judged by names only."""
+        p = Path(path)
+        if p.is_dir():
+            return self.folder is not None and any(self.folder(c.name) for c in p.iterdir())
+        return self.file is not None and self.file(p.name.lower())
+
+
+def _ends(*suffixes: str) -> NameTest:
+    return lambda name: name.endswith(suffixes)
+
+
+def _is(*names: str) -> NameTest:
+    return lambda name: name in names
+
+
+def _load_prepared(path: Path, **_: Any) -> Dataset:
+    return Dataset.load(path)
+
+
+def _amazon_reviews(name: str) -> bool:
+    return name.startswith("reviews_") and ".json" in name
+
+
+_LOADERS = "thinkrec.data.loaders"
+FORMATS: Registry[Format] = Registry("format")
+# Auto-detection tries the formats in registration order: specific names first, loose ones (any *.txt) last.
+FORMATS.register(
+    "prepared", "a folder written by Dataset.save (meta.json + parquet)",
+    Format(_load_prepared, folder=_is("meta.json")),
+)
+FORMATS.register(
+    "movielens",
+    "MovieLens folder: ml-100k (u.data or RecBole ml-100k.inter), ml-1m (ratings.dat or ml-1m_sequences.txt), "
+    "ml-latest-small / ml-20m / ml-25m (ratings.csv)",
+    Format(
+        f"{_LOADERS}.movielens:load_movielens",
+        folder=_is("u.data", "ml-100k.inter", "ratings.dat", "ml-1m_sequences.txt", "ratings.csv"),
+    ),
+)
+FORMATS.register(
+    "mind", "MIND behaviors.tsv (+ news.tsv beside it)",
+    Format(f"{_LOADERS}.mind:load_mind", file=_is("behaviors.tsv"), folder=_is("behaviors.tsv")),
+)
+FORMATS.register(
+    "lcrec", "LC-Rec / LETTER / MiniOneRec X.inter.json (+ X.item.json, X.index.json)",
+    Format(f"{_LOADERS}.lcrec:load_lcrec_path", file=_ends(".inter.json"), folder=_ends(".inter.json")),
+)
+FORMATS.register("letter", "alias of lcrec", Format(f"{_LOADERS}.lcrec:load_lcrec_path"))
+FORMATS.register(
+    "recbole", "RecBole atomic files X.inter (+ X.item)",
+    Format(f"{_LOADERS}.recbole:load_recbole", file=_ends(".inter"), folder=_ends(".inter")),
+)
+FORMATS.register(
+    "amazon", "Amazon review dump reviews_X_5.json(.gz) (+ meta_X.json(.gz))",
+    Format(f"{_LOADERS}.amazon:load_amazon_path", file=_amazon_reviews, folder=_amazon_reviews),
+)
+FORMATS.register(
+    "table", "CSV / TSV / Parquet interactions with named columns (user_col=, item_col=, ts_col=, ...)",
+    Format(f"{_LOADERS}.tabular:load_table", file=_ends(".csv", ".tsv", ".parquet", ".pq")),
+)
+FORMATS.register("csv", "alias of table", Format(f"{_LOADERS}.tabular:load_table"))
+FORMATS.register(
+    "tsv", "table, tab-separated by default", Format(f"{_LOADERS}.tabular:load_table", defaults={"sep": "\t"})
+)
+FORMATS.register("parquet", "alias of table", Format(f"{_LOADERS}.tabular:load_table"))
+FORMATS.register(
+    "s3rec", "S3-Rec <Name>.txt sequences (+ <Name>.items.jsonl or datamaps.json, <Name>_item2attributes.json)",
+    Format(
+        f"{_LOADERS}.s3rec:load_s3rec_path",
+        file=_ends(".txt"),
+        folder=lambda name: name.endswith(".txt") and name != "readme.txt",
+    ),
+)
+
+
+def detect_format(path: str | Path) -> str:
+    """Guess the format of a file or folder from its names (raises ValueError when nothing matches)."""
+    p = Path(path)
+    for entry in FORMATS.entries():
+        if entry.obj.detect(p):
+            return entry.name
+    raise ValueError(f"{p}: cannot tell the dataset format; pass format= one of {', '.join(FORMATS)}")
+
+
+# ---------------------------------------------------------------------------------------------- named datasets
 def _need(path: Path) -> Path:
     if not path.exists():
         raise FileNotFoundError(
@@ -41,12 +174,15 @@ def _first_dir(root: Path, candidates: tuple[str, ...], what: str) -> Path:
     )
 
 
-# ---------------------------------------------------------------------------------------------- named datasets
-def _beauty(root: Path, **_: Any) -> Dataset:
-    from thinkrec.data.loaders.s3rec import load_s3rec
+def _s3rec(folder: str, stem: str, name: str) -> Callable[..., Dataset]:
+    """An S3-Rec folder of the shared data: ``<stem>.txt`` and the metadata files beside it."""
 
-    d = root / "amazon_beauty_2014"
-    return load_s3rec(_need(d / "Beauty.txt"), d / "Beauty.items.jsonl", d / "datamaps.json", name="beauty")
+    def load(root: Path, **_: Any) -> Dataset:
+        from thinkrec.data.loaders.s3rec import load_s3rec_path
+
+        return load_s3rec_path(_need(root / folder / f"{stem}.txt"), name=name)
+
+    return load
 
 
 def _beauty_letter(root: Path, **_: Any) -> Dataset:
@@ -65,21 +201,6 @@ def _beauty_letter(root: Path, **_: Any) -> Dataset:
     )
 
 
-def _sports(root: Path, **_: Any) -> Dataset:
-    from thinkrec.data.loaders.s3rec import load_s3rec
-
-    d = root / "amazon_sports_2014"
-    return load_s3rec(_need(d / "Sports_and_Outdoors.txt"), None, d / "datamaps.json", name="sports",
-                      attributes=d / "Sports_and_Outdoors_item2attributes.json")
-
-
-def _yelp(root: Path, **_: Any) -> Dataset:
-    from thinkrec.data.loaders.s3rec import load_s3rec
-
-    d = root / "yelp_s3rec_p5"
-    return load_s3rec(_need(d / "Yelp.txt"), d / "Yelp.items.jsonl", d / "datamaps.json", name="yelp")
-
-
 def _movielens(which: str) -> Callable[..., Dataset]:
     def load(root: Path, keep_all_items: bool = False, **_: Any) -> Dataset:
         from thinkrec.data.loaders import movielens
@@ -91,7 +212,6 @@ def _movielens(which: str) -> Callable[..., Dataset]:
             return movielens.load_ml1m(folder, which, keep_all_items)
         return movielens.load_movielens_csv(folder, which, keep_all_items)
 
-    load.__doc__ = f"MovieLens {which} from <root>/movielens/{which} or <root>/{which}."
     return load
 
 
@@ -108,86 +228,36 @@ def _synthetic(root: Path, **kwargs: Any) -> Dataset:
     return generate(SyntheticConfig(**kwargs))
 
 
-NAMED_DATASETS: dict[str, Callable[..., Dataset]] = {
-    "synthetic": _synthetic,
-    "beauty": _beauty,
-    "beauty-letter": _beauty_letter,
-    "sports": _sports,
-    "yelp": _yelp,
-    "ml-100k": _movielens("ml-100k"),
-    "ml-1m": _movielens("ml-1m"),
-    "ml-latest-small": _movielens("ml-latest-small"),
-    "mind": _mind,
-}
-
-
-# ---------------------------------------------------------------------------------------------- formats
-def _load_format(fmt: str, path: Path, options: dict[str, Any]) -> Dataset:
-    from thinkrec.data.loaders import amazon, lcrec, mind, movielens, recbole, s3rec, tabular
-
-    loaders: dict[str, Callable[..., Dataset]] = {
-        "prepared": lambda p, **_: Dataset.load(p),
-        "s3rec": s3rec.load_s3rec_path,
-        "lcrec": lcrec.load_lcrec_path,
-        "recbole": recbole.load_recbole,
-        "movielens": movielens.load_movielens,
-        "mind": mind.load_mind,
-        "table": tabular.load_table,
-        "amazon": amazon.load_amazon_path,
-    }
-    return loaders[fmt](path, **options)
-
-
-FORMATS = (
-    "prepared",
-    "s3rec",
-    "lcrec",
-    "letter",
-    "recbole",
-    "movielens",
-    "mind",
-    "csv",
-    "tsv",
-    "parquet",
-    "table",
-    "amazon",
+DATASETS: Registry[Callable[..., Dataset]] = Registry("dataset")
+DATASETS.register(
+    "synthetic", "built-in synthetic shop with a known click model (options: SyntheticConfig fields)", _synthetic
 )
-_ALIASES = {"letter": "lcrec", "csv": "table", "tsv": "table", "parquet": "table"}
+DATASETS.register(
+    "beauty", "Amazon Beauty 2014: S3-Rec sequences + item text (<root>/amazon_beauty_2014)",
+    _s3rec("amazon_beauty_2014", "Beauty", "beauty"),
+)
+DATASETS.register(
+    "beauty-letter", "Amazon Beauty 2014 in LETTER's files, with LETTER's semantic IDs (column sid)",
+    _beauty_letter,
+)
+DATASETS.register(
+    "sports", "Amazon Sports and Outdoors 2014: S3-Rec sequences + attribute ids (<root>/amazon_sports_2014)",
+    _s3rec("amazon_sports_2014", "Sports_and_Outdoors", "sports"),
+)
+DATASETS.register(
+    "yelp", "Yelp: S3-Rec sequences + business text (<root>/yelp_s3rec_p5)", _s3rec("yelp_s3rec_p5", "Yelp", "yelp")
+)
+for _which in ("ml-100k", "ml-1m", "ml-latest-small"):
+    DATASETS.register(
+        _which, f"MovieLens {_which} (<root>/movielens/{_which} or <root>/{_which})", _movielens(_which)
+    )
+del _which
+DATASETS.register(
+    "mind", "MIND small: impressions with clicks + news text (<root>/mind_small_subset, MINDsmall_train or mind)",
+    _mind,
+)
 
-
-def detect_format(path: str | Path) -> str:
-    """Guess the format of a file or folder from its names (raises ValueError when nothing matches)."""
-    p = Path(path)
-    name = p.name.lower()
-    if p.is_dir():
-        names = {c.name for c in p.iterdir()}
-        if "meta.json" in names:
-            return "prepared"
-        if names & {"u.data", "ml-100k.inter", "ratings.dat", "ml-1m_sequences.txt", "ratings.csv"}:
-            return "movielens"
-        if "behaviors.tsv" in names:
-            return "mind"
-        if any(n.endswith(".inter.json") for n in names):
-            return "lcrec"
-        if any(n.endswith(".inter") for n in names):
-            return "recbole"
-        if any(n.startswith("reviews_") and ".json" in n for n in names):
-            return "amazon"
-        if any(n.endswith(".txt") and n not in ("readme.txt",) for n in names):
-            return "s3rec"
-    elif name.endswith(".inter.json"):
-        return "lcrec"
-    elif name.endswith(".inter"):
-        return "recbole"
-    elif name == "behaviors.tsv":
-        return "mind"
-    elif name.startswith("reviews_") and ".json" in name:
-        return "amazon"
-    elif name.endswith((".csv", ".tsv", ".parquet", ".pq")):
-        return "table"
-    elif name.endswith(".txt"):
-        return "s3rec"
-    raise ValueError(f"{p}: cannot tell the dataset format; pass format= one of {', '.join(FORMATS)}")
+NAMED_DATASETS = DATASETS  # the former name
 
 
 def load_dataset(
@@ -202,9 +272,7 @@ def load_dataset(
     """
     as_path = Path(name)
     if format is not None:
-        fmt = _ALIASES.get(format, format)
-        if fmt not in FORMATS:
-            raise ValueError(f"unknown format {format!r}; known: {', '.join(FORMATS)}")
+        fmt = FORMATS.get(format)
         if (
             not as_path.exists()
             and not as_path.is_absolute()
@@ -213,16 +281,14 @@ def load_dataset(
             as_path = resolve_data_root(data_root) / as_path
         if not as_path.exists():
             raise FileNotFoundError(f"{as_path}: no such file or folder to load as {format!r}")
-        if format == "tsv":
-            options.setdefault("sep", "\t")
-        return _load_format(fmt, as_path, options)
+        return fmt.load(as_path, **options)
     if (as_path / "meta.json").exists():
         return Dataset.load(as_path)
-    if isinstance(name, str) and name in NAMED_DATASETS:
-        return NAMED_DATASETS[name](resolve_data_root(data_root), **options)
+    if isinstance(name, str) and name in DATASETS:
+        return DATASETS.get(name)(resolve_data_root(data_root), **options)
     if as_path.exists():
-        return _load_format(detect_format(as_path), as_path, options)
+        return FORMATS.get(detect_format(as_path)).load(as_path, **options)
     raise KeyError(
-        f"unknown dataset {str(name)!r}; known: {', '.join(sorted(NAMED_DATASETS))}, "
+        f"unknown dataset {str(name)!r}; known: {', '.join(sorted(DATASETS))}, "
         "a prepared folder, or a path (with format= one of " + ", ".join(FORMATS) + ")"
     )

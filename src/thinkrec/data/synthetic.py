@@ -135,17 +135,18 @@ class SyntheticConfig:
 
 @dataclass(frozen=True)
 class ClickParams:
-    """The click model's parameters (same names as the :class:`SyntheticConfig` fields they come from)."""
+    """The click model's parameters: the :class:`SyntheticConfig` fields of the same names (their defaults and
+    meaning are set there, once; build one with :meth:`from_config`)."""
 
-    position_decay: float = 0.7
-    attract_bias: float = -1.5
-    pref_weight: float = 0.6
-    pop_weight: float = 0.3
-    complement_bonus: float = 1.5
-    history_weight: float = 0.5
-    history_window: int = 5
-    leaf_redundancy: float = 0.5
-    mid_redundancy: float = 0.85
+    position_decay: float
+    attract_bias: float
+    pref_weight: float
+    pop_weight: float
+    complement_bonus: float
+    history_weight: float
+    history_window: int
+    leaf_redundancy: float
+    mid_redundancy: float
 
     @classmethod
     def from_config(cls, config: SyntheticConfig) -> ClickParams:

@@ -1,7 +1,10 @@
-"""Ranking metrics.
+"""Ranking metrics — the one place thinkrec computes recall / NDCG / MRR / MAP (eval, retrieval, rerank, llm).
 
 Next-item metrics work from the 0-based rank of the single target item: HR@K = Recall@K = 1[rank < K],
-NDCG@K = 1/log2(rank + 2) if rank < K (the ideal DCG of one relevant item is 1), MRR = 1/(rank + 1).
+NDCG@K = 1/log2(rank + 2) if rank < K (the ideal DCG of one relevant item is 1), MRR = 1/(rank + 1). A target
+that was not retrieved at all has rank ``np.inf`` and scores 0 on every metric. Other conventions convert to these
+ranks first: :func:`ranks_from_scores` (scores, pessimistic ties), :func:`ranks_from_positions` (1-based positions,
+0 = absent) and :func:`first_hit_ranks` (labels in displayed order).
 
 Labelled-list metrics follow LibRerank's ``evaluate_multi``: for a displayed order with labels y,
 NDCG@K = DCG@K / IDCG@K with gain 2^y − 1 and the ideal order = labels sorted descending;
@@ -27,14 +30,32 @@ def ranks_from_scores(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tens
     return greater + ties
 
 
+def ranks_from_positions(positions: np.ndarray | Sequence[int]) -> np.ndarray:
+    """0-based ranks from 1-based positions where 0 means "not in the list" (the LLM stage's answers); an absent
+    item gets rank ``np.inf``."""
+    p = np.asarray(positions, dtype=np.float64)
+    return np.where(p > 0, p - 1.0, np.inf)
+
+
+def first_hit_ranks(labels_in_order: np.ndarray) -> np.ndarray:
+    """0-based rank of the first positive label of each list (``[n, L]``, displayed order); ``np.inf`` when none."""
+    hit = np.asarray(labels_in_order) > 0
+    return np.where(hit.any(1), hit.argmax(1), np.inf)
+
+
+def discount(ranks: np.ndarray) -> np.ndarray:
+    """DCG position discount 1/log2(rank + 2) of 0-based ranks (0 for ``np.inf``)."""
+    return 1.0 / np.log2(np.asarray(ranks, dtype=np.float64) + 2.0)
+
+
 def rank_metrics(ranks: np.ndarray | torch.Tensor, ks: Sequence[int] = (5, 10, 20)) -> dict[str, np.ndarray]:
-    """Per-example next-item metrics from 0-based target ranks."""
+    """Per-example next-item metrics from 0-based target ranks (``np.inf`` = not retrieved)."""
     r = np.asarray(ranks.cpu() if isinstance(ranks, torch.Tensor) else ranks, dtype=np.float64)
     out: dict[str, np.ndarray] = {}
     for k in ks:
         hit = r < k
         out[f"recall@{k}"] = hit.astype(np.float64)
-        out[f"ndcg@{k}"] = np.where(hit, 1.0 / np.log2(r + 2.0), 0.0)
+        out[f"ndcg@{k}"] = np.where(hit, discount(r), 0.0)
     out["mrr"] = 1.0 / (r + 1.0)
     return out
 
@@ -52,7 +73,7 @@ def list_ndcg(labels_in_order: np.ndarray, k: int, valid: np.ndarray | None = No
     if valid is not None:
         y = np.where(valid, y, 0.0)
     kk = min(k, y.shape[1])
-    disc = 1.0 / np.log2(np.arange(2, kk + 2, dtype=np.float64))
+    disc = discount(np.arange(kk))
     dcg = ((2.0 ** y[:, :kk] - 1.0) * disc).sum(1)
     ideal = -np.sort(-y, axis=1)[:, :kk]
     idcg = ((2.0**ideal - 1.0) * disc).sum(1)

@@ -1,15 +1,14 @@
 """Stage 4 end to end: SID tokens → alignment → teacher traces → SFT (target and/or reject sampling) → DAPO →
 evaluation, saving everything under ``<run>/llm/``.
 
-Evaluation generates one greedy, constrained answer per list and scores the true item's rank: R@1, R@5, N@5. Only
+Evaluation generates one greedy, constrained answer per list and scores the true item's rank: R@1, R@5, N@5
+(:mod:`thinkrec.eval.metrics`, from its 1-based position in the answer). Only
 lists whose candidates contain the true item can score, so generation runs on those (``n_eval`` of them) and the
 figures are reported both on them and scaled to every test list (× the retriever's coverage).
 """
 
 from __future__ import annotations
 
-import json
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from thinkrec.eval.metrics import mean_metrics, rank_metrics, ranks_from_positions
 from thinkrec.llm.answer import AnswerTokens, max_answer_tokens
 from thinkrec.llm.model import (
     LoraSettings,
@@ -30,14 +30,7 @@ from thinkrec.llm.model import (
 )
 from thinkrec.llm.prompts import Catalogue, alignment_examples, rerank_prompt
 from thinkrec.llm.rewards import parse_output
-from thinkrec.llm.teacher import (
-    HFTeacher,
-    OpenAITeacher,
-    ProgrammaticTeacher,
-    RerankRequest,
-    requests_from_lists,
-    sample_traces,
-)
+from thinkrec.llm.teacher import TEACHERS, RerankRequest, Teacher, requests_from_lists, sample_traces
 from thinkrec.llm.train import (
     DAPOSettings,
     SFTSettings,
@@ -84,12 +77,14 @@ class LLMStageConfig:
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
-def rank_metrics(ranks: np.ndarray) -> dict[str, float]:
-    """R@1, R@5, N@5 from the true item's 1-based rank (0 = not in the list)."""
-    r = np.asarray(ranks, dtype=np.float64)
-    hit = r > 0
-    return {"recall@1": float(np.mean(hit & (r == 1))), "recall@5": float(np.mean(hit & (r <= 5))),
-            "ndcg@5": float(np.mean(np.where(hit & (r <= 5), 1.0 / np.log2(r + 1.0, where=hit, out=np.ones_like(r)), 0.0)))}
+ANSWER_METRICS = ("recall@1", "recall@5", "ndcg@5")
+
+
+def answer_metrics(positions: np.ndarray | Sequence[int]) -> dict[str, float]:
+    """Mean R@1, R@5, N@5 from the true item's 1-based position in each answer (0 = not in the list), computed by
+    :func:`thinkrec.eval.metrics.rank_metrics` on the 0-based ranks."""
+    per_list = rank_metrics(ranks_from_positions(positions), ks=(1, 5))
+    return mean_metrics({k: per_list[k] for k in ANSWER_METRICS})
 
 
 @torch.inference_mode()
@@ -115,7 +110,7 @@ def evaluate(model: Any, tokens: AnswerTokens, catalogue: Catalogue, requests: S
             ranks.append(order.index(r.target) + 1 if r.target >= 0 else 0)
             if len(examples) < 3:
                 examples.append(text)
-    out = rank_metrics(np.array(ranks))
+    out = answer_metrics(np.array(ranks))
     out.update(malformed=malformed, n=len(ranks), wall_s=time.perf_counter() - t0, examples=examples,
                ranks=[int(r) for r in ranks])
     out["lists_per_s"] = len(ranks) / max(out["wall_s"], 1e-9)
@@ -124,7 +119,7 @@ def evaluate(model: Any, tokens: AnswerTokens, catalogue: Catalogue, requests: S
 
 def pre_rank_metrics(requests: Sequence[RerankRequest]) -> dict[str, Any]:
     ranks = np.array([r.target + 1 if r.target >= 0 else 0 for r in requests])
-    return {**rank_metrics(ranks), "malformed": 0, "n": len(ranks), "ranks": ranks.tolist()}
+    return {**answer_metrics(ranks), "malformed": 0, "n": len(ranks), "ranks": ranks.tolist()}
 
 
 # ------------------------------------------------------------------------------------------------ the stage
@@ -139,19 +134,9 @@ def _restore(model: torch.nn.Module, snap: dict[str, torch.Tensor]) -> None:
             params[k].copy_(v)
 
 
-def make_teacher(cfg: LLMStageConfig, catalogue: Catalogue, train_lists: RerankLists) -> Any:
-    t = cfg.teacher
-    if t.kind == "programmatic":
-        return ProgrammaticTeacher.fit(catalogue, train_lists, seed=cfg.seed)
-    if t.kind == "openai":
-        if not t.model:
-            raise ValueError("teacher.model: name the served model for an OpenAI-compatible teacher")
-        return OpenAITeacher(t.base_url, t.model, t.api_key_env)
-    if t.kind == "hf":
-        model, tok = load_causal_lm(t.model, cfg.device, cfg.dtype)
-        add_sid_tokens(model, tok, catalogue.radix)
-        return HFTeacher(model, tok, Path(t.model).name, cfg.max_reasoning_tokens)
-    raise ValueError(f"teacher.kind must be programmatic, openai or hf, got {t.kind!r}")
+def make_teacher(cfg: LLMStageConfig, catalogue: Catalogue, train_lists: RerankLists) -> Teacher:
+    """The teacher ``llm.teacher.kind`` names in :data:`thinkrec.llm.teacher.TEACHERS`."""
+    return TEACHERS.get(cfg.teacher.kind, "llm.teacher.kind")(cfg, catalogue, train_lists)
 
 
 def select_requests(lists: RerankLists, n: int, seed: int, with_target: bool, prefix: str,
@@ -255,17 +240,5 @@ def run_llm_stage(catalogue: Catalogue, train_lists: RerankLists, test_lists: Re
         "wall_s": time.perf_counter() - t_stage,
         "logs": {"alignment": align_log, "sft": sft_logs, "rl": rl_log},
     }
-    write_json(out_dir / "metrics.json", _jsonable(summary))
+    write_json(out_dir / "metrics.json", summary)
     return summary
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, np.generic):
-        return x.item()
-    return x if isinstance(x, str | int | float | bool | type(None)) else json.loads(json.dumps(x, default=str))

@@ -1,6 +1,7 @@
 """Teachers and reasoning traces (GR2's target sampling and reject sampling).
 
-Three teachers share one interface (``answer(request, prompt, n, temperature) -> list[str]`` raw answers):
+Three teachers share one interface (``answer(request, prompt, n, temperature) -> list[str]`` raw answers); they are
+registered in ``TEACHERS`` under the names ``llm.teacher.kind`` takes (``openai``, ``hf``, ``programmatic``):
 
 * ``OpenAITeacher`` — any OpenAI-compatible chat endpoint (vLLM, llama.cpp, a hosted API): base URL, model name,
   and the API key read from an environment variable;
@@ -21,7 +22,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,9 +31,11 @@ import numpy as np
 import torch
 
 from thinkrec.llm.answer import AnswerTokens, constrained_generate, max_answer_tokens, render_answer
+from thinkrec.llm.model import add_sid_tokens, load_causal_lm
 from thinkrec.llm.prompts import Catalogue, rerank_prompt
 from thinkrec.llm.rewards import parse_output
 from thinkrec.rerank.lists import FEATURES, RerankLists
+from thinkrec.utils.registry import Registry
 
 SYSTEM_PROMPT = ("You are an expert recommender. Items are written as Semantic IDs between <|sid_begin|> and "
                  "<|sid_end|>. Answer only with the JSON object requested, citing every candidate SID exactly once.")
@@ -216,6 +219,41 @@ class ProgrammaticTeacher:
             lead = "Top pick" if rank == 0 else "Next"
             parts.append(f"{lead}: {cat.title(item, 6)}, " + (", ".join(ev) if ev else "a weaker but plausible match") + ".")
         return " ".join(parts)
+
+
+# ------------------------------------------------------------------------------------------------ registry
+# a builder takes the stage config (``LLMStageConfig``: ``teacher``, ``seed``, ``device``, ``dtype``, …), the
+# catalogue and the training lists, and returns a ready teacher
+TeacherBuilder = Callable[[Any, Catalogue, RerankLists], Teacher]
+TEACHERS: Registry[TeacherBuilder] = Registry("teacher")
+
+
+def _programmatic(cfg: Any, catalogue: Catalogue, train_lists: RerankLists) -> Teacher:
+    return ProgrammaticTeacher.fit(catalogue, train_lists, seed=cfg.seed)
+
+
+def _openai(cfg: Any, catalogue: Catalogue, train_lists: RerankLists) -> Teacher:
+    t = cfg.teacher
+    if not t.model:
+        raise ValueError("llm.teacher.model: name the served model for an OpenAI-compatible teacher")
+    return OpenAITeacher(t.base_url, t.model, t.api_key_env)
+
+
+def _hf(cfg: Any, catalogue: Catalogue, train_lists: RerankLists) -> Teacher:
+    t = cfg.teacher
+    if not t.model:
+        raise ValueError("llm.teacher.model: give the path (or hub id) of the Hugging Face teacher model")
+    model, tok = load_causal_lm(t.model, cfg.device, cfg.dtype)
+    add_sid_tokens(model, tok, catalogue.radix)
+    return HFTeacher(model, tok, Path(t.model).name, cfg.max_reasoning_tokens)
+
+
+TEACHERS.register("programmatic", "logistic scorer on the lists' leak-free features, reasoning written from the "
+                  "catalogue (no LLM needed)", _programmatic)
+TEACHERS.register("openai", "any OpenAI-compatible chat endpoint (vLLM, llama.cpp, a hosted API) at "
+                  "llm.teacher.base_url", _openai)
+TEACHERS.register("hf", "a local Hugging Face causal LM (llm.teacher.model), decoding constrained to the answer "
+                  "format", _hf)
 
 
 # ------------------------------------------------------------------------------------------------ traces

@@ -137,11 +137,26 @@ def train_lm(model: Any, tokenizer: Any, features: list[dict[str, list]], settin
         save_strategy="no", report_to=[], seed=settings.seed, remove_unused_columns=False, disable_tqdm=True,
         use_cpu=device == "cpu", dataloader_num_workers=0, bf16=bf16,
     )
+    pin_device(args, device)
     trainer = WeightedTrainer(model=model, args=args, train_dataset=HFDataset.from_list(list(features)),
                               data_collator=LeftPadCollator(int(tokenizer.pad_token_id)))
     _route_logs(trainer, log)
     trainer.train()
     return [dict(r) for r in trainer.state.log_history]
+
+
+def pin_device(args: Any, device: str) -> None:
+    """Make the HF Trainer train on ``device`` (the stage's ``llm.device``) and nothing else: left to itself it picks
+    ``cuda:0`` (or ``mps``) whatever the model was loaded on, and wraps the model in DataParallel over every
+    visible GPU."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", torch.cuda.current_device() if dev.index is None else dev.index)
+        torch.cuda.set_device(dev)  # accelerate places batches on "cuda", the current device
+    args.__dict__["_setup_devices"] = dev  # TrainingArguments.device reads this cached property
+    args._n_gpu = int(dev.type != "cpu")  # one device: no DataParallel
+    if args.device != dev or args.n_gpu != int(dev.type != "cpu"):
+        raise RuntimeError(f"could not pin the Trainer to {device} (it would use {args.device}, {args.n_gpu} GPUs)")
 
 
 def _route_logs(trainer: Any, log: Any) -> None:
@@ -218,6 +233,7 @@ def train_dapo(model: Any, tokenizer: Any, prompts: Sequence[str], targets: Sequ
         seed=settings.seed, use_cpu=device == "cpu", disable_tqdm=True, shuffle_dataset=True,
         scale_rewards="group", bf16=bf16,
     )
+    pin_device(args, device)
     data = HFDataset.from_dict({"prompt": list(prompts), "target": [int(t) for t in targets]})
     trainer = dapo_trainer_class()(model=model, reward_funcs=[reward_function(settings.format_weight)], args=args,
                                    train_dataset=data, processing_class=tokenizer)

@@ -41,9 +41,9 @@ def plot_training_curve(history: list[dict[str, Any]], path: Path, title: str) -
 def write_report(root: str | Path, config: Any = None) -> Path:
     root = Path(root)
     lines = [f"# thinkrec run `{root.name}`", ""]
-    data_done = root / "data" / "done.json"
+    data_done = root / "stages" / "data.json"
     if data_done.exists():
-        st = read_json(data_done)["stats"]
+        st = read_json(data_done)["info"]["stats"]
         lines += [
             "## Data",
             f"dataset **{st['dataset']}**: {st['users']:,} users, {st['items']:,} items, {st['interactions']:,} interactions "
@@ -75,9 +75,11 @@ def write_report(root: str | Path, config: Any = None) -> Path:
     if hist_file.exists():
         history = read_json(hist_file)
         tm = read_json(root / "sasrec" / "train_metrics.json")
+        marker = root / "stages" / "sasrec.json"
+        wall = read_json(marker)["wall_s"] if marker.exists() else float("nan")
         plot = plot_training_curve(history, root / "plots" / "sasrec_training.png", "SASRec training")
         lines += ["## SASRec training", "",
-                  f"{tm['epochs']} epochs, {tm['s_per_epoch']:.1f} s/epoch, {tm['wall_s']:.1f} s in all; best valid NDCG@10 {tm['best_valid_ndcg@10']:.4f}", ""]
+                  f"{tm['epochs']} epochs, {tm['s_per_epoch']:.1f} s/epoch, {wall:.1f} s in all; best valid NDCG@10 {tm['best_valid_ndcg@10']:.4f}", ""]
         if plot:
             lines += ["![SASRec training](plots/sasrec_training.png)", ""]
     sid_md = root / "sids" / "report.md"
@@ -86,13 +88,15 @@ def write_report(root: str | Path, config: Any = None) -> Path:
         lines += ["## Semantic IDs", "", *[ln for ln in body if not ln.startswith("# ")], ""]
         if (root / "sids" / "code_usage.png").exists():
             lines += ["![code usage](sids/code_usage.png)", ""]
-    for name in ("tiger", "s2gr"):
-        rdir = root / "retrieval" / name
+    from thinkrec.pipeline.scorers import SCORERS
+
+    for name in (n for n in SCORERS if SCORERS.get(n).generative):
+        rdir = root / SCORERS.get(name).folder(name)
         if not (rdir / "history.json").exists():
             continue
         history = read_json(rdir / "history.json")
         tm = read_json(rdir / "train_metrics.json")
-        label = "S²GR" if name == "s2gr" else "TIGER"
+        label = {"s2gr": "S²GR", "tiger": "TIGER"}.get(name, name)
         plot = plot_training_curve(history, root / "plots" / f"{name}_training.png", f"{label} training")
         last = history[-1] if history else {}
         parts = ", ".join(f"{k} {last[k]:.3f}" for k in ("rec", "align", "nce", "reg", "item") if k in last)
@@ -103,6 +107,7 @@ def write_report(root: str | Path, config: Any = None) -> Path:
             lines += [f"![{label} training](plots/{name}_training.png)", ""]
     lines += _rerank_section(root)
     lines += _llm_section(root)
+    lines += _funnel_section(root)
     timings = root / "timings.json"
     if timings.exists():
         lines += ["## Stage timings", "", "| stage | seconds |", "|---|---|"]
@@ -165,3 +170,14 @@ def _llm_section(root: Path) -> list[str]:
                      f"{t['acceptance_rate']:.2f}, {t['tries_per_sample']:.2f} tries per sample, {t['malformed']} malformed")
     lines.append("")
     return lines
+
+
+def _funnel_section(root: Path) -> list[str]:
+    path = root / "funnel.json"
+    if not path.exists():
+        return []
+    f = read_json(path)
+    return ["## The funnel `thinkrec.load` serves", "",
+            f"- retriever: **{f.get('retriever')}** — {f.get('retriever_why', '')}",
+            f"- re-ranker: **{f.get('reranker') or 'none (the retriever’s order)'}** — {f.get('reranker_why', '')}",
+            f"- LLM: {f.get('llm_why', '')}", ""]

@@ -1,7 +1,10 @@
-"""The stage graph over a run directory: skip what is done, run what is not.
+"""The funnel as a stage graph over a run directory (see :mod:`thinkrec.pipeline.graph` for the cache rules).
 
-data → popularity → sasrec → evaluate → report. Later funnel stages (Semantic IDs, retriever, re-rankers,
-LLM) plug in as further entries of ``STAGES``.
+Nodes: ``data`` → ``sids`` (Semantic IDs) → one node per next-item scorer (``popularity``, ``sasrec``,
+``retrieval/<name>`` + ``retrieval/<name>/rescore``) → ``rerank/lists`` → ``rerank/evaluator`` →
+``rerank/<model>`` → ``llm``. ``evaluate``, ``funnel`` (the record of which models the loaded funnel uses and
+why) and ``report`` read what the nodes wrote and always run. The ``stages:`` names of a config map to node
+groups (:data:`STAGE_NAMES`).
 """
 
 from __future__ import annotations
@@ -16,313 +19,341 @@ import numpy as np
 import polars as pl
 import torch
 
-from thinkrec.baselines.popularity import Popularity
-from thinkrec.baselines.sasrec import SASRec, train_sasrec
 from thinkrec.data.dataset import Dataset
-from thinkrec.data.registry import load_dataset
 from thinkrec.data.splits import SequenceSplit, make_split
 from thinkrec.eval.metrics import mean_metrics, rank_metrics
 from thinkrec.eval.protocol import compute_ranks
 from thinkrec.eval.stats import bootstrap_ci, paired_test
-from thinkrec.pipeline.config import RunConfig
+from thinkrec.pipeline.config import RunConfig, dump_run_config, resolve
+from thinkrec.pipeline.graph import Graph, Node
 from thinkrec.pipeline.rundir import RunDir
-from thinkrec.retrieval.inference import GenerativeScorer
-from thinkrec.utils.config import config_hash, dump_yaml
+from thinkrec.pipeline.scorers import SCORERS, active_scorers
 from thinkrec.utils.io import atomic_file, atomic_path, read_json, write_json
+
+STAGE_NAMES = ("data", "popularity", "sasrec", "tokenize", "retrieval", "rerank", "llm", "evaluate", "report")
 
 
 @dataclass
 class Context:
     """What stages share in memory during one invocation (everything is also on disk)."""
 
-    config: RunConfig
+    config: RunConfig  # resolved: every stage's seed and device set from run.seed / run.device
     rundir: RunDir
     log: Callable[[str], None]
     progress: Callable[[str, int, int], None] | None = None
+    requested: list[str] = field(default_factory=list)
     dataset: Dataset | None = None
     split: SequenceSplit | None = None
     scorers: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    graph: Graph | None = None
+
+    @property
+    def root(self) -> Path:
+        return self.rundir.root
 
     def get_dataset(self) -> Dataset:
         if self.dataset is None:
-            self.dataset = Dataset.load(self.rundir.root / "data")
+            self.graph.ensure("data")
+            self.dataset = Dataset.load(self.root / "data")
         return self.dataset
 
     def get_split(self) -> SequenceSplit:
         if self.split is None:
-            d = self.config.data
-            temporal = d.split.startswith(("temporal", "global"))
-            kwargs = {"valid_frac": d.valid_frac, "test_frac": d.test_frac} if temporal else {}
-            self.split = make_split(self.get_dataset(), d.split, **kwargs)
+            self.split = split_of(self.get_dataset(), self.config)
         return self.split
 
+    def stage_progress(self, name: str) -> Callable[[int, int], None] | None:
+        if self.progress is None:
+            return None
+        return lambda step, total: self.progress(name, step, total)
 
-def stage_data(ctx: Context) -> None:
+    def scorer(self, name: str) -> Any:
+        """A trained scorer, loaded from its folder alone (trained first if it is not up to date)."""
+        if name not in self.scorers:
+            spec = SCORERS.get(name)
+            node = spec.folder(name)
+            self.graph.ensure(f"{node}/rescore" if spec.generative else node)
+            self.scorers[name] = spec.load(self.root / node, self.config.run.device)
+        return self.scorers[name]
+
+    def rerank_source(self) -> str:
+        cfg = self.config.rerank
+        if cfg.source == "auto":
+            imps = self.get_dataset().impressions
+            return "impressions" if imps is not None and imps.height > 0 else "funnel"
+        return cfg.source
+
+
+def split_of(dataset: Dataset, config: RunConfig) -> SequenceSplit:
+    d = config.data
+    temporal = d.split.startswith(("temporal", "global"))
+    kwargs = {"valid_frac": d.valid_frac, "test_frac": d.test_frac} if temporal else {}
+    return make_split(dataset, d.split, **kwargs)
+
+
+def _split_inputs(ctx: Context) -> dict[str, Any]:
     d = ctx.config.data
-    if ctx.rundir.is_done("data", d):
-        ctx.log("data: prepared dataset found, skipping")
-        return
-    t = time.perf_counter()
+    return {"split": d.split, "valid_frac": d.valid_frac, "test_frac": d.test_frac}
+
+
+# ---------------------------------------------------------------------------------------------- data, SIDs, scorers
+def _data_inputs(ctx: Context) -> dict[str, Any]:
+    d = ctx.config.data
+    return {"dataset": d.dataset, "data_root": d.data_root, "format": d.format, "options": d.options}
+
+
+def run_data(ctx: Context) -> dict[str, Any]:
+    from thinkrec.data.registry import load_dataset
+
+    d = ctx.config.data
     dataset = load_dataset(d.dataset, d.data_root, format=d.format, **d.options)
-    dataset.save(ctx.rundir.root / "data")
-    ctx.dataset = dataset
-    ctx.rundir.mark_done("data", d, stats=dataset.stats())
-    ctx.log(f"data: {d.dataset} → {dataset.n_users} users, {dataset.n_items} items, {dataset.n_interactions} interactions ({time.perf_counter() - t:.1f}s)")
+    dataset.save(ctx.root / "data")
+    ctx.dataset, ctx.split = dataset, None
+    ctx.log(f"data: {d.dataset} → {dataset.n_users} users, {dataset.n_items} items, {dataset.n_interactions} interactions")
+    return {"stats": dataset.stats()}
 
 
-def stage_popularity(ctx: Context) -> None:
-    ctx.scorers["popularity"] = Popularity.fit(ctx.get_split())
-
-
-def stage_sasrec(ctx: Context) -> None:
-    cfg = ctx.config.sasrec
-    split = ctx.get_split()
-    out = ctx.rundir.stage_dir("sasrec")
-    key = {"sasrec": cfg, "data": ctx.config.data}
-    if ctx.rundir.is_done("sasrec", key):
-        ctx.log("sasrec: trained model found, loading")
-        ctx.scorers["sasrec"] = SASRec.load(out / "model.safetensors", cfg, split.n_items, ctx.config.run.device).eval()
-        return
-    t = time.perf_counter()
-
-    def progress(step: int, total: int) -> None:
-        if ctx.progress:
-            ctx.progress("sasrec", step, total)
-
-    model, history = train_sasrec(split, cfg, ctx.config.run.device, log=lambda m: ctx.log(f"sasrec: {m}"), progress=progress)
-    wall = time.perf_counter() - t
-    model.save(out / "model.safetensors")
-    write_json(out / "history.json", history)
-    with atomic_file(out / "config.yaml") as fh:
-        fh.write(dump_yaml(cfg))
-    write_json(
-        out / "train_metrics.json",
-        {"wall_s": wall, "epochs": len(history), "s_per_epoch": float(np.median([h["train_s"] for h in history])),
-         "best_valid_ndcg@10": max((h.get("valid_ndcg@10", 0.0) for h in history), default=0.0)},
-    )
-    ctx.scorers["sasrec"] = model
-    ctx.rundir.mark_done("sasrec", key, wall_s=wall)
-
-
-def stage_tokenize(ctx: Context) -> None:
-    """Stage 1: Semantic IDs for every item (embeddings → quantizer → bijective SIDs → report)."""
+def run_sids(ctx: Context) -> dict[str, Any]:
     from thinkrec.tokenize.stage import run_tokenize
 
-    cfg = ctx.config.tokenize
-    key = {"tokenize": cfg, "data": ctx.config.data}
-    if ctx.rundir.is_done("sids", key):
-        ctx.log("tokenize: Semantic IDs found, skipping")
-        return
-    t = time.perf_counter()
-    art = run_tokenize(ctx.get_dataset(), ctx.get_split(), cfg, ctx.rundir.root / "sids", log=ctx.log)
-    ctx.rundir.mark_done("sids", key, wall_s=time.perf_counter() - t, unique_before_dedup=art.report["unique_before_dedup"])
+    art = run_tokenize(ctx.get_dataset(), ctx.get_split(), ctx.config.tokenize, ctx.root / "sids", log=ctx.log)
+    return {"unique_before_dedup": art.report["unique_before_dedup"]}
 
 
-def stage_retrieval(ctx: Context) -> None:
-    """Stage 2: generative retrievers (TIGER, S²GR) over the run's Semantic IDs."""
-    from thinkrec.retrieval.stage import train_one
-    from thinkrec.retrieval.train import load_retriever
-    from thinkrec.tokenize.stage import load_tokenize
-
-    cfg = ctx.config.retrieval
-    if not (ctx.rundir.root / "sids" / "sidmap").exists():
-        stage_tokenize(ctx)
-    sids = load_tokenize(ctx.rundir.root / "sids")
-    out = ctx.rundir.stage_dir("retrieval")
-    device = ctx.config.run.device
-    for name in cfg.models:
-        key = {"retrieval": cfg.model_config(name), "train": cfg.train, "tokenize": ctx.config.tokenize, "data": ctx.config.data}
-        stage = f"retrieval_{name}"
-        if ctx.rundir.is_done(stage, key):
-            ctx.log(f"retrieval: trained {name} found, loading")
-            ctx.scorers[name] = _generative_scorer(ctx, name, load_retriever(out / name, device), sids, out)
-            continue
-
-        def progress(step: int, total: int, name: str = name) -> None:
-            if ctx.progress:
-                ctx.progress(name, step, total)
-
-        model, summary = train_one(name, ctx.get_split(), sids, cfg, out, device,
-                                   log=lambda m, name=name: ctx.log(f"{name}: {m}"), progress=progress)
-        ctx.scorers[name] = _generative_scorer(ctx, name, model, sids, out)
-        ctx.rundir.mark_done(stage, key, **summary)
+def _scorer_node(name: str) -> Node:
+    spec = SCORERS.get(name)
+    folder = spec.folder(name)
+    artifacts = (f"{folder}/model.safetensors", f"{folder}/config.json") + ((f"{folder}/sidmap",) if spec.generative else ())
+    return Node(folder, lambda ctx: spec.inputs(ctx.config, name),
+                lambda ctx: ["data", "sids"] if spec.needs_sids else ["data"], artifacts,
+                lambda ctx: spec.train(ctx, name, ctx.root / folder))
 
 
-def _generative_scorer(ctx: Context, name: str, model: Any, sids: Any, out: Path) -> GenerativeScorer:
-    """Beam-search scorer with the configured (or, ``rescore_weight: null``, validation-tuned) dense re-scoring."""
-    from thinkrec.retrieval.stage import resolve_rescore_weight
+def _rescore_node(name: str) -> Node:
+    folder = SCORERS.get(name).folder(name)
 
-    cfg = ctx.config.retrieval
-    weight = resolve_rescore_weight(model, ctx.get_split(), sids, cfg, out / name, log=lambda m: ctx.log(f"{name}: {m}"))
-    return GenerativeScorer(model, sids.sidmap, cfg.beam, weight)
+    def run(ctx: Context) -> dict[str, Any]:
+        from thinkrec.retrieval.stage import resolve_rescore_weight
+        from thinkrec.retrieval.train import load_retriever
+        from thinkrec.tokenize.sids import SIDMap
+
+        model = load_retriever(ctx.root / folder, ctx.config.run.device)
+        weight = resolve_rescore_weight(model, ctx.get_split(), SIDMap.load(ctx.root / folder / "sidmap"),
+                                        ctx.config.retrieval, ctx.root / folder, log=lambda m: ctx.log(f"{name}: {m}"))
+        return {"weight": weight, "beam": ctx.config.retrieval.beam}
+
+    def inputs(ctx: Context) -> dict[str, Any]:
+        r = ctx.config.retrieval
+        return {"beam": r.beam, "rescore_weight": r.rescore_weight, "valid_users": r.train.valid_users,
+                "seed": r.train.seed, "grid": list(_rescore_grid()), **_split_inputs(ctx)}
+
+    return Node(f"{folder}/rescore", inputs, lambda ctx: [folder], (f"{folder}/rescore.json",), run)
 
 
-def _load_trained_retrievers(ctx: Context) -> None:
-    """Register retrievers trained in an earlier invocation (evaluate-only runs)."""
-    from thinkrec.retrieval.train import load_retriever
-    from thinkrec.tokenize.stage import load_tokenize
+def _rescore_grid() -> tuple[float, ...]:
+    from thinkrec.retrieval.stage import RESCORE_GRID
 
-    root = ctx.rundir.root / "retrieval"
-    names = [n for n in ctx.config.retrieval.models if (root / n / "model.safetensors").exists() and n not in ctx.scorers]
-    if names:
-        sids = load_tokenize(ctx.rundir.root / "sids")
-        for n in names:
-            ctx.scorers[n] = _generative_scorer(ctx, n, load_retriever(root / n, ctx.config.run.device), sids, root)
+    return RESCORE_GRID
 
 
-def _funnel_candidates(ctx: Context, which: str) -> tuple[str, Any]:
-    """The retriever whose top-K the re-rankers re-order: named, or (auto) the generative retriever with the best
-    validation NDCG@10, else SASRec."""
-    _load_trained_retrievers(ctx)
+# ---------------------------------------------------------------------------------------------- re-ranking
+def _uses_vectors(ctx: Context) -> bool:
+    """Candidate features use the item vectors when the run builds Semantic IDs (the same vectors)."""
+    return "tokenize" in ctx.config.stages
+
+
+def _candidate_nodes(ctx: Context) -> list[str]:
+    which = ctx.config.rerank.candidates
     if which == "auto":
-        root = ctx.rundir.root / "retrieval"
-        trained = [n for n in ("s2gr", "tiger") if n in ctx.scorers and (root / n / "train_metrics.json").exists()]
-        if trained:
-            which = max(trained, key=lambda n: read_json(root / n / "train_metrics.json")["best_valid_ndcg@10"])
-        else:
-            which = "sasrec"
-    if which == "sasrec" and "sasrec" not in ctx.scorers:
-        stage_sasrec(ctx)
-    if which not in ctx.scorers:
-        raise ValueError(f"rerank.candidates: no trained {which!r} in {ctx.rundir.root} (train it first)")
-    return which, ctx.scorers[which]
+        names = list(ctx.config.retrieval.models) if "retrieval" in ctx.config.stages else []
+        names = names or ["sasrec"]
+    else:
+        names = [which]
+    out = []
+    for n in names:
+        spec = SCORERS.get(n, "rerank.candidates")
+        out.append(f"{spec.folder(n)}/rescore" if spec.generative else spec.folder(n))
+    return out
 
 
-def stage_rerank(ctx: Context) -> None:
-    """Stage 3: re-rank impression lists (when the dataset logs them) or the retriever's top-K lists."""
-    from thinkrec.data.synthetic import ClickModel
-    from thinkrec.rerank.lists import RerankLists, item_categories
-    from thinkrec.rerank.stage import (
-        fit_and_score,
-        funnel_sets,
-        impression_sets,
-        load_reranker,
-        save_reranker,
-        scorer_top_k,
-    )
-    from thinkrec.rerank.train import train_evaluator
+def _lists_upstream(ctx: Context) -> list[str]:
+    ups = ["data"] + (["sids"] if _uses_vectors(ctx) else [])
+    return ups + (_candidate_nodes(ctx) if ctx.rerank_source() == "funnel" else [])
 
-    cfg = ctx.config.rerank
-    dataset = ctx.get_dataset()
-    has_imps = dataset.impressions is not None and dataset.impressions.height > 0
-    source = ("impressions" if has_imps else "funnel") if cfg.source == "auto" else cfg.source
-    if source not in ("impressions", "funnel"):
-        raise ValueError(f"rerank.source must be impressions, funnel or auto, got {cfg.source!r}")
-    out = ctx.rundir.stage_dir("rerank")
-    device = ctx.config.run.device
-    lists_key: dict[str, Any] = {"data": ctx.config.data, "source": source, "k": cfg.k, "max_len": cfg.max_len,
-                                 "history_len": cfg.history_len, "holdout": cfg.holdout_frac}
+
+def _lists_inputs(ctx: Context) -> dict[str, Any]:
+    from thinkrec.tokenize.stage import embed_config
+
+    r = ctx.config.rerank
+    out = {"source": ctx.rerank_source(), "k": r.k, "max_len": r.max_len, "history_len": r.history_len,
+           "holdout_frac": r.holdout_frac, "candidates": r.candidates, "seed": r.train.seed, **_split_inputs(ctx)}
+    if _uses_vectors(ctx):
+        out["embed"] = embed_config(ctx.config.tokenize)
+    if out["source"] == "funnel":
+        out["sasrec_max_len"] = ctx.config.sasrec.max_len
+    return out
+
+
+def _choose_candidates(ctx: Context) -> str:
+    """``rerank.candidates``, or (auto) the generative retriever with the best validation N@10, else SASRec."""
+    which = ctx.config.rerank.candidates
+    if which != "auto":
+        return which
+    trained = [Path(n).parent.name for n in _candidate_nodes(ctx) if n.endswith("/rescore")]
+    if not trained:
+        return "sasrec"
+    return max(trained, key=lambda n: read_json(ctx.root / SCORERS.get(n).folder(n) / "train_metrics.json")["best_valid_ndcg@10"])
+
+
+def run_lists(ctx: Context) -> dict[str, Any]:
+    from thinkrec.rerank.lists import item_categories
+    from thinkrec.rerank.stage import funnel_sets, impression_sets, scorer_top_k
+
+    cfg, dataset = ctx.config.rerank, ctx.get_dataset()
     item_vectors = None
-    if (ctx.rundir.root / "sids" / "sidmap").exists():
+    if _uses_vectors(ctx):
         from thinkrec.tokenize.embed import embed_items
         from thinkrec.tokenize.stage import embed_config
 
         item_vectors = embed_items(dataset, embed_config(ctx.config.tokenize))  # cached by the tokenize stage
-    if source == "funnel":
-        which, scorer = _funnel_candidates(ctx, cfg.candidates)
-        lists_key.update(candidates=which, retrieval=ctx.config.retrieval, tokenize=ctx.config.tokenize)
-    if ctx.rundir.is_done("rerank/lists", lists_key):
-        train, valid, test = (RerankLists.load(out / "lists" / p) for p in ("train", "valid", "test"))
+    source, info = ctx.rerank_source(), {}
+    if source == "impressions":
+        train, valid, test, featurizer = impression_sets(dataset, cfg, item_vectors)
     else:
-        if source == "impressions":
-            train, valid, test = impression_sets(dataset, cfg, item_vectors)
-        else:
-            train, valid, test = funnel_sets(ctx.get_split(), scorer_top_k(scorer, cfg.k, ctx.config.sasrec.max_len),
-                                             item_categories(dataset), cfg, item_vectors, ctx.config.run.seed)
-        for part, lists in (("train", train), ("valid", valid), ("test", test)):
-            lists.save(out / "lists" / part)
-        ctx.rundir.mark_done("rerank/lists", lists_key, train=len(train), valid=len(valid), test=len(test),
-                             **({"candidates": lists_key["candidates"], "recall_at_k": test.meta["recall_at_k"]} if source == "funnel" else {}))
+        which = _choose_candidates(ctx)
+        top_k = scorer_top_k(ctx.scorer(which), cfg.k, ctx.config.sasrec.max_len)
+        train, valid, test, featurizer = funnel_sets(ctx.get_split(), top_k, item_categories(dataset), cfg,
+                                                     item_vectors, cfg.train.seed)
+        info = {"candidates": which, "recall_at_k": test.meta["recall_at_k"]}
+    out = ctx.root / "rerank"
+    for part, lists in (("train", train), ("valid", valid), ("test", test)):
+        lists.save(out / "lists" / part)
+    featurizer.save(out / "featurizer")
+    write_json(out / "lists" / "info.json", {"source": source, **info})
     ctx.log(f"rerank: {source} lists — {len(train)} train / {len(valid)} valid / {len(test)} test, up to {test.list_len} items")
-    click_model = ClickModel.from_dataset(dataset) if dataset.meta.get("generator") == "thinkrec.data.synthetic" and source == "impressions" else None
+    return {"source": source, "train": len(train), "valid": len(valid), "test": len(test), **info}
 
-    ev_key = {"lists": lists_key, "model": cfg.model, "train": cfg.train}
-    if ctx.rundir.is_done("rerank/evaluator", ev_key):
-        _, evaluator = load_reranker(out / "evaluator", train, device)
-    else:
-        evaluator, ev_hist = train_evaluator(train, valid, cfg.model, cfg.train, device, log=lambda m: ctx.log(f"rerank evaluator: {m}"))
-        save_reranker(evaluator, "evaluator", out / "evaluator", ev_hist)
-        ctx.rundir.mark_done("rerank/evaluator", ev_key, valid_logloss=min(h["valid_logloss"] for h in ev_hist), epochs=len(ev_hist))
-    metrics_file = out / "metrics.json"
-    results = read_json(metrics_file) if metrics_file.exists() else {}
-    if results.get("lists_hash") != config_hash(ev_key):
-        results = {"lists_hash": config_hash(ev_key), "models": {}, "profiles": {}}
-    results.update(source=source, n_lists={"train": len(train), "valid": len(valid), "test": len(test)},
-                   candidates=lists_key.get("candidates"))
-    per_file = out / "per_list.npz"
-    per_list = dict(np.load(per_file)) if per_file.exists() and results["models"] else {}
-    for name in cfg.models:
-        key = {**ev_key, "name": name}
-        if ctx.rundir.is_done(f"rerank/{name}", key) and name in results["models"]:
-            ctx.log(f"rerank: trained {name} found, skipping")
-            continue
-        fit = fit_and_score(name, train, valid, test, cfg.model, cfg.train, evaluator, click_model, device,
+
+def _load_lists(ctx: Context, *parts: str) -> list[Any]:
+    from thinkrec.rerank.lists import RerankLists
+
+    return [RerankLists.load(ctx.root / "rerank" / "lists" / p) for p in parts]
+
+
+def run_evaluator(ctx: Context) -> dict[str, Any]:
+    from thinkrec.rerank.stage import save_reranker
+    from thinkrec.rerank.train import train_evaluator
+
+    cfg = ctx.config.rerank
+    train, valid = _load_lists(ctx, "train", "valid")
+    evaluator, hist = train_evaluator(train, valid, cfg.model, cfg.train, ctx.config.run.device,
+                                      log=lambda m: ctx.log(f"rerank evaluator: {m}"))
+    save_reranker(evaluator, "evaluator", ctx.root / "rerank" / "evaluator", hist, train.list_len)
+    return {"valid_logloss": min(h["valid_logloss"] for h in hist), "epochs": len(hist)}
+
+
+def _click_model(ctx: Context) -> Any:
+    from thinkrec.data.synthetic import ClickModel
+
+    dataset = ctx.get_dataset()
+    if dataset.meta.get("generator") == "thinkrec.data.synthetic" and ctx.rerank_source() == "impressions":
+        return ClickModel.from_dataset(dataset)
+    return None
+
+
+def _reranker_node(name: str) -> Node:
+    def run(ctx: Context) -> dict[str, Any]:
+        from thinkrec.rerank.stage import fit_and_score, load_reranker, save_reranker
+        from thinkrec.rerank.train import order_metrics, rerank_orders
+
+        cfg, device, out = ctx.config.rerank, ctx.config.run.device, ctx.root / "rerank" / name
+        train, valid, test = _load_lists(ctx, "train", "valid", "test")
+        _, evaluator = load_reranker(ctx.root / "rerank" / "evaluator", device)
+        fit = fit_and_score(name, train, valid, test, cfg.model, cfg.train, evaluator, _click_model(ctx), device,
                             log=lambda m: ctx.log(f"rerank {m}"))
-        if fit.model is not None:
-            save_reranker(fit.model, name, out / name, fit.history)
-        results["models"][name] = fit.metrics
-        if fit.profile is not None:
-            results["profiles"][name] = fit.profile
-        per_list[name] = fit.per_list["ndcg@5"]
-        with atomic_path(per_file) as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, **per_list)
-        write_json(metrics_file, results)
-        ctx.rundir.mark_done(f"rerank/{name}", key, **{k: v for k, v in fit.metrics.items() if k in ("ndcg@5", "train_s")})
+        valid_ndcg = float(order_metrics(valid, rerank_orders(fit.model, valid, device=device), (5,))["ndcg@5"].mean())
+        save_reranker(fit.model, name, out, fit.history, train.list_len)
+        write_json(out / "metrics.json", {"test": fit.metrics, "valid": {"ndcg@5": valid_ndcg}, "profile": fit.profile})
+        with atomic_path(out / "per_list.npz") as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, ndcg5=fit.per_list["ndcg@5"])
+        return {"ndcg@5": fit.metrics["ndcg@5"], "valid_ndcg@5": valid_ndcg, "train_s": fit.metrics["train_s"]}
+
+    def inputs(ctx: Context) -> dict[str, Any]:
+        return {"name": name, "model": ctx.config.rerank.model, "train": ctx.config.rerank.train}
+
+    return Node(f"rerank/{name}", inputs, lambda ctx: ["rerank/lists", "rerank/evaluator"],
+                (f"rerank/{name}/config.json", f"rerank/{name}/metrics.json"), run)
+
+
+def summarize_rerank(ctx: Context) -> None:
+    """``rerank/metrics.json``: every configured re-ranker's test metrics, paired tests of EGLR, profile plots."""
+    cfg = ctx.config.rerank
+    out = ctx.root / "rerank"
+    info = read_json(out / "lists" / "info.json")
+    n_lists = {p: len(ls) for p, ls in zip(("train", "valid", "test"), _load_lists(ctx, "train", "valid", "test"), strict=True)}
+    results: dict[str, Any] = {"source": info["source"], "candidates": info.get("candidates"), "n_lists": n_lists,
+                               "models": {}, "valid": {}, "profiles": {}}
+    per_list = {}
+    for name in cfg.models:
+        m = read_json(out / name / "metrics.json")
+        results["models"][name], results["valid"][name] = m["test"], m["valid"]
+        if m.get("profile"):
+            results["profiles"][name] = m["profile"]
+        per_list[name] = np.load(out / name / "per_list.npz")["ndcg5"]
     if "eglr" in per_list:
-        results["paired_tests_ndcg@5"] = {f"eglr_vs_{o}": paired_test(per_list["eglr"], v, ctx.config.eval.bootstrap, seed=ctx.config.run.seed)
-                                          for o, v in per_list.items() if o != "eglr"}
+        results["paired_tests_ndcg@5"] = {
+            f"eglr_vs_{o}": paired_test(per_list["eglr"], v, ctx.config.eval.bootstrap, seed=ctx.config.run.seed)
+            for o, v in per_list.items() if o != "eglr"}
     if results["profiles"]:
         from thinkrec.rerank.plots import plot_profiles
 
-        results["plots"] = [str(p.relative_to(ctx.rundir.root)) for p in plot_profiles(results["profiles"], ctx.rundir.root / "plots")]
-    write_json(metrics_file, results)
+        results["plots"] = [str(p.relative_to(ctx.root)) for p in plot_profiles(results["profiles"], ctx.root / "plots")]
+    write_json(out / "metrics.json", results)
 
 
-def stage_llm(ctx: Context) -> None:
-    """Stage 4: the GR2 LLM re-ranker over the re-ranking stage's lists (SIDs from the tokenize stage)."""
+# ---------------------------------------------------------------------------------------------- LLM
+def run_llm(ctx: Context) -> dict[str, Any]:
     from thinkrec.llm.prompts import Catalogue
     from thinkrec.llm.stage import run_llm_stage
-    from thinkrec.rerank.lists import RerankLists
-    from thinkrec.tokenize.stage import load_tokenize
+    from thinkrec.tokenize.sids import SIDMap
 
-    lists_dir = ctx.rundir.root / "rerank" / "lists"
-    if not (lists_dir / "test" / "lists.safetensors").exists() or not (ctx.rundir.root / "sids" / "sidmap").exists():
-        raise ValueError(f"{ctx.rundir.root}: the llm stage needs the Semantic IDs and the re-ranking lists "
-                         "(run the tokenize, retrieval and rerank stages first)")
-    cfg = ctx.config.llm
-    if ctx.config.run.device != "cpu" and cfg.device == "cpu":
-        cfg.device = ctx.config.run.device
-    key = {"llm": cfg, "rerank": ctx.config.rerank, "tokenize": ctx.config.tokenize, "data": ctx.config.data}
-    if ctx.rundir.is_done("llm", key):
-        ctx.log("llm: trained LLM re-ranker found, skipping")
-        return
-    dataset = ctx.get_dataset()
-    catalogue = Catalogue.from_dataset(dataset, load_tokenize(ctx.rundir.root / "sids").sidmap.codes)
+    catalogue = Catalogue.from_dataset(ctx.get_dataset(), SIDMap.load(ctx.root / "sids" / "sidmap").codes)
     split = ctx.get_split()
     sequences = [split.train_sequence(u) for u in range(split.n_users)]
-    train, test = RerankLists.load(lists_dir / "train"), RerankLists.load(lists_dir / "test")
-    summary = run_llm_stage(catalogue, train, test, sequences, cfg, ctx.rundir.stage_dir("llm"),
+    train, test = _load_lists(ctx, "train", "test")
+    summary = run_llm_stage(catalogue, train, test, sequences, ctx.config.llm, ctx.root / "llm",
                             log=lambda m: ctx.log(f"llm: {m}"))
-    ctx.rundir.mark_done("llm", key, **{f"{name}_ndcg@5": m["ndcg@5"] for name, m in summary["metrics"].items()})
+    return {f"{name}_ndcg@5": m["ndcg@5"] for name, m in summary["metrics"].items()}
 
 
-def stage_evaluate(ctx: Context) -> None:
-    """Test-set full ranking for every trained model, with bootstrap CIs and paired tests vs the best."""
+# ---------------------------------------------------------------------------------------------- evaluation
+def evaluated_scorers(ctx: Context) -> list[str]:
+    """The config's scorers that this invocation trains, or that an earlier one trained and are up to date."""
+    out = []
+    for name in active_scorers(ctx.config):
+        spec = SCORERS.get(name)
+        if spec.stage in ctx.requested or ctx.graph.is_current(spec.folder(name)):
+            out.append(name)
+    return out
+
+
+def evaluate_scorer(ctx: Context, name: str) -> tuple[np.ndarray, float]:
+    """0-based test ranks of a scorer (the pipeline's full-ranking protocol) and the wall time."""
     ev = ctx.config.eval
-    split = ctx.get_split()
-    if "popularity" not in ctx.scorers:
-        stage_popularity(ctx)
-    if "sasrec" not in ctx.scorers and (ctx.rundir.root / "sasrec" / "model.safetensors").exists():
-        stage_sasrec(ctx)
-    _load_trained_retrievers(ctx)
-    out = ctx.rundir.stage_dir("eval")
+    t = time.perf_counter()
+    ranks = compute_ranks(ctx.scorer(name).score, ctx.get_split().test, ctx.config.sasrec.max_len, ev.batch_size,
+                          ev.mask_history, ctx.config.run.device)
+    return ranks, time.perf_counter() - t
+
+
+def run_evaluate(ctx: Context) -> None:
+    """Test-set full ranking for every trained model, with bootstrap CIs and paired tests vs the best."""
+    ev, split = ctx.config.eval, ctx.get_split()
     results: dict[str, Any] = {}
     per_user: dict[str, dict[str, np.ndarray]] = {}
-    for name, scorer in ctx.scorers.items():
-        t = time.perf_counter()
-        ranks = compute_ranks(scorer.score, split.test, ctx.config.sasrec.max_len, ev.batch_size, ev.mask_history, ctx.config.run.device)
-        elapsed = time.perf_counter() - t
+    for name in evaluated_scorers(ctx):
+        ranks, elapsed = evaluate_scorer(ctx, name)
         pu = rank_metrics(ranks, ev.ks)
         per_user[name] = pu
         means = mean_metrics(pu)
@@ -335,34 +366,93 @@ def stage_evaluate(ctx: Context) -> None:
         best = max(names, key=lambda n: results[n]["metrics"][k_main])
         results["paired_tests"] = {
             f"{best}_vs_{other}": paired_test(per_user[best][k_main], per_user[other][k_main], ev.bootstrap, seed=ctx.config.run.seed)
-            for other in names
-            if other != best
-        }
+            for other in names if other != best}
     frame = pl.DataFrame({"user": split.test.users, **{f"{n}/{k}": v for n, pu in per_user.items() for k, v in pu.items()}})
-    with atomic_path(out / "per_user.parquet") as tmp:
+    with atomic_path(ctx.root / "eval" / "per_user.parquet") as tmp:
         frame.write_parquet(tmp)
-    write_json(out / "metrics.json", results)
-    write_json(ctx.rundir.root / "metrics.json", {"dataset": ctx.config.data.dataset, "split": split.kind, "test": results})
+    write_json(ctx.root / "eval" / "metrics.json", results)
+    write_json(ctx.root / "metrics.json", {"dataset": ctx.config.data.dataset, "split": split.kind, "test": results})
 
 
-def stage_report(ctx: Context) -> None:
+def run_funnel_record(ctx: Context) -> None:
+    """``funnel.json``: which retriever and re-ranker :func:`thinkrec.load` uses, and why (validation figures)."""
+    from thinkrec.pipeline.funnel import choose_funnel
+
+    write_json(ctx.root / "funnel.json", choose_funnel(ctx.root, ctx.config))
+
+
+def run_report(ctx: Context) -> None:
     from thinkrec.pipeline.report import write_report
 
-    write_report(ctx.rundir.root, ctx.config)
-    ctx.log(f"report: {ctx.rundir.root / 'report.md'}")
+    write_report(ctx.root, ctx.config)
+    ctx.log(f"report: {ctx.root / 'report.md'}")
 
 
-STAGES: dict[str, Callable[[Context], None]] = {
-    "data": stage_data,
-    "popularity": stage_popularity,
-    "sasrec": stage_sasrec,
-    "tokenize": stage_tokenize,
-    "retrieval": stage_retrieval,
-    "rerank": stage_rerank,
-    "llm": stage_llm,
-    "evaluate": stage_evaluate,
-    "report": stage_report,
-}
+# ---------------------------------------------------------------------------------------------- the graph
+def build_nodes() -> list[Node]:
+    from thinkrec.rerank.train import RERANK_MODELS
+
+    nodes = [
+        Node("data", _data_inputs, lambda ctx: [], ("data",), run_data),
+        Node("sids", lambda ctx: {"tokenize": ctx.config.tokenize, **_split_inputs(ctx)}, lambda ctx: ["data"],
+             ("sids/codes.parquet", "sids/sidmap", "sids/quantizer"), run_sids),
+    ]
+    for entry in SCORERS.entries():
+        nodes.append(_scorer_node(entry.name))
+        if entry.obj.generative:
+            nodes.append(_rescore_node(entry.name))
+    nodes += [
+        Node("rerank/lists", _lists_inputs, _lists_upstream, ("rerank/lists", "rerank/featurizer"), run_lists),
+        Node("rerank/evaluator", lambda ctx: {"model": ctx.config.rerank.model, "train": ctx.config.rerank.train},
+             lambda ctx: ["rerank/lists"], ("rerank/evaluator",), run_evaluator),
+        *(_reranker_node(m) for m in RERANK_MODELS),
+        Node("llm", lambda ctx: {"llm": ctx.config.llm}, lambda ctx: ["rerank/lists", "sids", "data"],
+             ("llm/metrics.json",), run_llm),
+    ]
+    return nodes
+
+
+def _stage_steps(ctx: Context, stage: str) -> list[Callable[[], Any]]:
+    """What a ``stages:`` entry does: nodes to bring up to date, then any always-run step."""
+    cfg, g = ctx.config, ctx.graph
+
+    def nodes(*names: str) -> list[Callable[[], Any]]:
+        return [lambda n=n: g.ensure(n) for n in names]
+
+    if stage == "data":
+        return nodes("data")
+    if stage in ("popularity", "sasrec"):
+        return nodes(stage)
+    if stage == "tokenize":
+        return nodes("sids")
+    if stage == "retrieval":
+        return nodes(*(f"retrieval/{m}/rescore" for m in cfg.retrieval.models))
+    if stage == "rerank":
+        return [*nodes("rerank/lists", "rerank/evaluator", *(f"rerank/{m}" for m in cfg.rerank.models)),
+                lambda: summarize_rerank(ctx)]
+    if stage == "llm":
+        return nodes("llm")
+    if stage == "evaluate":
+        return [lambda: run_evaluate(ctx), lambda: run_funnel_record(ctx)]
+    if stage == "report":
+        return [lambda: run_report(ctx)]
+    raise ValueError(f"unknown stage {stage!r}; known: {', '.join(STAGE_NAMES)}")
+
+
+def open_run(config: RunConfig, run_dir: str | Path | None = None, log: Callable[[str], None] = print,
+             progress: Callable[[str, int, int], None] | None = None, requested: list[str] | None = None) -> Context:
+    """A context over the run directory with the graph of every node (nothing runs yet)."""
+    resolved = resolve(config)
+    root = Path(run_dir) if run_dir else Path(config.run.out_dir) / config.run.name
+    rundir = RunDir(root)
+
+    def both(msg: str) -> None:
+        rundir.log(msg)
+        log(msg)
+
+    ctx = Context(resolved, rundir, both, progress, list(requested or []))
+    ctx.graph = Graph(build_nodes(), ctx, root, both)
+    return ctx
 
 
 def run_pipeline(
@@ -373,32 +463,24 @@ def run_pipeline(
     run_dir: str | Path | None = None,
 ) -> Path:
     """Run the requested stages (default: ``config.stages``) in funnel order; returns the run directory."""
+    wanted = list(stages or config.stages)
+    unknown = [s for s in wanted if s not in STAGE_NAMES]
+    if unknown:
+        raise ValueError(f"unknown stage(s) {unknown}; known: {list(STAGE_NAMES)}")
     if config.run.threads:
         torch.set_num_threads(config.run.threads)
     torch.manual_seed(config.run.seed)
     np.random.seed(config.run.seed)
-    root = Path(run_dir) if run_dir else Path(config.run.out_dir) / config.run.name
-    rundir = RunDir(root)
-    with atomic_file(root / "config.yaml") as fh:
-        fh.write(dump_yaml(config))
-
-    def both(msg: str) -> None:
-        rundir.log(msg)
-        log(msg)
-
-    ctx = Context(config, rundir, both, progress)
-    wanted = stages or config.stages
-    unknown = [s for s in wanted if s not in STAGES]
-    if unknown:
-        raise ValueError(f"unknown stage(s) {unknown}; known: {list(STAGES)}")
-    if "data" not in wanted and not (root / "data" / "meta.json").exists():
-        wanted = ["data", *wanted]
-    for name in STAGES:
+    ctx = open_run(config, run_dir, log, progress, wanted)
+    with atomic_file(ctx.root / "config.yaml") as fh:
+        fh.write(dump_run_config(config))
+    for name in STAGE_NAMES:
         if name in wanted:
             t = time.perf_counter()
-            STAGES[name](ctx)
+            for step in _stage_steps(ctx, name):
+                step()
             ctx.timings[name] = time.perf_counter() - t
-    timings_file = root / "timings.json"
+    timings_file = ctx.root / "timings.json"
     prev = read_json(timings_file) if timings_file.exists() else {}
     write_json(timings_file, {**prev, **ctx.timings})
-    return root
+    return ctx.root

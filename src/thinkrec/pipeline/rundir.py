@@ -1,21 +1,16 @@
-"""A run directory: every stage reads its inputs from and writes its artifacts to it."""
+"""A run directory: every stage reads its inputs from and writes its artifacts to it (markers: pipeline/graph.py)."""
 
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
-from typing import Any
-
-from thinkrec.utils.config import config_hash, to_dict
-from thinkrec.utils.io import read_json, write_json
 
 
 class RunDir:
     def __init__(self, root: str | Path):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        self.logger = logging.getLogger(f"thinkrec.run.{self.root.name}")
+        self.logger = logging.getLogger(f"thinkrec.run.{self.root.resolve()}")  # one logger per folder, not per name
         self.logger.setLevel(logging.INFO)
         self.logger.propagate = False
         log_file = str(self.root / "log.txt")
@@ -36,11 +31,3 @@ class RunDir:
 
     def log(self, msg: str) -> None:
         self.logger.info(msg)
-
-    # A stage is done when its marker exists with the hash of the config that produced it.
-    def is_done(self, stage: str, config: Any) -> bool:
-        marker = self.root / stage / "done.json"
-        return marker.exists() and read_json(marker).get("config_hash") == config_hash(config)
-
-    def mark_done(self, stage: str, config: Any, **info: Any) -> None:
-        write_json(self.root / stage / "done.json", {"config_hash": config_hash(config), "finished": time.time(), **info, "config": to_dict(config)})

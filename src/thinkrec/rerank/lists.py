@@ -136,6 +136,13 @@ class ItemStats:
         keys, counts = np.unique(src.astype(np.int64) * n_items + dst, return_counts=True)
         self.keys, self.counts = keys, counts.astype(np.float64)
 
+    @classmethod
+    def from_tables(cls, popularity: np.ndarray, keys: np.ndarray, counts: np.ndarray) -> ItemStats:
+        stats = cls.__new__(cls)
+        stats.n_items, stats.popularity = int(popularity.shape[0]), popularity.astype(np.float64)
+        stats.keys, stats.counts = keys.astype(np.int64), counts.astype(np.float64)
+        return stats
+
     def transitions(self, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
         q = src.astype(np.int64) * self.n_items + dst
         pos = np.clip(np.searchsorted(self.keys, q), 0, max(len(self.keys) - 1, 0))
@@ -181,6 +188,51 @@ def build_features(items: np.ndarray, histories: list[np.ndarray], stats: ItemSt
     return np.where(valid[..., None], feats, 0.0).astype(np.float32)
 
 
+class ListFeaturizer:
+    """What candidate features are computed from: item statistics, categories and item vectors. Saved with the
+    lists (``save``/``load``) so a re-ranker scores new requests with the tables its training lists used."""
+
+    def __init__(self, stats: ItemStats, category: np.ndarray, item_vectors: np.ndarray | None = None):
+        self.stats, self.category = stats, np.asarray(category, dtype=np.int64)
+        self.item_vectors = None if item_vectors is None else np.asarray(item_vectors, dtype=np.float32)
+
+    @property
+    def n_items(self) -> int:
+        return int(self.category.shape[0])
+
+    def features(self, items: np.ndarray, histories: list[np.ndarray], init_scores: np.ndarray | None = None) -> np.ndarray:
+        return build_features(items, histories, self.stats, self.category, init_scores, self.item_vectors)
+
+    def lists(self, users: np.ndarray, histories: list[np.ndarray], items: np.ndarray, labels: np.ndarray | None,
+              init_scores: np.ndarray | None, history_len: int, source: str, meta: dict[str, Any] | None = None
+              ) -> RerankLists:
+        """Requests (users, histories as item-id arrays, candidates −1 padded) as :class:`RerankLists`."""
+        items = np.asarray(items, dtype=np.int64)
+        labels = np.zeros(items.shape, np.float32) if labels is None else np.asarray(labels, np.float32)
+        return RerankLists(np.asarray(users, np.int64), pad_left(histories, history_len), items, labels,
+                           self.features(items, histories, init_scores), self.category, source, meta or {})
+
+    def save(self, path: str | Path) -> Path:
+        arrays = {"popularity": self.stats.popularity, "transition_keys": self.stats.keys,
+                  "transition_counts": self.stats.counts, "item_category": self.category}
+        if self.item_vectors is not None:
+            arrays["item_vectors"] = self.item_vectors
+        with atomic_dir(path) as tmp:
+            save_file(arrays, str(tmp / "featurizer.safetensors"))
+            (tmp / "meta.json").write_text(json.dumps({"features": FEATURES, "n_items": self.n_items}, indent=2))
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> ListFeaturizer:
+        path = Path(path)
+        info = json.loads((path / "meta.json").read_text())
+        if tuple(info.get("features", ())) != FEATURES:
+            raise ValueError(f"{path}: featurizer for features {info.get('features')}, this version uses {FEATURES}")
+        a = load_file(str(path / "featurizer.safetensors"))
+        stats = ItemStats.from_tables(a["popularity"], a["transition_keys"], a["transition_counts"])
+        return cls(stats, a["item_category"], a.get("item_vectors"))
+
+
 def pad_left(histories: list[np.ndarray], max_len: int) -> np.ndarray:
     out = np.zeros((len(histories), max_len), dtype=np.int64)
     for b, h in enumerate(histories):
@@ -191,13 +243,19 @@ def pad_left(histories: list[np.ndarray], max_len: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------- sources
-def impression_lists(dataset: Dataset, max_len: int = 50, history_len: int = 50,
-                     item_vectors: np.ndarray | None = None) -> RerankLists:
-    """Every logged impression as a list (display order = initial order), truncated to ``max_len`` shown items.
+@dataclass
+class ImpressionRequests:
+    """Logged impressions in time order: who saw which slate after which history, and what was clicked."""
 
-    Statistics for features come from the users' pre-impression histories (each user's longest), so no click
-    label of any impression leaks into any feature.
-    """
+    users: np.ndarray
+    histories: list[np.ndarray]
+    items: np.ndarray  # [n, L] −1 padded
+    labels: np.ndarray  # [n, L] clicks
+    meta: dict[str, Any]
+
+
+def impression_requests(dataset: Dataset, max_len: int = 50) -> ImpressionRequests:
+    """Every logged impression (display order = initial order), truncated to ``max_len`` shown items."""
     imps = dataset.impressions
     if imps is None or imps.height == 0:
         raise ValueError(f"dataset {dataset.name!r} has no impressions")
@@ -205,22 +263,32 @@ def impression_lists(dataset: Dataset, max_len: int = 50, history_len: int = 50,
     lists = [np.asarray(x, dtype=np.int64)[:max_len] for x in imps["items"].to_list()]
     clicks = [np.asarray(x, dtype=np.float32)[:max_len] for x in imps["clicks"].to_list()]
     histories = [np.asarray(h if h is not None else [], dtype=np.int64) for h in imps["history"].to_list()]
-    users = imps["user"].to_numpy().astype(np.int64)
     L = max(len(x) for x in lists)
     items = np.full((len(lists), L), -1, dtype=np.int64)
     labels = np.zeros((len(lists), L), dtype=np.float32)
     for b, (it, cl) in enumerate(zip(lists, clicks, strict=True)):
         items[b, : it.size] = it
         labels[b, : cl.size] = cl
-    longest: dict[int, np.ndarray] = {}
-    for u, h in zip(users.tolist(), histories, strict=True):
-        if h.size > longest.get(u, np.zeros(0)).size:
-            longest[u] = h
-    stats = ItemStats(list(longest.values()), dataset.n_items)
-    category = item_categories(dataset)
-    feats = build_features(items, histories, stats, category, None, item_vectors)
     meta = {"dataset": dataset.name, "ts": imps["ts"].to_list(), "has_click_model": dataset.meta.get("generator") == "thinkrec.data.synthetic"}
-    return RerankLists(users, pad_left(histories, history_len), items, labels, feats, category, "impressions", meta)
+    return ImpressionRequests(imps["user"].to_numpy().astype(np.int64), histories, items, labels, meta)
+
+
+def impression_lists(dataset: Dataset, max_len: int = 50, history_len: int = 50, item_vectors: np.ndarray | None = None,
+                     featurizer: ListFeaturizer | None = None) -> tuple[RerankLists, ListFeaturizer]:
+    """Impressions as lists, with the featurizer their features come from.
+
+    Statistics for features come from the users' pre-impression histories (each user's longest), so no click
+    label of any impression leaks into any feature.
+    """
+    req = impression_requests(dataset, max_len)
+    if featurizer is None:
+        longest: dict[int, np.ndarray] = {}
+        for u, h in zip(req.users.tolist(), req.histories, strict=True):
+            if h.size > longest.get(u, np.zeros(0)).size:
+                longest[u] = h
+        featurizer = ListFeaturizer(ItemStats(list(longest.values()), dataset.n_items), item_categories(dataset), item_vectors)
+    lists = featurizer.lists(req.users, req.histories, req.items, req.labels, None, history_len, "impressions", req.meta)
+    return lists, featurizer
 
 
 def temporal_thirds(lists: RerankLists, valid_frac: float = 0.1, test_frac: float = 0.1) -> tuple[RerankLists, RerankLists, RerankLists]:
@@ -233,7 +301,7 @@ def temporal_thirds(lists: RerankLists, valid_frac: float = 0.1, test_frac: floa
 
 def funnel_lists(examples: EvalExamples, candidates: np.ndarray, scores: np.ndarray | None, split: SequenceSplit,
                  category: np.ndarray, history_len: int = 50, item_vectors: np.ndarray | None = None,
-                 source: str = "funnel") -> RerankLists:
+                 source: str = "funnel", featurizer: ListFeaturizer | None = None) -> RerankLists:
     """Lists from a retriever's top-K for each evaluation example; label 1 on the true next item (if retrieved).
 
     ``candidates`` [n, K] item ids in the retriever's order (−1 where fewer were returned), ``scores`` their
@@ -241,12 +309,15 @@ def funnel_lists(examples: EvalExamples, candidates: np.ndarray, scores: np.ndar
     """
     if candidates.shape[0] != len(examples):
         raise ValueError(f"{candidates.shape[0]} candidate rows for {len(examples)} examples")
-    seqs = [split.train_sequence(u) for u in range(split.n_users)]
-    stats = ItemStats([s for s in seqs if s.size], split.n_items)
+    featurizer = featurizer or funnel_featurizer(split, category, item_vectors)
     histories = [examples.history(i) for i in range(len(examples))]
     items = np.asarray(candidates, dtype=np.int64)
     labels = ((items == examples.targets[:, None]) & (items >= 0)).astype(np.float32)
-    feats = build_features(items, histories, stats, category, scores, item_vectors)
     meta = {"targets": examples.targets.tolist(), "recall_at_k": float(labels.any(1).mean())}
-    return RerankLists(examples.users.astype(np.int64), pad_left(histories, history_len), items, labels, feats,
-                       category, source, meta)
+    return featurizer.lists(examples.users, histories, items, labels, scores, history_len, source, meta)
+
+
+def funnel_featurizer(split: SequenceSplit, category: np.ndarray, item_vectors: np.ndarray | None = None) -> ListFeaturizer:
+    """Funnel-list features: statistics from the split's training sequences only."""
+    seqs = [split.train_sequence(u) for u in range(split.n_users)]
+    return ListFeaturizer(ItemStats([s for s in seqs if s.size], split.n_items), category, item_vectors)

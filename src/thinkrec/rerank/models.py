@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from thinkrec.rerank.lists import N_FEATURES
+from thinkrec.utils.registry import Registry
 
 NEG = -1e9
 
@@ -352,5 +353,21 @@ class PointerGenerator(RerankBase):
         return order.gather(1, key.argsort(dim=-1, stable=True))
 
 
-MODELS = {"dnn": DNNScorer, "prm": PRMScorer, "dlcm": DLCMScorer, "seq2slate": PointerGenerator,
-          "egrerank": PointerGenerator, "eglr": PointerGenerator}
+@dataclass(frozen=True)
+class RerankerSpec:
+    cls: type[RerankBase] | None  # None: keep the initial order (no model)
+    no_reasoning: bool = False  # the generator with S_max = 0
+    rl: bool = False  # fine-tuned by RL against the list evaluator after the supervised warm start
+    positional: bool = False  # needs a max list length (learned position embeddings)
+
+
+RERANKERS: Registry[RerankerSpec] = Registry("re-ranker")
+RERANKERS.register("initial", "the initial order (the logging policy's or the retriever's): the floor", RerankerSpec(None))
+RERANKERS.register("dnn", "pointwise MLP scorer over candidate features", RerankerSpec(DNNScorer))
+RERANKERS.register("prm", "PRM: Transformer over the whole list, listwise softmax", RerankerSpec(PRMScorer, positional=True))
+RERANKERS.register("dlcm", "DLCM: GRU over the list in initial order, listwise softmax", RerankerSpec(DLCMScorer))
+RERANKERS.register("seq2slate", "Seq2Slate: pointer generator, supervised only", RerankerSpec(PointerGenerator, no_reasoning=True))
+RERANKERS.register("egrerank", "EG-Rerank: pointer generator + RL against the list evaluator",
+                   RerankerSpec(PointerGenerator, no_reasoning=True, rl=True))
+RERANKERS.register("eglr", "EGLR: EG-Rerank + entropy-gated latent reasoning and dynamic temperature",
+                   RerankerSpec(PointerGenerator, rl=True))

@@ -1,9 +1,9 @@
-"""Stage 3 as calls: build the lists (impressions or funnel), train the evaluator and the re-rankers, score them,
-and save everything under one folder.
+"""Stage 3 as calls: build the lists (impressions or funnel) with their featurizer, train and score re-rankers,
+and save / load each model as a standalone folder.
 
-``<out_dir>/lists/{train,valid,test}/`` (lists), ``evaluator/`` and ``<model>/`` (``model.safetensors`` +
-``config.json`` + ``history.json``), ``metrics.json`` (test metrics per model), ``per_list.npz`` (per-list
-NDCG@5 per model, for paired tests), ``profiles.json`` (entropy / reasoning steps / temperature per position).
+The pipeline (``pipeline/run.py``) runs these as the nodes ``rerank/lists`` (``lists/{train,valid,test}/`` +
+``featurizer/``), ``rerank/evaluator`` and ``rerank/<model>`` (``config.json`` + ``model.safetensors`` +
+``history.json``; metrics per model), then summarises them in ``rerank/metrics.json``.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,9 @@ from thinkrec.data.batching import pad_histories
 from thinkrec.data.dataset import Dataset
 from thinkrec.data.splits import EvalExamples, SequenceSplit
 from thinkrec.rerank.lists import (
+    ListFeaturizer,
     RerankLists,
+    funnel_featurizer,
     funnel_lists,
     impression_lists,
     temporal_thirds,
@@ -38,11 +41,10 @@ from thinkrec.rerank.train import (
     order_metrics,
     rerank_orders,
     reward_kind,
-    train_evaluator,
     train_reranker,
 )
 from thinkrec.utils.config import from_dict
-from thinkrec.utils.io import atomic_dir, atomic_path, write_json
+from thinkrec.utils.io import atomic_dir
 
 
 @dataclass
@@ -59,11 +61,13 @@ class RerankStageConfig:
 
 
 # ---------------------------------------------------------------------------------------------- lists
-def impression_sets(dataset: Dataset, cfg: RerankStageConfig, item_vectors: np.ndarray | None = None
-                    ) -> tuple[RerankLists, RerankLists, RerankLists]:
-    """Impression lists split by time: 80 % train, 10 % valid (early stopping), 10 % test."""
-    lists = impression_lists(dataset, cfg.max_len, cfg.history_len, item_vectors)
-    return temporal_thirds(lists, cfg.holdout_frac, 0.1)
+Sets = tuple[RerankLists, RerankLists, RerankLists, ListFeaturizer]
+
+
+def impression_sets(dataset: Dataset, cfg: RerankStageConfig, item_vectors: np.ndarray | None = None) -> Sets:
+    """Impression lists split by time: 80 % train, 10 % valid (early stopping), 10 % test (+ their featurizer)."""
+    lists, featurizer = impression_lists(dataset, cfg.max_len, cfg.history_len, item_vectors)
+    return (*temporal_thirds(lists, cfg.holdout_frac, 0.1), featurizer)
 
 
 TopK = Callable[[EvalExamples], tuple[np.ndarray, np.ndarray]]
@@ -92,33 +96,48 @@ def scorer_top_k(scorer: Any, k: int, max_len: int = 50, batch_size: int = 256) 
 
 
 def funnel_sets(split: SequenceSplit, top_k: TopK, category: np.ndarray, cfg: RerankStageConfig,
-                item_vectors: np.ndarray | None = None, seed: int = 0) -> tuple[RerankLists, RerankLists, RerankLists]:
+                item_vectors: np.ndarray | None = None, seed: int = 0) -> Sets:
     """Training lists from validation-position targets (a random ``holdout_frac`` of users held out for early
     stopping), test lists from test targets. The retriever never trained on either target."""
     v_items, v_scores = top_k(split.valid)
     t_items, t_scores = top_k(split.test)
-    fit = funnel_lists(split.valid, v_items, v_scores, split, category, cfg.history_len, item_vectors)
-    test = funnel_lists(split.test, t_items, t_scores, split, category, cfg.history_len, item_vectors)
+    featurizer = funnel_featurizer(split, category, item_vectors)
+    fit = funnel_lists(split.valid, v_items, v_scores, split, category, cfg.history_len, featurizer=featurizer)
+    test = funnel_lists(split.test, t_items, t_scores, split, category, cfg.history_len, featurizer=featurizer)
     perm = np.random.default_rng(seed).permutation(len(fit))
     n_hold = max(1, int(round(len(fit) * cfg.holdout_frac)))
-    return fit.subset(np.sort(perm[n_hold:])), fit.subset(np.sort(perm[:n_hold])), test
+    return fit.subset(np.sort(perm[n_hold:])), fit.subset(np.sort(perm[:n_hold])), test, featurizer
 
 
 # ---------------------------------------------------------------------------------------------- models on disk
-def save_reranker(model: RerankBase, name: str, path: str | Path, history: list[dict] | None = None) -> Path:
+def save_reranker(model: RerankBase | None, name: str, path: str | Path, history: list[dict] | None = None,
+                  list_len: int | None = None) -> Path:
+    """A standalone folder: ``config.json`` (name, model config, list length), ``model.safetensors`` (weights and
+    the item-category table the model was built for), ``history.json``. ``model=None`` saves ``initial``."""
     with atomic_dir(path) as tmp:
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
-        (tmp / "config.json").write_text(json.dumps({"name": name, "model": asdict(model.cfg)}, indent=2))
+        info: dict[str, Any] = {"name": name}
+        if model is not None:
+            state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+            state["__item_category__"] = model.item_category.detach().cpu().long().contiguous()
+            save_file(state, str(tmp / "model.safetensors"))
+            info.update(model=asdict(model.cfg), list_len=int(list_len or 0))
+        (tmp / "config.json").write_text(json.dumps(info, indent=2))
         (tmp / "history.json").write_text(json.dumps(history or [], indent=2))
     return Path(path)
 
 
-def load_reranker(path: str | Path, lists: RerankLists, device: str = "cpu") -> tuple[str, RerankBase]:
+def load_reranker(path: str | Path, device: str = "cpu") -> tuple[str, RerankBase | None]:
+    """A folder written by :func:`save_reranker` → (name, model or None for ``initial``); needs nothing else."""
     path = Path(path)
     info = json.loads((path / "config.json").read_text())
+    if "model" not in info:
+        return info["name"], None
     cfg = from_dict(RerankModelConfig, info["model"], where=str(path / "config.json"))
-    model = build_evaluator(lists, cfg) if info["name"] == "evaluator" else build_model(info["name"], lists, cfg)
-    model.load_state_dict(load_file(str(path / "model.safetensors")))
+    state = load_file(str(path / "model.safetensors"))
+    cat = state.pop("__item_category__").numpy()
+    build = build_evaluator if info["name"] == "evaluator" else partial(build_model, info["name"])
+    model = build(cat, int(info["list_len"]), cfg)
+    model.load_state_dict(state)
     return info["name"], model.to(device).eval()
 
 
@@ -204,8 +223,6 @@ def fit_and_score(name: str, train: RerankLists, valid: RerankLists, test: Reran
                   config: RerankTrainConfig, evaluator: ListEvaluator | None, click_model: Any = None,
                   device: str = "cpu", log: Callable[[str], None] = print, label: str | None = None) -> FitResult:
     """Train re-ranker ``name`` (with ``model_config``; ablations pass their own) and score it on ``test``."""
-    if name not in RERANK_MODELS:
-        raise ValueError(f"rerank.models: unknown model {name!r}; choose from {', '.join(RERANK_MODELS)}")
     label = label or name
     t = time.perf_counter()
     model, hist = train_reranker(name, train, valid, model_config, config, evaluator, device,
@@ -222,39 +239,3 @@ def fit_and_score(name: str, train: RerankLists, valid: RerankLists, test: Reran
         m["reasoning_steps_per_list"] = float(np.sum(profile["steps"]))
     log(f"rerank {label}: " + "  ".join(f"{k} {v:.4f}" for k, v in m.items()))
     return FitResult(model, m, per, profile, hist)
-
-
-def run_rerank(train: RerankLists, valid: RerankLists, test: RerankLists, cfg: RerankStageConfig, out_dir: str | Path,
-               click_model: Any = None, device: str = "cpu", log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train the evaluator and every configured re-ranker, score them on ``test``, save all to ``out_dir``."""
-    out = Path(out_dir)
-    for part, lists in (("train", train), ("valid", valid), ("test", test)):
-        lists.save(out / "lists" / part)
-    t = time.perf_counter()
-    evaluator, ev_hist = train_evaluator(train, valid, cfg.model, cfg.train, device, log=lambda m: log(f"evaluator: {m}"))
-    save_reranker(evaluator, "evaluator", out / "evaluator", ev_hist)
-    results: dict[str, Any] = {"evaluator": {"train_s": time.perf_counter() - t, "epochs": len(ev_hist),
-                                             "valid_logloss": min(h["valid_logloss"] for h in ev_hist)}}
-    per_list: dict[str, np.ndarray] = {}
-    profiles: dict[str, Any] = {}
-    metrics: dict[str, Any] = {}
-    for name in cfg.models:
-        fit = fit_and_score(name, train, valid, test, cfg.model, cfg.train, evaluator, click_model, device, log)
-        if fit.model is not None:
-            save_reranker(fit.model, name, out / name, fit.history)
-        metrics[name], per_list[name] = fit.metrics, fit.per_list["ndcg@5"]
-        if fit.profile is not None:
-            profiles[name] = fit.profile
-    results["models"] = metrics
-    results["source"] = test.source
-    results["n_lists"] = {"train": len(train), "valid": len(valid), "test": len(test)}
-    write_json(out / "metrics.json", results)
-    write_json(out / "profiles.json", profiles)
-    with atomic_path(out / "per_list.npz") as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, **per_list)
-    if profiles:
-        from thinkrec.rerank.plots import plot_profiles
-
-        results["plots"] = [str(p.relative_to(out)) for p in plot_profiles(profiles, out / "plots")]
-        write_json(out / "metrics.json", results)
-    return results

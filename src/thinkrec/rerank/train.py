@@ -16,12 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from thinkrec.eval.metrics import list_metrics
+from thinkrec.eval.metrics import first_hit_ranks, list_metrics, rank_metrics
 from thinkrec.rerank.lists import RerankLists
-from thinkrec.rerank.models import MODELS, ListEvaluator, PointerGenerator, RerankBase, RerankModelConfig
+from thinkrec.rerank.models import RERANKERS, ListEvaluator, PointerGenerator, RerankBase, RerankModelConfig
 from thinkrec.utils.training import param_groups
 
-RERANK_MODELS = ("initial", "dnn", "prm", "dlcm", "seq2slate", "egrerank", "eglr")
+RERANK_MODELS = RERANKERS.names()
 
 
 @dataclass
@@ -55,21 +55,23 @@ class RerankTrainConfig:
 def model_config_for(name: str, base: RerankModelConfig) -> RerankModelConfig:
     """Seq2Slate and EG-Rerank are the generator without reasoning; EGLR keeps the configured S_max."""
     cfg = copy.deepcopy(base)
-    if name in ("seq2slate", "egrerank"):
+    if RERANKERS.get(name).no_reasoning:
         cfg.s_max = 0
     return cfg
 
 
-def build_model(name: str, lists: RerankLists, cfg: RerankModelConfig) -> RerankBase:
-    if name not in MODELS:
-        raise ValueError(f"unknown re-ranker {name!r}; choose from {', '.join(RERANK_MODELS)}")
-    kwargs: dict[str, Any] = {"max_len": max(64, lists.list_len)} if name == "prm" else {}
-    return MODELS[name](lists.n_items, lists.n_categories, torch.from_numpy(lists.item_category), cfg, **kwargs)
+def build_model(name: str, item_category: np.ndarray, list_len: int, cfg: RerankModelConfig) -> RerankBase:
+    """Re-ranker ``name`` for a catalogue (``item_category`` [n_items], 0 = none) and lists up to ``list_len``."""
+    spec = RERANKERS.get(name)
+    if spec.cls is None:
+        raise ValueError(f"re-ranker {name!r} has no model")
+    kwargs: dict[str, Any] = {"max_len": max(64, list_len)} if spec.positional else {}
+    return spec.cls(len(item_category), int(item_category.max(initial=0)) + 1, torch.from_numpy(item_category), cfg, **kwargs)
 
 
-def build_evaluator(lists: RerankLists, cfg: RerankModelConfig) -> ListEvaluator:
-    return ListEvaluator(lists.n_items, lists.n_categories, torch.from_numpy(lists.item_category), cfg,
-                         max_len=max(64, lists.list_len))
+def build_evaluator(item_category: np.ndarray, list_len: int, cfg: RerankModelConfig) -> ListEvaluator:
+    return ListEvaluator(len(item_category), int(item_category.max(initial=0)) + 1, torch.from_numpy(item_category),
+                         cfg, max_len=max(64, list_len))
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -151,13 +153,12 @@ def rerank_orders(model: RerankBase | None, lists: RerankLists, batch_size: int 
 
 
 def order_metrics(lists: RerankLists, orders: np.ndarray, ks: tuple[int, ...] = (5, 10)) -> dict[str, np.ndarray]:
-    """Per-list MAP@K / NDCG@K (LibRerank); funnel lists add R@1 / R@5 of the true item."""
+    """Per-list MAP@K / NDCG@K (LibRerank); funnel lists add R@1 / R@5 of the true item (thinkrec.eval.metrics)."""
     shown = np.take_along_axis(lists.mask, orders, 1)
     out = list_metrics(lists.labels, orders, ks, shown)
     if lists.source.startswith("funnel"):
-        y = np.take_along_axis(lists.labels, orders, 1) > 0
-        for k in (1, 5):
-            out[f"recall@{k}"] = y[:, :k].any(1).astype(np.float64)
+        hits = rank_metrics(first_hit_ranks(np.take_along_axis(lists.labels, orders, 1)), (1, 5))
+        out.update({k: hits[k] for k in ("recall@1", "recall@5")})
     return out
 
 
@@ -215,7 +216,7 @@ def train_evaluator(train: RerankLists, valid: RerankLists, cfg: RerankModelConf
                     device: str = "cpu", log: Callable[[str], None] = print) -> tuple[ListEvaluator, list[dict]]:
     """Log-loss on logged labels in the initial (displayed) order; the best epoch by validation log-loss."""
     torch.manual_seed(config.seed)
-    model = build_evaluator(train, cfg).to(device)
+    model = build_evaluator(train.item_category, train.list_len, cfg).to(device)
     opt = _optimizer(model, config.lr, config.weight_decay)
     best, best_state, bad, history = float("inf"), None, 0, []
     for epoch in range(1, config.evaluator_epochs + 1):
@@ -372,12 +373,13 @@ def train_reranker(name: str, train: RerankLists, valid: RerankLists, model_conf
                    config: RerankTrainConfig, evaluator: ListEvaluator | None = None, device: str = "cpu",
                    log: Callable[[str], None] = print) -> tuple[RerankBase | None, list[dict]]:
     """Train one re-ranker by name (``initial`` returns ``None``: the initial order)."""
-    if name == "initial":
+    spec = RERANKERS.get(name, "rerank.models")
+    if spec.cls is None:
         return None, []
     torch.manual_seed(config.seed)
-    model = build_model(name, train, model_config_for(name, model_config)).to(device)
+    model = build_model(name, train.item_category, train.list_len, model_config_for(name, model_config)).to(device)
     history = train_supervised(model, train, valid, config, device, log, tag=name)
-    if name in ("egrerank", "eglr") and config.rl_epochs > 0:
+    if spec.rl and config.rl_epochs > 0:
         if evaluator is None:
             raise ValueError(f"{name} trains against an evaluator: train one first (train_evaluator)")
         history += train_rl(model, evaluator, train, valid, config, device, log, tag=name)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from thinkrec.data.batching import pad_histories
 from thinkrec.data.splits import EvalExamples
+from thinkrec.eval.metrics import rank_metrics, ranks_from_scores
 from thinkrec.retrieval.beam import BeamResult, beams_to_items, constrained_beam_search
 from thinkrec.retrieval.model import GenerativeRetriever
 from thinkrec.tokenize.sids import SIDMap
@@ -83,7 +84,8 @@ def tune_dense_weight(model: GenerativeRetriever, sidmap: SIDMap, examples: Eval
                       batch_size: int = 256) -> tuple[float, dict[float, float]]:
     """Pick :class:`GenerativeScorer`'s ``dense_weight`` on held-out examples (``EvalExamples``, e.g. validation):
     the beams are searched once per batch and re-ordered for every weight of ``grid``; returns the weight with the
-    highest N@10 (the smallest on ties) and N@10 per weight."""
+    highest N@10 (the smallest on ties) and N@10 per weight, scored by :mod:`thinkrec.eval.metrics` exactly as the
+    full-ranking protocol scores the scorer (pessimistic ties, items outside the beams unranked)."""
     if model.config.item_loss_weight <= 0:  # no item head to re-score with
         return 0.0, {}
     scorer = GenerativeScorer(model, sidmap, beam_size)
@@ -96,12 +98,11 @@ def tune_dense_weight(model: GenerativeRetriever, sidmap: SIDMap, examples: Eval
         dense = torch.log_softmax(model.item_scores(tokens), -1).cpu().gather(1, items.clamp(min=0))
         hit = items == torch.from_numpy(examples.targets[rows])[:, None]  # [B, K], at most one per row
         valid = items >= 0
+        found, col = hit.any(1).numpy(), hit.float().argmax(1)  # col: the target's beam (any one when absent)
         for w in grid:
             s = (beams.scores.cpu().float() + w * dense).masked_fill(~valid, float("-inf"))
-            s_target = torch.where(hit, s, torch.full_like(s, float("-inf"))).max(1).values
-            rank = (s > s_target[:, None]).sum(1)  # 0-based rank of the target among the beams
-            found = hit.any(1) & (rank < 10)
-            gains[w] += float((found.float() / torch.log2(rank.float() + 2)).sum())
+            rank = np.where(found, ranks_from_scores(s, col).numpy(), np.inf)  # 0-based rank among the beams
+            gains[w] += float(rank_metrics(rank, (10,))["ndcg@10"].sum())
     ndcg = {w: g / max(len(examples), 1) for w, g in gains.items()}
     best = max(grid, key=lambda w: (round(ndcg[w], 6), -w))
     return best, ndcg

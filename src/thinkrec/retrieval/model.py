@@ -33,6 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from thinkrec.tokenize.sids import SIDTrie
+from thinkrec.utils.nn import normal_init
 
 INPUT_MODES = ("code", "item")
 
@@ -265,20 +266,12 @@ class GenerativeRetriever(nn.Module):
             self.aux_query = nn.Parameter(torch.zeros(d))
             self.aux_blocks = nn.ModuleList(DecoderBlock(*args) for _ in range(max(1, config.n_dec_layers // 2)))
             self.aux_ln = nn.LayerNorm(d)
-        self.apply(self._init)
+        self.apply(normal_init)
         if config.tie_heads:
             for head, emb in zip(self.heads, self.dec_code_emb, strict=True):
                 head.weight = emb.weight
         for p in (self.bos, self.think_pos, *([self.aux_query] if hasattr(self, "aux_query") else [])):
             nn.init.normal_(p, std=0.02)
-
-    @staticmethod
-    def _init(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, std=0.02)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Embedding):
-            nn.init.normal_(m.weight, std=0.02)
 
     @torch.no_grad()
     def init_code_embeddings(self, codebooks: list) -> None:

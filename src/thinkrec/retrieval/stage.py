@@ -19,10 +19,18 @@ from thinkrec.retrieval.clusters import code_clusters
 from thinkrec.retrieval.inference import GenerativeScorer, tune_dense_weight
 from thinkrec.retrieval.model import GenerativeRetriever, RetrieverConfig
 from thinkrec.retrieval.train import RetrieverTrainConfig, load_retriever, save_retriever, train_retriever
+from thinkrec.tokenize.sids import SIDMap
 from thinkrec.tokenize.stage import TokenizeArtifact
 from thinkrec.utils.io import read_json, write_json
+from thinkrec.utils.registry import Registry
 
-MODEL_NAMES = ("tiger", "s2gr")
+# The generative retrievers: one model file, variants by config (TIGER = S²GR with thinking off).
+RETRIEVERS: Registry[Callable[[RetrieverConfig], RetrieverConfig]] = Registry("generative retriever")
+RETRIEVERS.register("tiger", "TIGER: encoder-decoder over Semantic-ID codes, trie-constrained beams",
+                    lambda c: replace(c, thinking=False))
+RETRIEVERS.register("s2gr", "S²GR: TIGER plus a latent thinking token before each SID code (cluster-aligned)",
+                    lambda c: replace(c, thinking=True))
+MODEL_NAMES = RETRIEVERS.names()
 RESCORE_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 
 
@@ -38,9 +46,7 @@ class RetrievalConfig:
     rescore_weight: float | None = 0.0
 
     def model_config(self, name: str) -> RetrieverConfig:
-        if name not in MODEL_NAMES:
-            raise ValueError(f"unknown retriever {name!r}; use one of {MODEL_NAMES}")
-        return replace(self.model, thinking=name == "s2gr")
+        return RETRIEVERS.get(name, "retrieval.models")(self.model)
 
 
 def train_one(
@@ -65,6 +71,7 @@ def train_one(
     wall = time.perf_counter() - t
     (out / "rescore.json").unlink(missing_ok=True)  # tuned for the previous model
     save_retriever(model, out)
+    sids.sidmap.save(out / "sidmap")  # the folder serves on its own: model + the SID map its trie comes from
     write_json(out / "history.json", history)
     summary = {
         "wall_s": wall,
@@ -77,27 +84,34 @@ def train_one(
     return model, summary
 
 
-def load_scorer(path: str | Path, sids: TokenizeArtifact, beam: int, device: str = "cpu",
-                dense_weight: float = 0.0) -> GenerativeScorer:
-    return GenerativeScorer(load_retriever(path, device), sids.sidmap, beam, dense_weight)
+def load_scorer(path: str | Path, device: str = "cpu", beam: int | None = None,
+                dense_weight: float | None = None) -> GenerativeScorer:
+    """A retriever folder as a scorer, from the folder alone: model, SID map and (``rescore.json``, written by
+    :func:`resolve_rescore_weight`) the beam and dense weight it was tuned for; arguments override them."""
+    path = Path(path)
+    tuned = read_json(path / "rescore.json") if (path / "rescore.json").exists() else {}
+    beam = beam if beam is not None else int(tuned.get("beam", 20))
+    weight = dense_weight if dense_weight is not None else float(tuned.get("weight", 0.0))
+    return GenerativeScorer(load_retriever(path, device), SIDMap.load(path / "sidmap"), beam, weight)
 
 
-def resolve_rescore_weight(model: GenerativeRetriever, split: SequenceSplit, sids: TokenizeArtifact,
+def resolve_rescore_weight(model: GenerativeRetriever, split: SequenceSplit, sidmap: SIDMap,
                            cfg: RetrievalConfig, model_dir: str | Path, log: Callable[[str], None] = print) -> float:
     """The configured ``rescore_weight``, or (None) the one tuned on the training run's validation subset —
     computed once per trained model and kept in ``model_dir/rescore.json``."""
-    if cfg.rescore_weight is not None:
-        return float(cfg.rescore_weight)
     path = Path(model_dir) / "rescore.json"
-    if path.exists() and read_json(path).get("beam") == cfg.beam:
+    if cfg.rescore_weight is not None:
+        write_json(path, {"weight": float(cfg.rescore_weight), "beam": cfg.beam, "tuned": False})
+        return float(cfg.rescore_weight)
+    if path.exists() and read_json(path).get("beam") == cfg.beam and read_json(path).get("tuned", True):
         return float(read_json(path)["weight"])
     valid = split.valid
     n = cfg.train.valid_users
     if n and len(valid) > n:  # the early-stopping subset
         valid = valid.subset(np.sort(np.random.default_rng(cfg.train.seed).choice(len(valid), n, replace=False)))
-    weight, by_weight = tune_dense_weight(model, sids.sidmap, valid, cfg.beam, RESCORE_GRID, model.config.max_len,
+    weight, by_weight = tune_dense_weight(model, sidmap, valid, cfg.beam, RESCORE_GRID, model.config.max_len,
                                           cfg.train.eval_batch_size)
     write_json(path, {"weight": weight, "valid_ndcg@10_by_weight": {str(w): v for w, v in by_weight.items()},
-                      "valid_users": len(valid), "beam": cfg.beam})
+                      "valid_users": len(valid), "beam": cfg.beam, "tuned": True})
     log(f"rescore weight {weight:g} (valid N@10 " + ", ".join(f"{w:g}: {v:.4f}" for w, v in by_weight.items()) + ")")
     return weight

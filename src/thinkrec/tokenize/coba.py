@@ -222,8 +222,10 @@ class CoBa(RQVAE):
         assert total is not None
         return cfg.uniformity_weight * total, {"uniformity": float(total.detach())}
 
-    def _extra_state(self) -> dict[str, np.ndarray]:
+    # ------------------------------------------------------------------ persistence
+    def _tensors(self) -> dict[str, np.ndarray]:
         return {
+            **super()._tensors(),
             "coba.usage": self.usage.cpu().numpy(),
             "coba.dist_scale": self.dist_scale.cpu().numpy(),
             "coba.final_usage": self.final_usage.cpu().numpy(),
@@ -231,7 +233,8 @@ class CoBa(RQVAE):
             "coba.final_ready": np.array([int(self._final_ready)], dtype=np.int64),
         }
 
-    def _load_extra_state(self, tensors: dict[str, np.ndarray]) -> None:
+    def _restore(self, tensors: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        super()._restore(tensors, meta)
         dev = self.config.device
         self.usage = torch.from_numpy(tensors["coba.usage"].copy()).to(dev)
         self.dist_scale = torch.from_numpy(tensors["coba.dist_scale"].copy()).to(dev)

@@ -12,7 +12,6 @@ loading the model; any change to a text, the template or the model yields a new 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import re
@@ -247,7 +246,3 @@ def attribute_vectors(dataset: Dataset, dim: int = 128, normalize: bool = True) 
     out = (u * s).numpy().astype(np.float32)
     return np.ascontiguousarray(_l2_normalize(out) if normalize else out, dtype=np.float32)
 
-
-def read_cache_info(cache_file: str | Path) -> dict[str, Any]:
-    """The provenance sidecar written next to a cached ``.npy`` (for reports)."""
-    return json.loads(Path(cache_file).with_suffix(".json").read_text())

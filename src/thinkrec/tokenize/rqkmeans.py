@@ -15,25 +15,19 @@ assigns new items to the nearest centroid per level. faiss-cpu runs on the CPU; 
 uniform config surface and ignored (the work here is a few seconds on 12k × 384).
 
 This module also holds the small helpers shared by the torch quantizers (:mod:`.rqvae`, :mod:`.coba`):
-code-usage statistics, atomic safetensors + JSON persistence and faiss k-means.
+code-usage statistics and faiss k-means (persistence is in :class:`~thinkrec.tokenize.base.Quantizer`).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from thinkrec.tokenize.base import FitContext, Quantizer
-from thinkrec.utils.io import atomic_dir
-
-WEIGHTS_FILE = "weights.safetensors"
-CONFIG_FILE = "config.json"
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -135,38 +129,6 @@ def balanced_kmeans(
     return c, assign
 
 
-def save_artifact(path: str | Path, tensors: dict[str, np.ndarray], meta: dict[str, Any]) -> Path:
-    """Write ``path/weights.safetensors`` + ``path/config.json`` atomically (a folder swapped in whole)."""
-    from safetensors.numpy import save_file
-
-    path = Path(path)
-    with atomic_dir(path) as tmp:
-        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp / WEIGHTS_FILE))
-        (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2, default=_json_default) + "\n")
-    return path
-
-
-def load_artifact(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    from safetensors.numpy import load_file
-
-    path = Path(path)
-    if not (path / CONFIG_FILE).exists():
-        raise FileNotFoundError(f"{path}: no {CONFIG_FILE} (not a saved quantizer)")
-    meta = json.loads((path / CONFIG_FILE).read_text())
-    tensors = load_file(str(path / WEIGHTS_FILE)) if (path / WEIGHTS_FILE).exists() else {}
-    return tensors, meta
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
 def set_faiss_threads(n: int) -> None:
     if n > 0:
         import faiss
@@ -198,16 +160,12 @@ class RQKMeans(Quantizer):
     """Residual k-means; ``codebooks()[l]`` are the level-``l`` centroids in the input space."""
 
     name = "rqkmeans"
+    config_cls = RQKMeansConfig
+    config: RQKMeansConfig
 
     def __init__(self, config: RQKMeansConfig | None = None, **overrides: Any):
-        cfg = config or RQKMeansConfig()
-        if overrides:
-            cfg = RQKMeansConfig(**{**asdict(cfg), **overrides})
-        self.config = cfg
+        super().__init__(config, **overrides)
         self.centroids: list[np.ndarray] = []
-        self.fit_codes_: np.ndarray | None = None
-        self.history: list[dict[str, Any]] = []
-        self.fit_seconds: float = 0.0
 
     # ------------------------------------------------------------------ fitting
     def fit(self, x: np.ndarray, context: FitContext | None = None) -> RQKMeans:
@@ -243,20 +201,10 @@ class RQKMeans(Quantizer):
         self.fit_seconds = time.perf_counter() - t0
         return self
 
-    def fit_encode(self, x: np.ndarray, context: FitContext | None = None) -> np.ndarray:
-        """Codes of the fitting items: the capacity-constrained assignment when ``balanced``."""
-        self.fit(x, context)
-        assert self.fit_codes_ is not None
-        return self.fit_codes_.copy()
-
     # ------------------------------------------------------------------ inference
-    def quantizer_input(self, x: np.ndarray, context: FitContext | None = None) -> np.ndarray:
-        """The vectors the quantizer models (``reconstruct`` approximates these): ``x`` itself."""
-        return np.ascontiguousarray(x, dtype=np.float32)
-
-    def _check(self) -> None:
-        if not self.centroids:
-            raise RuntimeError("RQKMeans is not fitted")
+    @property
+    def fitted(self) -> bool:
+        return bool(self.centroids)
 
     def encode(self, x: np.ndarray) -> np.ndarray:
         """Nearest centroid per level on the residuals (new items never see capacities)."""
@@ -282,22 +230,8 @@ class RQKMeans(Quantizer):
         return [c.copy() for c in self.centroids]
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path: str | Path) -> None:
-        self._check()
-        tensors = {f"centroids.{i}": c for i, c in enumerate(self.centroids)}
-        if self.fit_codes_ is not None:
-            tensors["fit_codes"] = self.fit_codes_
-        meta = {"method": self.name, "config": asdict(self.config), "history": self.history, "fit_seconds": self.fit_seconds}
-        save_artifact(path, tensors, meta)
+    def _tensors(self) -> dict[str, np.ndarray]:
+        return {f"centroids.{i}": c for i, c in enumerate(self.centroids)}
 
-    @classmethod
-    def load(cls, path: str | Path) -> RQKMeans:
-        tensors, meta = load_artifact(path)
-        if meta.get("method") != cls.name:
-            raise ValueError(f"{path}: saved method is {meta.get('method')!r}, not {cls.name!r}")
-        q = cls(RQKMeansConfig(**meta["config"]))
-        q.centroids = [tensors[f"centroids.{i}"] for i in range(q.config.n_levels)]
-        q.fit_codes_ = tensors.get("fit_codes")
-        q.history = meta.get("history", [])
-        q.fit_seconds = float(meta.get("fit_seconds", 0.0))
-        return q
+    def _restore(self, tensors: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        self.centroids = [tensors[f"centroids.{i}"] for i in range(self.config.n_levels)]

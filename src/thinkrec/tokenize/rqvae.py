@@ -43,8 +43,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -53,14 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from thinkrec.tokenize.base import FitContext, Quantizer
-from thinkrec.tokenize.rqkmeans import (
-    balanced_kmeans,
-    code_usage,
-    faiss_kmeans,
-    load_artifact,
-    save_artifact,
-    set_faiss_threads,
-)
+from thinkrec.tokenize.rqkmeans import balanced_kmeans, code_usage, faiss_kmeans, set_faiss_threads
 
 
 @dataclass
@@ -159,17 +151,12 @@ class RQVAE(Quantizer):
 
     name = "rqvae"
     config_cls: type[RQVAEConfig] = RQVAEConfig
+    config: RQVAEConfig
 
     def __init__(self, config: RQVAEConfig | None = None, **overrides: Any):
-        cfg = config or self.config_cls()
-        if overrides:
-            cfg = self.config_cls(**{**asdict(cfg), **overrides})
-        self.config = cfg
+        super().__init__(config, **overrides)
         self.net: RQVAENet | None = None
-        self.history: list[dict[str, Any]] = []
-        self.fit_codes_: np.ndarray | None = None
         self.fit_stats: dict[str, Any] = {}
-        self.fit_seconds = 0.0
         self.fit_input: np.ndarray | None = None  # what fit quantized (CoBa: H_align); not saved
         self._groups: list[torch.Tensor] = []
         self._step = 0
@@ -214,15 +201,6 @@ class RQVAE(Quantizer):
             self._train(self._standardize(xt), epochs)
         return self
 
-    def fit_encode(self, x: np.ndarray, context: FitContext | None = None) -> np.ndarray:
-        self.fit(x, context)
-        assert self.fit_codes_ is not None
-        return self.fit_codes_.copy()
-
-    def quantizer_input(self, x: np.ndarray, context: FitContext | None = None) -> np.ndarray:
-        """The vectors the quantizer actually models (``reconstruct`` approximates these): ``x`` here."""
-        return np.ascontiguousarray(x, dtype=np.float32)
-
     def encode(self, x: np.ndarray) -> np.ndarray:
         self._check()
         x = np.ascontiguousarray(x, dtype=np.float32)
@@ -246,43 +224,25 @@ class RQVAE(Quantizer):
         books += [b.cpu().numpy().copy() for b in self.net.random_books]
         return books
 
-    def save(self, path: str | Path) -> None:
-        self._check()
+    @property
+    def fitted(self) -> bool:
+        return self.net is not None
+
+    def _tensors(self) -> dict[str, np.ndarray]:
         assert self.net is not None
-        tensors = {k: v.detach().cpu().numpy() for k, v in self.net.state_dict().items()}
-        if self.fit_codes_ is not None:
-            tensors["fit_codes"] = self.fit_codes_
-        tensors.update(self._extra_state())
-        meta = {
-            "method": self.name,
-            "config": asdict(self.config),
-            "input_dim": int(self.net.x_mean.shape[0]),
-            "history": self.history,
-            "fit_stats": self.fit_stats,
-            "fit_seconds": self.fit_seconds,
-            "step": self._step,
-        }
-        save_artifact(path, tensors, meta)
+        return {k: v.detach().cpu().numpy() for k, v in self.net.state_dict().items()}
 
-    @classmethod
-    def load(cls, path: str | Path) -> RQVAE:
-        from thinkrec.utils.config import from_dict
+    def _meta(self) -> dict[str, Any]:
+        assert self.net is not None
+        return {"input_dim": int(self.net.x_mean.shape[0]), "fit_stats": self.fit_stats, "step": self._step}
 
-        tensors, meta = load_artifact(path)
-        if meta.get("method") != cls.name:
-            raise ValueError(f"{path}: saved method is {meta.get('method')!r}, not {cls.name!r}")
-        q = cls(from_dict(cls.config_cls, meta["config"]))
-        q.net = RQVAENet(int(meta["input_dim"]), q.config)
-        state = {k: torch.from_numpy(v.copy()) for k, v in tensors.items() if k in q.net.state_dict()}
-        q.net.load_state_dict(state)
-        q.net.to(q.config.device)
-        q.fit_codes_ = tensors.get("fit_codes")
-        q._load_extra_state(tensors)
-        q.history = meta.get("history", [])
-        q.fit_stats = meta.get("fit_stats", {})
-        q.fit_seconds = float(meta.get("fit_seconds", 0.0))
-        q._step = int(meta.get("step", 0))
-        return q
+    def _restore(self, tensors: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        self.net = RQVAENet(int(meta["input_dim"]), self.config)
+        state = {k: torch.from_numpy(v.copy()) for k, v in tensors.items() if k in self.net.state_dict()}
+        self.net.load_state_dict(state)
+        self.net.to(self.config.device)
+        self.fit_stats = meta.get("fit_stats", {})
+        self._step = int(meta.get("step", 0))
 
     # ================================================================== hooks (CoBa overrides these)
     def _prepare_input(self, x: np.ndarray, context: FitContext | None) -> np.ndarray:
@@ -300,17 +260,7 @@ class RQVAE(Quantizer):
         ``fit``, which key the random levels)."""
         return np.concatenate([self._encode_learned(x, final=True), self._random_codes(raw)], axis=1)
 
-    def _extra_state(self) -> dict[str, np.ndarray]:
-        return {}
-
-    def _load_extra_state(self, tensors: dict[str, np.ndarray]) -> None:
-        return None
-
     # ================================================================== internals
-    def _check(self) -> None:
-        if self.net is None:
-            raise RuntimeError(f"{type(self).__name__} is not fitted")
-
     def _standardize(self, xt: torch.Tensor) -> torch.Tensor:
         assert self.net is not None
         return (xt - self.net.x_mean) / self.net.x_scale

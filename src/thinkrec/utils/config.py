@@ -114,8 +114,8 @@ def set_dotted(data: dict[str, Any], assignment: str) -> dict[str, Any]:
     return data
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
-    """Defaults ← YAML file ← ``--set`` overrides, validated into dataclass ``cls``."""
+def read_config_data(path: str | Path | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """The raw mapping: YAML file (if any) ← ``--set`` overrides."""
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -129,6 +129,12 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
             raise ConfigError(f"{path}: top level must be a mapping")
     for item in overrides or []:
         set_dotted(data, item)
+    return data
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
+    """Defaults ← YAML file ← ``--set`` overrides, validated into dataclass ``cls``."""
+    data = read_config_data(path, overrides)
     try:
         return from_dict(cls, data)
     except ConfigError as exc:

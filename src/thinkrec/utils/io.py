@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -14,7 +15,8 @@ from typing import Any
 import numpy as np
 
 
-def _jsonable(obj: Any) -> Any:
+def json_default(obj: Any) -> Any:
+    """``json.dump(..., default=json_default)``: numpy scalars and arrays, paths."""
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, np.ndarray):
@@ -25,14 +27,14 @@ def _jsonable(obj: Any) -> Any:
 
 
 @contextlib.contextmanager
-def atomic_file(path: str | Path, mode: str = "w") -> Iterator[Any]:
-    """Open a temporary sibling of ``path``; rename it over ``path`` only if the block succeeds."""
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling path to write (by any library); renamed over ``path`` on success, removed on
+    failure. The name is unique per call (process id + random), so concurrent writers of one path never share it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    tmp = path.parent / f".{path.name}.tmp{os.getpid()}-{secrets.token_hex(4)}"
     try:
-        with os.fdopen(fd, mode) as fh:
-            yield fh
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -41,18 +43,10 @@ def atomic_file(path: str | Path, mode: str = "w") -> Iterator[Any]:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path to write (by any library); renamed over ``path`` on success."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp{os.getpid()}"
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+def atomic_file(path: str | Path, mode: str = "w") -> Iterator[Any]:
+    """Open a temporary sibling of ``path``; rename it over ``path`` only if the block succeeds."""
+    with atomic_path(path) as tmp, open(tmp, mode) as fh:
+        yield fh
 
 
 @contextlib.contextmanager
@@ -77,7 +71,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
 
 def write_json(path: str | Path, obj: Any, indent: int = 2) -> Path:
     with atomic_file(path) as fh:
-        json.dump(obj, fh, indent=indent, default=_jsonable)
+        json.dump(obj, fh, indent=indent, default=json_default)
         fh.write("\n")
     return Path(path)
 

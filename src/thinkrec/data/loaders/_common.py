@@ -28,6 +28,23 @@ def require_file(path: str | Path, what: str = "data file", hint: str | None = N
     return path
 
 
+def file_or_single(
+    path: str | Path, what: str, pattern: str, label: str | None = None, skip: tuple[str, ...] = ()
+) -> Path:
+    """``path`` when it is a file; for a folder, the one file in it matching ``pattern`` (names in ``skip``,
+    compared lower-cased, do not count). ``label`` is how the error names the expected file (default: the pattern).
+    """
+    path = require_file(path, what)
+    if not path.is_dir():
+        return path
+    found = sorted(p for p in path.glob(pattern) if p.name.lower() not in skip)
+    if len(found) != 1:
+        raise FileNotFoundError(
+            f"{path}: expected exactly one {label or repr(pattern)} file in the folder, found {len(found)}"
+        )
+    return found[0]
+
+
 def open_text(path: Path, encoding: str = "utf-8") -> IO[str]:
     """Open a text file, transparently decompressing ``.gz``."""
     if path.suffix == ".gz":

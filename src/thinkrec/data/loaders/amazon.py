@@ -18,19 +18,10 @@ from typing import Any
 
 import polars as pl
 
-from thinkrec.data.dataset import DataFormatError, Dataset
-from thinkrec.data.loaders._common import iter_lines, require_file, split_categories
+from thinkrec.data.dataset import DataFormatError, Dataset, catalog_schema
+from thinkrec.data.loaders._common import file_or_single, iter_lines, require_file, split_categories
 
-META_SCHEMA: dict[str, pl.DataType] = {
-    "item_id": pl.Utf8,
-    "title": pl.Utf8,
-    "brand": pl.Utf8,
-    "categories": pl.List(pl.Utf8),
-    "description": pl.Utf8,
-    "price": pl.Float64,
-    "sales_type": pl.Utf8,
-    "sales_rank": pl.Float64,
-}
+META_SCHEMA = catalog_schema(sales_type=pl.Utf8, sales_rank=pl.Float64)
 _ASIN_RE = re.compile(r"""["']asin["']\s*:\s*["']([^"']+)["']""")
 
 
@@ -162,14 +153,7 @@ def load_amazon_reviews(
 
 def load_amazon_path(path: str | Path, name: str | None = None, keep_all_items: bool = False) -> Dataset:
     """``path`` is a ``reviews_X_5.json.gz`` (``meta_X.json.gz`` beside it is used) or a folder with one."""
-    path = require_file(path, "Amazon reviews file or folder")
-    if path.is_dir():
-        found = sorted(path.glob("reviews_*.json*"))
-        if len(found) != 1:
-            raise FileNotFoundError(
-                f"{path}: expected exactly one 'reviews_*.json(.gz)' file in the folder, found {len(found)}"
-            )
-        path = found[0]
+    path = file_or_single(path, "Amazon reviews file or folder", "reviews_*.json*", "'reviews_*.json(.gz)'")
     category = path.name.removeprefix("reviews_").split(".")[0].removesuffix("_5")
     meta = next(
         (

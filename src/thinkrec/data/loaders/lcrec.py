@@ -21,8 +21,8 @@ from typing import Any
 
 import polars as pl
 
-from thinkrec.data.dataset import DataFormatError, Dataset
-from thinkrec.data.loaders._common import require_file, sort_by_int_id, split_categories
+from thinkrec.data.dataset import DataFormatError, Dataset, catalog_schema
+from thinkrec.data.loaders._common import file_or_single, require_file, sort_by_int_id, split_categories
 from thinkrec.data.loaders.s3rec import read_items_jsonl
 
 
@@ -48,11 +48,14 @@ def _line_of_key(text: str, key: str) -> int | None:
     return text.count("\n", 0, pos) + 1 if pos >= 0 else None
 
 
+def _key_error(path: Path, text: str, key: str, message: str, field: str) -> DataFormatError:
+    """An error about the value under ``key``, naming the line the key is on."""
+    return DataFormatError(path, message, _line_of_key(text, key), field)
+
+
 def _check_key(path: Path, text: str, key: str, what: str) -> str:
     if not (key.isascii() and key.strip().isdigit()):
-        raise DataFormatError(
-            path, f"expected an integer {what} id as key, got {key!r}", _line_of_key(text, key), what
-        )
+        raise _key_error(path, text, key, f"expected an integer {what} id as key, got {key!r}", what)
     return str(int(key))
 
 
@@ -66,22 +69,16 @@ def read_inter_json(path: str | Path) -> pl.DataFrame:
     for key, seq in obj.items():
         user = _check_key(path, text, key, "user")
         if not isinstance(seq, list):
-            raise DataFormatError(
-                path,
-                f"expected a list of item ids, got {type(seq).__name__}",
-                _line_of_key(text, key),
-                f"user {key}",
+            raise _key_error(
+                path, text, key, f"expected a list of item ids, got {type(seq).__name__}", f"user {key}"
             )
         for i, it in enumerate(seq):
             # bool is an int subclass; JSON true/false are not ids.
             if isinstance(it, bool) or not (
                 isinstance(it, int) or (isinstance(it, str) and it.isascii() and it.isdigit())
             ):
-                raise DataFormatError(
-                    path,
-                    f"expected an integer item id, got {it!r}",
-                    _line_of_key(text, key),
-                    f"user {key} item #{i + 1}",
+                raise _key_error(
+                    path, text, key, f"expected an integer item id, got {it!r}", f"user {key} item #{i + 1}"
                 )
         users.extend([user] * len(seq))
         items.extend(str(int(it)) for it in seq)
@@ -117,18 +114,19 @@ def read_item_json(path: str | Path) -> pl.DataFrame:
     for key, meta in obj.items():
         item = _check_key(path, text, key, "item")
         if not isinstance(meta, dict):
-            raise DataFormatError(
+            raise _key_error(
                 path,
+                text,
+                key,
                 f"expected an object with item fields, got {type(meta).__name__}",
-                _line_of_key(text, key),
                 f"item {key}",
             )
         price = meta.get("price")
         try:
             price = float(price) if price not in (None, "") else None
         except (TypeError, ValueError):
-            raise DataFormatError(
-                path, f"expected a number, got {price!r}", _line_of_key(text, key), f"item {key} price"
+            raise _key_error(
+                path, text, key, f"expected a number, got {price!r}", f"item {key} price"
             ) from None
         rows.append(
             {
@@ -140,17 +138,7 @@ def read_item_json(path: str | Path) -> pl.DataFrame:
                 "price": price,
             }
         )
-    return pl.DataFrame(
-        rows,
-        schema={
-            "item_id": pl.Utf8,
-            "title": pl.Utf8,
-            "brand": pl.Utf8,
-            "categories": pl.List(pl.Utf8),
-            "description": pl.Utf8,
-            "price": pl.Float64,
-        },
-    )
+    return pl.DataFrame(rows, schema=catalog_schema())
 
 
 def read_index_json(path: str | Path) -> pl.DataFrame:
@@ -161,9 +149,7 @@ def read_index_json(path: str | Path) -> pl.DataFrame:
     for key, toks in obj.items():
         ids.append(_check_key(path, text, key, "item"))
         if not isinstance(toks, list) or not all(isinstance(t, str) for t in toks):
-            raise DataFormatError(
-                path, "expected a list of token strings", _line_of_key(text, key), f"item {key}"
-            )
+            raise _key_error(path, text, key, "expected a list of token strings", f"item {key}")
         sids.append(toks)
     return pl.DataFrame({"item_id": ids, "sid": sids}, schema={"item_id": pl.Utf8, "sid": pl.List(pl.Utf8)})
 
@@ -209,14 +195,7 @@ def load_lcrec(
 
 def load_lcrec_path(path: str | Path, name: str | None = None) -> Dataset:
     """``path`` is an ``X.inter.json`` file or a folder with exactly one; ``X.item.json``/``X.index.json`` beside it are used."""
-    path = require_file(path, "LC-Rec inter.json file or folder")
-    if path.is_dir():
-        found = sorted(path.glob("*.inter.json"))
-        if len(found) != 1:
-            raise FileNotFoundError(
-                f"{path}: expected exactly one '*.inter.json' file in the folder, found {len(found)}"
-            )
-        path = found[0]
+    path = file_or_single(path, "LC-Rec inter.json file or folder", "*.inter.json")
     stem = path.name.removesuffix(".inter.json")
     item = path.with_name(f"{stem}.item.json")
     index = path.with_name(f"{stem}.index.json")

@@ -193,23 +193,27 @@ def _build(
     return Dataset.from_frames(name, inter, items, meta={**meta, "format": "movielens"})
 
 
+def _ratings_source(folder: Path, which: str, original: str, fallback: str, fallback_label: str = "") -> Path:
+    """``folder/original`` when present, else ``folder/fallback``; neither: an error naming both."""
+    for cand in (original, fallback):
+        if (folder / cand).exists():
+            return folder / cand
+    raise FileNotFoundError(
+        f"{folder}: no {which} ratings found (expected '{original}' or {fallback_label}'{fallback}')"
+    )
+
+
 def load_ml100k(folder: str | Path, name: str = "ml-100k", keep_all_items: bool = False) -> Dataset:
     """ml-100k from ``u.data``/``u.item`` when present, else from RecBole ``ml-100k.inter``/``ml-100k.item``."""
     folder = require_file(folder, "ml-100k folder")
-    if (folder / "u.data").exists():
-        inter = read_ratings(folder / "u.data", "\t")
+    source = _ratings_source(folder, "ml-100k", "u.data", "ml-100k.inter", "RecBole ")
+    if source.name == "u.data":
+        inter = read_ratings(source, "\t")
         items = (
             read_ml100k_items(folder / "u.item", folder / "u.genre") if (folder / "u.item").exists() else None
         )
-        return _build(
-            name, inter, items, keep_all_items, {"source": str(folder / "u.data"), "layout": "original"}
-        )
-    inter_file = folder / "ml-100k.inter"
-    if not inter_file.exists():
-        raise FileNotFoundError(
-            f"{folder}: no ml-100k ratings found (expected 'u.data' or RecBole 'ml-100k.inter')"
-        )
-    rb = load_recbole(inter_file, name=name, keep_all_items=True)
+        return _build(name, inter, items, keep_all_items, {"source": str(source), "layout": "original"})
+    rb = load_recbole(source, name=name, keep_all_items=True)
     # maintain_order: equal timestamps inside a user must keep the file order through the joins.
     inter = rb.interactions.join(rb.users, on="user", maintain_order="left").join(
         rb.items.select("item", "item_id"), on="item", maintain_order="left"
@@ -220,7 +224,7 @@ def load_ml100k(folder: str | Path, name: str = "ml-100k", keep_all_items: bool 
             "release_year"
         )
     frame = inter.sort(["user", "ts"], maintain_order=True).select("user_id", "item_id", "rating", "ts")
-    return _build(name, frame, items, keep_all_items, {"source": str(inter_file), "layout": "recbole"})
+    return _build(name, frame, items, keep_all_items, {"source": str(source), "layout": "recbole"})
 
 
 def load_ml1m(folder: str | Path, name: str = "ml-1m", keep_all_items: bool = False) -> Dataset:
@@ -228,19 +232,13 @@ def load_ml1m(folder: str | Path, name: str = "ml-1m", keep_all_items: bool = Fa
     folder = require_file(folder, "ml-1m folder")
     movies = folder / "movies.dat"
     items = read_movies_dat(movies) if movies.exists() else None
-    if (folder / "ratings.dat").exists():
-        inter = read_ratings(folder / "ratings.dat", "::", ("UserID", "MovieID", "Rating", "Timestamp"))
-        return _build(
-            name, inter, items, keep_all_items, {"source": str(folder / "ratings.dat"), "layout": "original"}
-        )
-    seq = folder / "ml-1m_sequences.txt"
-    if not seq.exists():
-        raise FileNotFoundError(
-            f"{folder}: no ml-1m ratings found (expected 'ratings.dat' or 'ml-1m_sequences.txt')"
-        )
-    inter = read_s3rec_sequences(seq)
+    source = _ratings_source(folder, "ml-1m", "ratings.dat", "ml-1m_sequences.txt")
+    if source.name == "ratings.dat":
+        inter = read_ratings(source, "::", ("UserID", "MovieID", "Rating", "Timestamp"))
+        return _build(name, inter, items, keep_all_items, {"source": str(source), "layout": "original"})
+    inter = read_s3rec_sequences(source)
     return _build(
-        name, inter, items, keep_all_items, {"source": str(seq), "layout": "sequences", "implicit": True}
+        name, inter, items, keep_all_items, {"source": str(source), "layout": "sequences", "implicit": True}
     )
 
 

@@ -1,7 +1,8 @@
 """S3-Rec sequence files (``user item item ...``) with optional item metadata.
 
 Metadata, in order of preference: ``*.items.jsonl`` (one JSON object per item, keyed by ``s3rec_id``),
-or P5 ``datamaps.json`` (``id2item`` ASINs only).
+or P5 ``datamaps.json`` (``id2item`` ASINs only). S3-Rec's ``<Name>_item2attributes.json`` (attribute ids,
+no names) fills the catalogue's ``categories`` (as ``attr<id>``) when that metadata has none.
 """
 
 from __future__ import annotations
@@ -11,18 +12,16 @@ from pathlib import Path
 
 import polars as pl
 
-from thinkrec.data.dataset import DataFormatError, Dataset
-from thinkrec.data.loaders._common import iter_lines, require_file, sort_by_int_id, split_categories
+from thinkrec.data.dataset import DataFormatError, Dataset, catalog_schema
+from thinkrec.data.loaders._common import (
+    file_or_single,
+    iter_lines,
+    require_file,
+    sort_by_int_id,
+    split_categories,
+)
 
-ITEMS_JSONL_SCHEMA: dict[str, pl.DataType] = {
-    "item_id": pl.Utf8,
-    "title": pl.Utf8,
-    "brand": pl.Utf8,
-    "categories": pl.List(pl.Utf8),
-    "description": pl.Utf8,
-    "price": pl.Float64,
-    "asin": pl.Utf8,
-}
+ITEMS_JSONL_SCHEMA = catalog_schema(asin=pl.Utf8)
 
 
 def read_s3rec_sequences(path: str | Path) -> pl.DataFrame:
@@ -157,19 +156,30 @@ def load_s3rec(
     )
 
 
-def load_s3rec_path(path: str | Path, name: str | None = None) -> Dataset:
-    """``path`` is a sequence file, or a folder holding exactly one ``*.txt`` sequence file.
+def load_s3rec_path(
+    path: str | Path,
+    name: str | None = None,
+    items_jsonl: str | Path | None = None,
+    datamaps: str | Path | None = None,
+    attributes: str | Path | None = None,
+) -> Dataset:
+    """``path`` is a sequence file ``<stem>.txt``, or a folder holding exactly one ``*.txt`` sequence file.
 
-    Metadata next to it is picked up by name: ``<stem>.items.jsonl`` then ``datamaps.json``.
+    Files next to it are picked up by name unless given explicitly (an explicit path must exist):
+    ``<stem>.items.jsonl`` then ``datamaps.json`` for item metadata, and ``<stem>_item2attributes.json``
+    for attribute ids (see :func:`load_s3rec`).
     """
-    path = require_file(path, "S3-Rec file or folder")
-    if path.is_dir():
-        txts = sorted(p for p in path.glob("*.txt") if p.name.lower() not in {"readme.txt", "source.txt"})
-        if len(txts) != 1:
-            raise FileNotFoundError(
-                f"{path}: expected exactly one S3-Rec '*.txt' sequence file in the folder, found {len(txts)}"
-            )
-        path = txts[0]
+    path = file_or_single(
+        path, "S3-Rec file or folder", "*.txt", "S3-Rec '*.txt' sequence", skip=("readme.txt", "source.txt")
+    )
+
+    def beside(explicit: str | Path | None, default: str, what: str) -> Path:
+        return path.with_name(default) if explicit is None else require_file(explicit, what)
+
     return load_s3rec(
-        path, path.with_name(f"{path.stem}.items.jsonl"), path.with_name("datamaps.json"), name=name
+        path,
+        beside(items_jsonl, f"{path.stem}.items.jsonl", "item metadata file"),
+        beside(datamaps, "datamaps.json", "P5 datamaps file"),
+        name=name,
+        attributes=beside(attributes, f"{path.stem}_item2attributes.json", "S3-Rec item attributes file"),
     )

@@ -1,0 +1,402 @@
+"""A trained funnel loaded from its run directory: ``thinkrec.load(run).recommend(...)``.
+
+The loaded funnel reads only its run directory: the catalogue and histories (``data/``), each model's folder
+(scorers, re-rankers), the re-ranking featurizer's tables (popularity, transitions, categories, item vectors),
+the re-score weights (``retrieval/<name>/rescore.json``) and ``funnel.json``, the record of which retriever and
+re-ranker the funnel uses and why.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from thinkrec.data.batching import pad_histories
+from thinkrec.data.dataset import Dataset
+from thinkrec.eval.metrics import mean_metrics, rank_metrics
+from thinkrec.eval.protocol import compute_ranks
+from thinkrec.pipeline.config import RunConfig, load_run_config, resolve
+from thinkrec.pipeline.scorers import SCORERS
+from thinkrec.utils.io import read_json
+
+
+# ---------------------------------------------------------------------------------------------- the record
+def _valid_ndcg(root: Path, name: str) -> float | None:
+    path = root / SCORERS.get(name).folder(name) / "train_metrics.json"
+    return float(read_json(path)["best_valid_ndcg@10"]) if path.exists() else None
+
+
+def choose_funnel(root: str | Path, config: RunConfig) -> dict[str, Any]:
+    """Which retriever and re-ranker the funnel uses, with the validation figures that decided it.
+
+    Retriever: the re-ranking lists' candidate generator when the re-rankers were trained on funnel lists, else
+    the scorer with the best validation N@10. Re-ranker: only on funnel lists (impression-trained re-rankers
+    re-order logged slates, :meth:`Funnel.rerank`), the one with the best validation N@5, ``initial`` included, so
+    a re-ranker that does not beat its input on validation is not used. LLM: not used (it is validated on test
+    lists only so far)."""
+    root = Path(root)
+    out: dict[str, Any] = {}
+    info_file = root / "rerank" / "lists" / "info.json"
+    lists_info = read_json(info_file) if info_file.exists() else {}
+    trained = [n for n in SCORERS if (root / SCORERS.get(n).folder(n) / "config.json").exists()]
+    valid = {n: v for n in trained if (v := _valid_ndcg(root, n)) is not None}
+    if lists_info.get("source") == "funnel":
+        out["retriever"] = lists_info["candidates"]
+        out["retriever_why"] = f"the re-rankers were trained on {lists_info['candidates']}'s top-{config.rerank.k} lists"
+    elif valid:
+        out["retriever"] = max(valid, key=valid.get)
+        out["retriever_why"] = "best validation N@10: " + ", ".join(f"{n} {v:.4f}" for n, v in valid.items())
+    elif trained:
+        out["retriever"], out["retriever_why"] = trained[0], "the only trained scorer"
+    else:
+        out["retriever"], out["retriever_why"] = None, "no trained scorer"
+    metrics_file = root / "rerank" / "metrics.json"
+    out["reranker"] = None
+    if lists_info.get("source") == "funnel" and metrics_file.exists():
+        v = {n: m["ndcg@5"] for n, m in read_json(metrics_file).get("valid", {}).items()}
+        if v:
+            best = max(v, key=lambda n: (round(v[n], 6), n == "initial"))  # ties keep the input order
+            out["reranker"] = None if best == "initial" else best
+            out["reranker_why"] = "best validation N@5 (initial = the retriever's order): " + ", ".join(
+                f"{n} {x:.4f}" for n, x in v.items())
+    elif lists_info:
+        out["reranker_why"] = (f"re-rankers were trained on {lists_info.get('source')} lists; they re-order logged "
+                               "slates (Funnel.rerank), not the retriever's top-K")
+    else:
+        out["reranker_why"] = "no re-ranking stage in this run"
+    out["llm"] = None
+    out["llm_why"] = ("not used: the LLM stage is measured on test lists only, and the funnel uses a stage only "
+                      "where it beat its input on validation") if (root / "llm" / "metrics.json").exists() else "not trained"
+    out["validation"] = valid
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- results
+@dataclass
+class RecommendedItem:
+    item: int  # dense index
+    item_id: str  # the dataset's own id
+    title: str
+    score: float  # the retriever's score (beam log-probability, re-scored where configured; or model score)
+    ranks: dict[str, int]  # 1-based rank at each stage (retriever, reranker)
+    sid: str | None = None
+    explanation: dict[str, Any] | None = None
+
+
+@dataclass
+class UserRecommendations:
+    user_id: str | None  # None for a history given directly
+    history: list[str]  # item ids the recommendation was computed after (oldest first)
+    items: list[RecommendedItem]
+    stages: dict[str, str | None]  # {"retriever": name, "reranker": name or None}
+    explanation: dict[str, Any] | None = None  # per request: thinking agreement, EGLR reasoning per position
+    cold_start: bool = False  # empty history: served from popularity
+
+
+@dataclass
+class _Batch:
+    users: np.ndarray  # dense user index, −1 for given histories
+    histories: list[np.ndarray]  # dense item ids
+    rows: list[int] = field(default_factory=list)
+
+
+class Funnel:
+    """The trained funnel of one run directory (see :func:`load`)."""
+
+    def __init__(self, run_dir: str | Path, device: str | None = None):
+        self.root = Path(run_dir)
+        if not (self.root / "config.yaml").exists():
+            raise FileNotFoundError(f"{self.root}: not a run directory (no config.yaml)")
+        cfg = load_run_config(self.root / "config.yaml")
+        if device is not None:
+            cfg.run.device = device
+        self.config = resolve(cfg)
+        self.device = self.config.run.device
+        self.record = read_json(self.root / "funnel.json") if (self.root / "funnel.json").exists() \
+            else choose_funnel(self.root, self.config)
+        self.dataset = Dataset.load(self.root / "data")
+        self._split = None
+        self._scorers: dict[str, Any] = {}
+        self._rerankers: dict[str, Any] = {}
+        self._featurizer = None
+        offsets, seq = self.dataset.sequences()
+        self._offsets, self._seq = offsets, seq
+        self._user_index = {u: i for i, u in enumerate(self.dataset.users.sort("user")["user_id"].to_list())}
+        items = self.dataset.items.sort("item")
+        self._item_ids = items["item_id"].to_list()
+        self._item_index = {v: i for i, v in enumerate(self._item_ids)}
+        self._titles = items["title"].to_list() if "title" in items.columns else [None] * len(self._item_ids)
+
+    # -- components, each loaded from its own folder on first use
+    @property
+    def split(self) -> Any:
+        if self._split is None:
+            from thinkrec.pipeline.run import split_of
+
+            self._split = split_of(self.dataset, self.config)
+        return self._split
+
+    @property
+    def models(self) -> dict[str, list[str]]:
+        """Trained models in this run, by family."""
+        scorers = [n for n in SCORERS if (self.root / SCORERS.get(n).folder(n) / "config.json").exists()]
+        rerank = self.root / "rerank"
+        rerankers = sorted(p.name for p in rerank.iterdir() if (p / "config.json").exists() and p.name != "evaluator") \
+            if rerank.exists() else []
+        return {"scorers": scorers, "rerankers": rerankers}
+
+    def scorer(self, name: str) -> Any:
+        if name not in self._scorers:
+            spec = SCORERS.get(name)
+            folder = self.root / spec.folder(name)
+            if not (folder / "config.json").exists():
+                raise ValueError(f"{folder}: no trained {name} in this run (trained: {', '.join(self.models['scorers'])})")
+            self._scorers[name] = spec.load(folder, self.device)
+        return self._scorers[name]
+
+    def reranker(self, name: str) -> Any:
+        from thinkrec.rerank.stage import load_reranker
+
+        if name not in self._rerankers:
+            folder = self.root / "rerank" / name
+            if not (folder / "config.json").exists():
+                raise ValueError(f"{folder}: no trained re-ranker {name!r} (trained: {', '.join(self.models['rerankers'])})")
+            self._rerankers[name] = load_reranker(folder, self.device)[1]
+        return self._rerankers[name]
+
+    @property
+    def featurizer(self) -> Any:
+        from thinkrec.rerank.lists import ListFeaturizer
+
+        if self._featurizer is None:
+            self._featurizer = ListFeaturizer.load(self.root / "rerank" / "featurizer")
+        return self._featurizer
+
+    # -- ids
+    def user_index(self, user: str | int) -> int:
+        key = str(user)
+        if key not in self._user_index:
+            raise KeyError(f"unknown user {user!r} in {self.root / 'data'} ({len(self._user_index)} users)")
+        return self._user_index[key]
+
+    def item_indices(self, item_ids: list[str | int]) -> np.ndarray:
+        unknown = [i for i in item_ids if str(i) not in self._item_index]
+        if unknown:
+            raise KeyError(f"unknown item id(s) {unknown[:20]} in {self.root / 'data'}")
+        return np.array([self._item_index[str(i)] for i in item_ids], dtype=np.int64)
+
+    def history_of(self, user: int, as_of: str | None = None) -> np.ndarray:
+        """A user's history: the whole known sequence, or (``as_of="test"`` / ``"valid"``) the one evaluation saw."""
+        if as_of is None:
+            return self._seq[self._offsets[user]: self._offsets[user + 1]]
+        if as_of not in ("test", "valid"):
+            raise ValueError(f"as_of must be None, 'test' or 'valid', got {as_of!r}")
+        ex = getattr(self.split, as_of)
+        pos = np.searchsorted(ex.users, user)
+        if pos >= len(ex) or ex.users[pos] != user:
+            raise KeyError(f"user {self.dataset.users['user_id'][user]!r} has no {as_of} example")
+        return ex.history(int(pos))
+
+    # -- the funnel
+    def recommend(self, users: list[str | int] | None = None, histories: list[list[str | int]] | None = None,
+                  k: int = 10, explain: bool = False, exclude_seen: bool | None = None, as_of: str | None = None,
+                  retriever: str | None = None, reranker: str | None | bool = True, batch_size: int = 256,
+                  ) -> list[UserRecommendations]:
+        """Recommend ``k`` items per user (candidate generation → re-ranking), in batches.
+
+        - ``users``: original user ids; each uses the user's whole known history, unless ``as_of="test"`` (the
+          history before the test target, as evaluation sees it) or ``"valid"``. ``histories``: lists of
+          original item ids instead (oldest first). Exactly one of the two.
+        - ``exclude_seen`` (default: the run's ``eval.mask_history``) drops items of the history.
+        - ``retriever`` / ``reranker``: override ``funnel.json``'s choice; ``reranker=None`` (or ``False``) skips
+          re-ranking, ``True`` uses the recorded one (which may be none).
+        - ``explain``: S²GR's thinking tokens per item (nearest cluster, its categories, agreement with the next
+          code) and, for pointer re-rankers, EGLR's entropy and reasoning steps per position.
+
+        Results are equal (same item ids in the same order, scores within 1e-6) whatever the batch size or batch
+        composition; with ``as_of="test"`` and no re-ranker, the retriever's lists are the ones the pipeline's
+        evaluation ranked (``evaluate`` reproduces its metrics).
+        """
+        batch = self._requests(users, histories, as_of)
+        exclude_seen = self.config.eval.mask_history if exclude_seen is None else exclude_seen
+        retriever = retriever or self.record.get("retriever")
+        if retriever is None:
+            raise ValueError(f"{self.root}: no trained retriever")
+        if reranker is True:
+            reranker = self.record.get("reranker")
+        reranker = reranker or None
+        if k < 1:
+            raise ValueError(f"k must be ≥ 1, got {k}")
+        n_cand = max(k, self.config.rerank.k) if reranker else k
+        out: list[UserRecommendations] = []
+        for lo in range(0, len(batch.histories), batch_size):
+            rows = np.arange(lo, min(lo + batch_size, len(batch.histories)))
+            out += self._recommend_batch(batch, rows, k, n_cand, explain, exclude_seen, retriever, reranker)
+        return out
+
+    def _requests(self, users: list | None, histories: list | None, as_of: str | None) -> _Batch:
+        if (users is None) == (histories is None):
+            raise ValueError("give exactly one of users= or histories=")
+        if users is not None:
+            idx = np.array([self.user_index(u) for u in users], dtype=np.int64)
+            return _Batch(idx, [self.history_of(int(u), as_of) for u in idx])
+        if as_of is not None:
+            raise ValueError("as_of applies to users=, not to histories=")
+        return _Batch(np.full(len(histories), -1, np.int64), [self.item_indices(list(h)) for h in histories])
+
+    def _candidates(self, name: str, histories: list[np.ndarray], n: int, exclude_seen: bool, want_thoughts: bool
+                    ) -> tuple[np.ndarray, np.ndarray, Any]:
+        """Top-``n`` items [B, n] (−1 where fewer) and scores of scorer ``name`` for the histories."""
+        scorer = self.scorer(name)
+        offsets = np.concatenate([[0], np.cumsum([len(h) for h in histories])]).astype(np.int64)
+        flat = np.concatenate(histories).astype(np.int64) if histories else np.zeros(0, np.int64)
+        # the pipeline's evaluation window for every scorer (models cut longer inputs to their own window)
+        tokens = torch.from_numpy(pad_histories(offsets, flat, np.arange(len(histories)), self.config.sasrec.max_len))
+        tokens = tokens.to(self.device)
+        with torch.inference_mode():
+            if SCORERS.get(name).generative:
+                beam_n = max(scorer.beam_size, n)
+                rec = scorer.recommend(tokens, beam_n, return_thoughts=want_thoughts and scorer.model.thinking)
+                items, scores = rec.items.copy(), rec.scores.astype(np.float32).copy()
+                if exclude_seen:
+                    seen = np.array([[it in set(h.tolist()) for it in row] for row, h in zip(items, histories, strict=True)])
+                    items, scores = np.where(seen, -1, items), np.where(seen, -np.inf, scores)
+                    keep = np.argsort(items < 0, axis=1, kind="stable")  # valid items first, order kept
+                    items, scores = np.take_along_axis(items, keep, 1), np.take_along_axis(scores, keep, 1)
+                    rec = _reindexed(rec, keep)
+                return items[:, :n], scores[:, :n], rec
+            s = scorer.score(torch.full((len(histories),), -1, dtype=torch.int64), tokens).float().clone()
+            if exclude_seen:
+                r = np.repeat(np.arange(len(histories)), [len(h) for h in histories])
+                s[torch.from_numpy(r), torch.from_numpy(flat)] = float("-inf")
+            top = s.topk(min(n, s.shape[1]), dim=1)
+            items, scores = top.indices.cpu().numpy(), top.values.cpu().numpy()
+            return np.where(np.isfinite(scores), items, -1), scores, None
+
+    def _recommend_batch(self, batch: _Batch, rows: np.ndarray, k: int, n_cand: int, explain: bool,
+                         exclude_seen: bool, retriever: str, reranker: str | None) -> list[UserRecommendations]:
+        hist = [batch.histories[i] for i in rows]
+        cold = np.array([len(h) == 0 for h in hist])
+        items, scores, rec = self._candidates(retriever, hist, n_cand, exclude_seen, explain)
+        if cold.any():  # no history to condition on: the documented fallback is popularity
+            pop_items, pop_scores, _ = self._candidates("popularity", [h for h, c in zip(hist, cold, strict=True) if c],
+                                                        n_cand, False, False) if "popularity" in self.models["scorers"] \
+                else (np.full((int(cold.sum()), n_cand), -1), np.zeros((int(cold.sum()), n_cand), np.float32), None)
+            items[cold], scores[cold] = pop_items, pop_scores
+        order = np.tile(np.arange(items.shape[1]), (len(rows), 1))
+        traces = None
+        if reranker is not None:
+            order, traces = self._rerank_orders(reranker, batch.users[rows], hist, items, scores, explain)
+        thoughts, agreement = (None, None)
+        if explain and rec is not None and rec.beams.thoughts is not None:
+            from thinkrec.retrieval.explain import ThoughtExplainer, coarse_labels
+
+            sids = self.scorer(retriever).sidmap.codes
+            thoughts, agreement = ThoughtExplainer(self.scorer(retriever).model, sids,
+                                                   coarse_labels(self.dataset.items.sort("item")["categories"].to_list())
+                                                   ).explain(rec)
+        sidmap = getattr(self.scorer(retriever), "sidmap", None)
+        out = []
+        for b, i in enumerate(rows):
+            picked = []
+            for pos, j in enumerate(order[b]):
+                it = int(items[b, j])
+                if it < 0:
+                    continue
+                ranks = {"retriever": int(j) + 1}
+                if reranker is not None:
+                    ranks["reranker"] = pos + 1
+                expl = None
+                if thoughts is not None and not cold[b]:
+                    expl = {"thinking": thoughts[b][j]}
+                picked.append(RecommendedItem(it, str(self._item_ids[it]), self._titles[it] or "", float(scores[b, j]),
+                                              ranks, sidmap.sid_strings(np.array([it]), wrap=False)[0] if sidmap else None,
+                                              expl))
+                if len(picked) == k:
+                    break
+            req_expl = None
+            if explain:
+                req_expl = {"thinking_agreement": agreement} if agreement is not None else {}
+                if traces is not None:
+                    req_expl["reranker_reasoning"] = traces[b]
+            user_id = str(self.dataset.users["user_id"][int(batch.users[i])]) if batch.users[i] >= 0 else None
+            out.append(UserRecommendations(user_id, [str(self._item_ids[h]) for h in hist[b]], picked,
+                                           {"retriever": "popularity" if cold[b] else retriever, "reranker": reranker},
+                                           req_expl, bool(cold[b])))
+        return out
+
+    def _rerank_orders(self, name: str, users: np.ndarray, histories: list[np.ndarray], items: np.ndarray,
+                       scores: np.ndarray, explain: bool) -> tuple[np.ndarray, list[dict[str, Any]] | None]:
+        from thinkrec.rerank.models import PointerGenerator
+        from thinkrec.rerank.train import rerank_orders
+
+        model = self.reranker(name)
+        lists = self.featurizer.lists(users, histories, items, None, np.where(items >= 0, scores, 0.0),
+                                      self.config.rerank.history_len, "funnel")
+        if not (explain and isinstance(model, PointerGenerator)):
+            return rerank_orders(model, lists, device=self.device), None
+        order, traces = rerank_orders(model, lists, device=self.device, return_traces=True)
+        per = []
+        for tr in traces:
+            for b in range(tr.actions.shape[0]):
+                per.append({"entropy": tr.entropy_first[b].tolist(), "entropy_after": tr.entropy_final[b].tolist(),
+                            "reasoning_steps": tr.steps[b].tolist(), "temperature": tr.temp_select[b].tolist()})
+        return order, per
+
+    def rerank(self, name: str, lists: Any) -> np.ndarray:
+        """Orders ``[n, L]`` of re-ranker ``name`` over :class:`RerankLists` (e.g. logged slates)."""
+        from thinkrec.rerank.train import rerank_orders
+
+        return rerank_orders(self.reranker(name), lists, device=self.device)
+
+    # -- evaluation through the loaded artifacts
+    def evaluate(self, model: str, part: str = "test") -> dict[str, float]:
+        """Metrics of one trained model recomputed from the loaded folders: a scorer by the pipeline's full-ranking
+        protocol, a re-ranker on the run's re-ranking lists rebuilt from the data and the featurizer."""
+        if model in SCORERS:
+            ev = self.config.eval
+            examples = getattr(self.split, part)
+            ranks = compute_ranks(self.scorer(model).score, examples, self.config.sasrec.max_len, ev.batch_size,
+                                  ev.mask_history, self.device)
+            return mean_metrics(rank_metrics(ranks, ev.ks))
+        from thinkrec.rerank.train import order_metrics
+
+        lists = self.rebuild_lists(part)
+        per = order_metrics(lists, self.rerank(model, lists))
+        return {k: float(np.mean(v)) for k, v in per.items()}
+
+    def rebuild_lists(self, part: str = "test") -> Any:
+        """The re-ranking stage's lists of ``part`` rebuilt from the run's data, retriever and featurizer."""
+        from thinkrec.rerank.lists import funnel_lists, impression_requests, temporal_thirds
+
+        info = read_json(self.root / "rerank" / "lists" / "info.json")
+        cfg = self.config.rerank
+        if info["source"] == "impressions":
+            req = impression_requests(self.dataset, cfg.max_len)
+            lists = self.featurizer.lists(req.users, req.histories, req.items, req.labels, None, cfg.history_len,
+                                          "impressions", req.meta)
+            train, valid, test = temporal_thirds(lists, cfg.holdout_frac, 0.1)
+            return {"train": train, "valid": valid, "test": test}[part]
+        if part != "test":
+            raise ValueError("funnel training lists are a seeded hold-out of validation examples; rebuild only 'test'")
+        from thinkrec.rerank.stage import scorer_top_k
+
+        examples = self.split.test
+        items, scores = scorer_top_k(self.scorer(info["candidates"]), cfg.k, self.config.sasrec.max_len)(examples)
+        return funnel_lists(examples, items, scores, self.split, self.featurizer.category, cfg.history_len,
+                            featurizer=self.featurizer)
+
+
+def _reindexed(rec: Any, keep: np.ndarray) -> Any:
+    from dataclasses import replace
+
+    return replace(rec, beam_index=np.take_along_axis(rec.beam_index, keep, 1))
+
+
+def load(run_dir: str | Path, device: str | None = None) -> Funnel:
+    """Load the trained funnel of a run directory (nothing else is read)."""
+    return Funnel(run_dir, device)

@@ -1,0 +1,101 @@
+"""The stage graph: nodes with declared inputs, cache keys derived from exactly those inputs.
+
+A node declares the config it reads (``inputs``: a function of the resolved :class:`RunConfig`), the nodes whose
+artifacts it reads (``upstream``) and the artifacts it writes (``artifacts``: paths under the run directory).
+Its cache key is the hash of its inputs and of its upstream nodes' *content* hashes (hashes of the bytes of their
+artifacts, not their paths), so changing any input reruns that node and everything downstream of it, nothing else.
+Each finished node leaves ``stages/<name>.json`` in the run directory: key, content hash, what it reported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from thinkrec.utils.config import config_hash, to_dict
+from thinkrec.utils.io import read_json, write_json
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str  # e.g. "retrieval/s2gr"
+    inputs: Callable[[Any], Any]  # Context → the config this node reads (from the resolved RunConfig)
+    upstream: Callable[[Any], list[str]]  # Context → names of the nodes it reads
+    artifacts: tuple[str, ...]  # files / folders (relative to the run dir) that are this node's output
+    run: Callable[[Any], dict[str, Any] | None]  # Context → info recorded in the marker
+
+
+def content_hash(root: Path, paths: tuple[str, ...]) -> str:
+    """SHA-256 over the relative names and bytes of every file under ``paths`` (sorted, so order-free)."""
+    h = hashlib.sha256()
+    for rel in paths:
+        p = root / rel
+        files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else ([p] if p.exists() else [])
+        if not files:
+            raise FileNotFoundError(f"{p}: the artifact a finished stage should have written is missing")
+        for f in files:
+            h.update(str(f.relative_to(root)).encode() + b"\0")
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                    h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def _without_device(obj: Any) -> Any:
+    """The device is not an input: a model trained on any device is the same artifact (up to float noise)."""
+    if isinstance(obj, dict):
+        return {k: _without_device(v) for k, v in obj.items() if k != "device"}
+    if isinstance(obj, list):
+        return [_without_device(v) for v in obj]
+    return obj
+
+
+class Graph:
+    """Runs nodes make-style: :meth:`ensure` brings a node's upstream up to date first, then the node."""
+
+    def __init__(self, nodes: list[Node], ctx: Any, root: Path, log: Callable[[str], None]):
+        self.nodes = {n.name: n for n in nodes}
+        self.ctx, self.root, self.log = ctx, Path(root), log
+        self._fresh: set[str] = set()
+
+    def marker_path(self, name: str) -> Path:
+        return self.root / "stages" / f"{name.replace('/', '.')}.json"
+
+    def marker(self, name: str) -> dict[str, Any] | None:
+        p = self.marker_path(name)
+        return read_json(p) if p.exists() else None
+
+    def key(self, name: str) -> str:
+        node = self.nodes[name]
+        ups = {u: (self.marker(u) or {}).get("content") for u in node.upstream(self.ctx)}
+        return config_hash({"inputs": _without_device(to_dict(node.inputs(self.ctx))), "upstream": ups})
+
+    def is_current(self, name: str) -> bool:
+        m = self.marker(name)
+        return m is not None and m.get("key") == self.key(name)
+
+    def ensure(self, name: str) -> dict[str, Any]:
+        """Bring ``name`` up to date (its upstream first) and return its marker."""
+        if name not in self.nodes:
+            raise ValueError(f"unknown stage node {name!r}; known: {', '.join(self.nodes)}")
+        node = self.nodes[name]
+        if name not in self._fresh:
+            for up in node.upstream(self.ctx):
+                self.ensure(up)
+            if self.is_current(name):
+                self.log(f"{name}: up to date, reusing {', '.join(node.artifacts)}")
+            else:
+                t = time.perf_counter()
+                info = node.run(self.ctx) or {}
+                wall = time.perf_counter() - t
+                write_json(self.marker_path(name), {
+                    "key": self.key(name), "content": content_hash(self.root, node.artifacts), "finished": time.time(),
+                    "wall_s": wall, "info": info, "upstream": node.upstream(self.ctx),
+                    "inputs": to_dict(node.inputs(self.ctx)),
+                })
+            self._fresh.add(name)
+        return self.marker(name) or {}

@@ -1,0 +1,124 @@
+"""The next-item scorer registry: every model that ranks the whole catalogue (or returns its top-K) for a history.
+
+Each entry says which ``stages:`` entry trains it, where its folder lives in a run directory, the config it is
+trained from and how it trains and loads. A folder loads on its own (``spec.load(folder, device)``): the
+pipeline's evaluation, :func:`thinkrec.load` and serving all load scorers this way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from thinkrec.utils.registry import Registry
+
+
+@dataclass(frozen=True)
+class ScorerSpec:
+    stage: str  # the `stages:` entry that trains it
+    folder: Callable[[str], str]  # name → folder relative to the run directory
+    inputs: Callable[[Any, str], Any]  # (resolved RunConfig, name) → the config it trains from
+    needs_sids: bool
+    train: Callable[[Any, str, Path], dict[str, Any]]  # (Context, name, folder) → summary
+    load: Callable[[Path, str], Any]  # (folder, device) → scorer with .score(users, tokens) [and .recommend]
+    generative: bool = False  # returns beams (top-K), not a full ranking
+
+
+SCORERS: Registry[ScorerSpec] = Registry("next-item scorer")
+
+
+def _split_inputs(cfg: Any) -> dict[str, Any]:
+    d = cfg.data
+    return {"split": d.split, "valid_frac": d.valid_frac, "test_frac": d.test_frac}
+
+
+# ---------------------------------------------------------------------------------------------- popularity
+def _train_popularity(ctx: Any, name: str, out: Path) -> dict[str, Any]:
+    from thinkrec.baselines.popularity import Popularity
+
+    Popularity.fit(ctx.get_split()).save_folder(out)
+    return {}
+
+
+def _load_popularity(folder: Path, device: str) -> Any:
+    from thinkrec.baselines.popularity import Popularity
+
+    return Popularity.from_folder(folder, device)
+
+
+SCORERS.register("popularity", "most popular: training-set item counts (the floor)", ScorerSpec(
+    "popularity", lambda n: "popularity", lambda cfg, n: _split_inputs(cfg), False, _train_popularity, _load_popularity))
+
+
+# ---------------------------------------------------------------------------------------------- SASRec
+def _train_sasrec(ctx: Any, name: str, out: Path) -> dict[str, Any]:
+    import numpy as np
+
+    from thinkrec.baselines.sasrec import train_sasrec
+    from thinkrec.utils.io import write_json
+
+    cfg = ctx.config.sasrec
+    model, history = train_sasrec(ctx.get_split(), cfg, ctx.config.run.device, log=lambda m: ctx.log(f"sasrec: {m}"),
+                                  progress=ctx.stage_progress("sasrec"))
+    model.save_folder(out)
+    write_json(out / "history.json", history)
+    summary = {"epochs": len(history), "s_per_epoch": float(np.median([h["train_s"] for h in history])),
+               "best_valid_ndcg@10": max((h.get("valid_ndcg@10", 0.0) for h in history), default=0.0)}
+    write_json(out / "train_metrics.json", summary)
+    return summary
+
+
+def _load_sasrec(folder: Path, device: str) -> Any:
+    from thinkrec.baselines.sasrec import SASRec
+
+    return SASRec.from_folder(folder, device)
+
+
+SCORERS.register("sasrec", "SASRec: causal Transformer, full-softmax cross-entropy over all items", ScorerSpec(
+    "sasrec", lambda n: "sasrec", lambda cfg, n: {"sasrec": cfg.sasrec, **_split_inputs(cfg)}, False, _train_sasrec,
+    _load_sasrec))
+
+
+# ---------------------------------------------------------------------------------------------- generative retrievers
+def _train_generative(ctx: Any, name: str, out: Path) -> dict[str, Any]:
+    from thinkrec.retrieval.stage import train_one
+    from thinkrec.tokenize.stage import load_tokenize
+
+    if ctx.graph.marker(f"retrieval/{name}") is not None:  # finished for other inputs: its checkpoint is stale
+        (out / "last.pt").unlink(missing_ok=True)
+    _, summary = train_one(name, ctx.get_split(), load_tokenize(ctx.root / "sids"), ctx.config.retrieval, out.parent,
+                           ctx.config.run.device, log=lambda m: ctx.log(f"{name}: {m}"), progress=ctx.stage_progress(name))
+    return summary
+
+
+def _load_generative(folder: Path, device: str) -> Any:
+    from thinkrec.retrieval.stage import load_scorer
+
+    return load_scorer(folder, device)
+
+
+def _generative_inputs(cfg: Any, name: str) -> dict[str, Any]:
+    r = cfg.retrieval
+    return {"model": r.model_config(name), "train": r.train, **_split_inputs(cfg)}
+
+
+def _register_generative() -> None:
+    from thinkrec.retrieval.stage import RETRIEVERS
+
+    for entry in RETRIEVERS.entries():
+        SCORERS.register(entry.name, entry.description, ScorerSpec(
+            "retrieval", lambda n: f"retrieval/{n}", _generative_inputs, True, _train_generative, _load_generative,
+            generative=True))
+
+
+_register_generative()
+
+
+def active_scorers(cfg: Any) -> list[str]:
+    """The scorers a config trains: popularity and SASRec when their stages are listed, and retrieval.models."""
+    names = [n for n in ("popularity", "sasrec") if n in cfg.stages]
+    if "retrieval" in cfg.stages:
+        names += [m for m in cfg.retrieval.models if m not in names]
+    return names

@@ -1,0 +1,186 @@
+"""The funnel as a library: cache keys from declared inputs, standalone model folders, ``thinkrec.load``."""
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import thinkrec
+from tests.pipeline.test_run import TINY
+from thinkrec.data.batching import pad_histories
+from thinkrec.pipeline.config import load_run_config, resolve, stage_seed
+from thinkrec.utils.config import ConfigError
+from thinkrec.utils.io import read_json
+
+FUNNEL = [*TINY, "rerank.source=funnel", "rerank.models=[initial,dnn,eglr]", "retrieval.rescore_weight=null"]
+
+
+def _overrides(out_dir, extra=()):
+    return {s.split("=", 1)[0]: _yaml(s.split("=", 1)[1]) for s in [*FUNNEL, f"run.out_dir={out_dir}", *extra]}
+
+
+def _yaml(v):
+    import yaml
+
+    return yaml.safe_load(v)
+
+
+@pytest.fixture(scope="module")
+def funnel_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("funnel")
+    root = thinkrec.run("configs/synthetic.yaml", log=lambda m: None, **_overrides(out, ["run.name=f"]))
+    return Path(root)
+
+
+def _finished(root):
+    return {p.stem: read_json(p)["finished"] for p in (root / "stages").glob("*.json")}
+
+
+def test_derived_seeds_and_devices_come_from_run():
+    cfg = resolve(load_run_config("configs/synthetic.yaml", ["run.seed=7"]))
+    assert cfg.sasrec.seed == stage_seed(7, "sasrec") and cfg.rerank.train.seed == stage_seed(7, "rerank")
+    assert len({cfg.sasrec.seed, cfg.tokenize.seed, cfg.retrieval.train.seed, cfg.rerank.train.seed, cfg.llm.seed}) == 5
+    cuda = resolve(load_run_config("configs/synthetic.yaml", ["run.device=cuda"]))
+    assert cuda.tokenize.device == cuda.llm.device == "cuda"
+    with pytest.raises(ConfigError, match=r"sasrec\.seed: set run\.seed"):
+        load_run_config("configs/synthetic.yaml", ["sasrec.seed=3"])
+    with pytest.raises(ConfigError, match=r"llm\.device: set run\.device"):
+        load_run_config("configs/synthetic.yaml", ["llm.device=cuda"])
+
+
+def test_load_reproduces_the_pipelines_test_metrics_exactly(funnel_run):
+    funnel = thinkrec.load(funnel_run)
+    test = read_json(funnel_run / "metrics.json")["test"]
+    assert set(funnel.models["scorers"]) == {"popularity", "sasrec", "tiger", "s2gr"}
+    for name in funnel.models["scorers"]:
+        assert funnel.evaluate(name) == test[name]["metrics"], name
+    rerank = read_json(funnel_run / "rerank" / "metrics.json")
+    for name in ("initial", "dnn", "eglr"):
+        again = funnel.evaluate(name)
+        for key in ("ndcg@5", "ndcg@10", "map@5", "recall@1", "recall@5"):
+            assert again[key] == rerank["models"][name][key], (name, key)
+    record = read_json(funnel_run / "funnel.json")
+    assert record["retriever"] == rerank["candidates"] and "validation N@5" in record["reranker_why"]
+
+
+def test_recommend_matches_evaluation_and_ignores_batching(funnel_run):
+    funnel = thinkrec.load(funnel_run)
+    split = funnel.split
+    users = funnel.dataset.users.sort("user")["user_id"].to_list()
+    test_users = [users[u] for u in split.test.users]
+    for name in ("s2gr", "sasrec"):
+        recs = funnel.recommend(users=test_users, k=20, as_of="test", retriever=name, reranker=None)
+        ev = funnel.config.eval
+        from thinkrec.eval.protocol import compute_ranks
+
+        ranks = compute_ranks(funnel.scorer(name).score, split.test, funnel.config.sasrec.max_len, ev.batch_size, False)
+        ids = funnel.dataset.items.sort("item")["item_id"].to_list()
+        for r, target, rank in zip(recs, split.test.targets, ranks, strict=True):
+            got = [it.item_id for it in r.items]
+            pos = got.index(ids[target]) if ids[target] in got else None
+            assert (pos == rank) if rank < 20 else pos is None, (name, r.user_id)
+    # batch size and composition do not change a user's list
+    some = test_users[:40]
+    a = funnel.recommend(users=some, k=10, batch_size=256, explain=True)
+    b = funnel.recommend(users=list(reversed(some)), k=10, batch_size=7)[::-1]
+    for x, y in zip(a, b, strict=True):
+        assert [i.item_id for i in x.items] == [i.item_id for i in y.items]
+        assert np.allclose([i.score for i in x.items], [i.score for i in y.items], atol=1e-6)
+    # a given history equals the same user's known history
+    h = funnel.recommend(histories=[a[0].history], k=10)[0]
+    assert [i.item_id for i in h.items] == [i.item_id for i in a[0].items] and h.user_id is None
+    # explanations: thinking tokens per item from S²GR or nothing from TIGER; EGLR reasoning per position
+    if funnel.record["retriever"] == "s2gr":
+        assert a[0].items[0].explanation["thinking"][0]["level"] == 1
+    if funnel.record["reranker"] == "eglr":
+        assert len(a[0].explanation["reranker_reasoning"]["entropy"]) > 0
+    cold = funnel.recommend(histories=[[]], k=5)[0]
+    assert cold.cold_start and cold.stages["retriever"] == "popularity" and len(cold.items) == 5
+    with pytest.raises(KeyError, match="unknown item"):
+        funnel.recommend(histories=[["no-such-item"]])
+    seen = funnel.recommend(users=some[:5], k=10, exclude_seen=True)
+    for r in seen:
+        assert not set(r.history) & {i.item_id for i in r.items}
+
+
+SCRIPT = """
+import sys, json, numpy as np, torch
+from pathlib import Path
+from thinkrec.pipeline.scorers import SCORERS
+from thinkrec.rerank.stage import load_reranker
+from thinkrec.rerank.lists import RerankLists
+from thinkrec.rerank.train import rerank_orders
+root, tokens = Path(sys.argv[1]), torch.tensor(json.loads(sys.argv[2]))
+out = {}
+for name in ("sasrec", "s2gr", "tiger", "popularity"):
+    s = SCORERS.get(name).load(root / SCORERS.get(name).folder(name), "cpu")
+    with torch.inference_mode():
+        out[name] = s.score(torch.zeros(len(tokens), dtype=torch.long), tokens).numpy().tolist()
+lists = RerankLists.load(root / "rerank" / "lists" / "test")
+out["eglr"] = rerank_orders(load_reranker(root / "rerank" / "eglr")[1], lists).tolist()
+print(json.dumps(out))
+"""
+
+
+def test_model_folders_load_alone_in_a_fresh_process(funnel_run, tmp_path):
+    # only the model folders (and the lists to score), copied away from the run directory
+    alone = tmp_path / "alone"
+    for rel in ("sasrec", "retrieval/s2gr", "retrieval/tiger", "popularity", "rerank/eglr", "rerank/lists/test"):
+        shutil.copytree(funnel_run / rel, alone / rel)
+    split_offsets, items = np.array([0, 3, 5, 9]), np.array([1, 2, 3, 4, 5, 6, 7, 8, 9])
+    tokens = pad_histories(split_offsets, items, np.arange(3), 20).tolist()
+    res = subprocess.run([sys.executable, "-c", SCRIPT, str(alone), json.dumps(tokens)], capture_output=True, text=True,
+                         check=True)
+    fresh = json.loads(res.stdout.strip().splitlines()[-1])
+    funnel = thinkrec.load(funnel_run)
+    t = torch.tensor(tokens)
+    for name in ("sasrec", "s2gr", "tiger", "popularity"):
+        with torch.inference_mode():
+            here = funnel.scorer(name).score(torch.zeros(3, dtype=torch.long), t).numpy()
+        assert np.array_equal(np.asarray(fresh[name], dtype=np.float32), here), name
+    from thinkrec.rerank.lists import RerankLists
+
+    lists = RerankLists.load(funnel_run / "rerank" / "lists" / "test")
+    assert np.array_equal(np.asarray(fresh["eglr"]), funnel.rerank("eglr", lists))
+
+
+def test_changing_an_input_reruns_that_stage_and_downstream_only(funnel_run, tmp_path):
+    root = tmp_path / "f"
+    shutil.copytree(funnel_run, root)
+    before = _finished(root)
+    thinkrec.run(root / "config.yaml", log=lambda m: None, **{"run.out_dir": str(tmp_path), "run.name": "f"})
+    assert _finished(root) == before  # nothing changed: nothing reruns
+    thinkrec.run(root / "config.yaml", log=lambda m: None,
+                 **{"run.out_dir": str(tmp_path), "run.name": "f", "tokenize.quantizer.codebook_size": 16})
+    after = _finished(root)
+    changed = {k for k in before if after[k] != before[k]}
+    downstream = {"sids", "retrieval.tiger", "retrieval.s2gr", "retrieval.tiger.rescore", "retrieval.s2gr.rescore",
+                  "rerank.lists", "rerank.evaluator", "rerank.initial", "rerank.dnn", "rerank.eglr"}
+    assert changed == downstream, changed ^ downstream
+    # a new run.seed: the lists (whose hold-out split uses it) are rebuilt, and every seeded stage retrains
+    thinkrec.run(root / "config.yaml", log=lambda m: None,
+                 **{"run.out_dir": str(tmp_path), "run.name": "f", "run.seed": 1})
+    reseeded = _finished(root)
+    assert reseeded["rerank.lists"] != after["rerank.lists"] and reseeded["sasrec"] != after["sasrec"]
+    assert reseeded["data"] == after["data"] and reseeded["popularity"] == after["popularity"]
+
+
+def test_readme_python_example_runs(tmp_path, monkeypatch):
+    text = (Path(__file__).parents[2] / "README.md").read_text()
+    block = re.search(r"<!-- python-example -->\s*```python\n(.*?)```", text, re.S)
+    assert block, "README.md has no python example marked <!-- python-example -->"
+    code = block.group(1)
+    # the README trains at the preset's size; the test shrinks it with the same overrides the other tests use
+    monkeypatch.chdir(Path(__file__).parents[2])
+    shrink = _overrides(tmp_path)
+    real_run = thinkrec.run
+    monkeypatch.setattr(thinkrec, "run", lambda config, **kw: real_run(config, log=lambda m: None, **{**kw, **shrink}))
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert scope["recs"] and len(scope["recs"][0].items) == 10
