@@ -211,7 +211,9 @@ class Funnel:
         - ``users``: original user ids; each uses the user's whole known history, unless ``as_of="test"`` (the
           history before the test target, as evaluation sees it) or ``"valid"``. ``histories``: lists of
           original item ids instead (oldest first). Exactly one of the two.
-        - ``exclude_seen`` (default: the run's ``eval.mask_history``) drops items of the history.
+        - ``exclude_seen`` (default: the run's ``eval.mask_history``) drops items of the history (a generative
+          retriever returns at most its beam, so fewer than ``k`` items can remain; evaluation's masking keeps a
+          repeated target, which a live request cannot know).
         - ``retriever`` / ``reranker``: override ``funnel.json``'s choice; ``reranker=None`` (or ``False``) skips
           re-ranking, ``True`` uses the recorded one (which may be none).
         - ``explain``: S²GR's thinking tokens per item (nearest cluster, its categories, agreement with the next

@@ -271,7 +271,7 @@ def _reranker_node(name: str) -> Node:
         train, valid, test = _load_lists(ctx, "train", "valid", "test")
         _, evaluator = load_reranker(ctx.root / "rerank" / "evaluator", device)
         fit = fit_and_score(name, train, valid, test, cfg.model, cfg.train, evaluator, _click_model(ctx), device,
-                            log=lambda m: ctx.log(f"rerank {m}"))
+                            log=ctx.log)
         valid_ndcg = float(order_metrics(valid, rerank_orders(fit.model, valid, device=device), (5,))["ndcg@5"].mean())
         save_reranker(fit.model, name, out, fit.history, train.list_len)
         write_json(out / "metrics.json", {"test": fit.metrics, "valid": {"ndcg@5": valid_ndcg}, "profile": fit.profile})
