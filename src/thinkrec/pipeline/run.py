@@ -484,3 +484,24 @@ def run_pipeline(
     prev = read_json(timings_file) if timings_file.exists() else {}
     write_json(timings_file, {**prev, **ctx.timings})
     return ctx.root
+
+
+def share_nodes(src_root: str | Path, dst_root: str | Path, names: tuple[str, ...]) -> None:
+    """Copy finished nodes (their artifacts and markers) from one run directory to another, e.g. one dataset's
+    data and Semantic IDs into the run directory of each benchmark variant. The copy's key is recomputed in the
+    destination, so it is reused only where the destination's config declares the same inputs."""
+    import shutil
+
+    nodes = {n.name: n for n in build_nodes()}
+    src, dst = Path(src_root), Path(dst_root)
+    for name in names:
+        marker = src / "stages" / f"{name.replace('/', '.')}.json"
+        if not marker.exists():
+            raise FileNotFoundError(f"{marker}: node {name!r} has not finished in {src}")
+        target = dst / "stages" / marker.name
+        if target.exists() and read_json(target).get("content") == read_json(marker).get("content"):
+            continue
+        for top in sorted({Path(a).parts[0] for a in nodes[name].artifacts}):
+            shutil.copytree(src / top, dst / top, dirs_exist_ok=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(marker, target)
