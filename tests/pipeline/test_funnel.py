@@ -184,3 +184,15 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
     scope: dict = {}
     exec(compile(code, "README.md", "exec"), scope)
     assert scope["recs"] and len(scope["recs"][0].items) == 10
+
+
+def test_shared_nodes_are_reused_only_under_the_same_inputs(funnel_run, tmp_path):
+    from thinkrec.pipeline.run import open_run, share_nodes
+
+    cfg = load_run_config(funnel_run / "config.yaml")
+    share_nodes(funnel_run, tmp_path / "v", ("data", "sids"))
+    ctx = open_run(cfg, tmp_path / "v", log=lambda m: None)
+    assert ctx.graph.is_current("data") and ctx.graph.is_current("sids") and not ctx.graph.is_current("sasrec")
+    other = open_run(load_run_config(funnel_run / "config.yaml", ["tokenize.quantizer.codebook_size=8"]), tmp_path / "v",
+                     log=lambda m: None)
+    assert other.graph.is_current("data") and not other.graph.is_current("sids")
