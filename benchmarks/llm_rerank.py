@@ -1,13 +1,17 @@
 """GR2 LLM re-ranker on Beauty funnel lists (TIGER's top-10): pre-rank vs alignment-only vs SFT (target and reject
 sampling) vs SFT + DAPO, with Gemma 3 270M (the PyPI GGUF package) on CPU.
 
-    python benchmarks/llm_rerank.py [--preset configs/llm_beauty.yaml] [--set sft.steps=40 ...]
-        [--lists runs/bench-rerank/beauty-funnel/lists-k10-tiger] [--sids runs/beauty-coba/sids]
+    python benchmarks/llm_rerank.py [--preset configs/llm_beauty.yaml] [--set llm.sft.steps=40 ...]
+        [--lists-run runs/bench-rerank/beauty-funnel/initial] [--out runs/bench-llm/beauty]
 
-Needs the funnel lists of ``benchmarks/rerank.py --datasets beauty-funnel`` (cached under ``--lists``) and the CoBa
-SIDs the retriever was trained on. Evaluation generates one greedy constrained answer per test list that contains the
-true item (``n_eval`` of them; other lists score 0 whatever the order) and reports R@1/R@5/N@5 on those lists and
-scaled to all test lists; paired tests on per-list N@5. Writes benchmarks/results/llm_rerank.json.
+The run directory ``--out`` starts from the config of a ``benchmarks/rerank.py --datasets beauty-funnel`` run
+(``--lists-run``) and reuses its data, SIDs and re-ranking lists (``common.share_nodes``); the pipeline's ``llm``
+node trains and evaluates there (``llm/metrics.json``, traces and adapters; a rerun resumes). ``--preset`` is an LLM
+stage preset (the ``llm:`` section: ``LLMStageConfig`` fields); its ``device`` becomes ``run.device`` and its
+``seed`` is dropped (``run.seed`` derives every stage's). Evaluation generates one greedy constrained answer per
+test list that contains the true item (``n_eval`` of them; other lists score 0 whatever the order) and reports
+R@1/R@5/N@5 on those lists and scaled to all test lists; paired tests on per-list N@5. Writes
+benchmarks/results/llm_rerank.json.
 """
 
 from __future__ import annotations
@@ -15,70 +19,82 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
-import torch
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-from common import peak_rss_mb, row, save_rows  # noqa: E402
-from thinkrec.data import load_dataset  # noqa: E402
-from thinkrec.data.splits import leave_one_out  # noqa: E402
+from common import (  # noqa: E402
+    bench_config,
+    node_info,
+    open_variant,
+    peak_rss_mb,
+    row,
+    save_rows,
+    share_nodes,
+    upstream_closure,
+)
+from thinkrec.eval.metrics import rank_metrics, ranks_from_positions  # noqa: E402
 from thinkrec.eval.stats import paired_test  # noqa: E402
-from thinkrec.llm.prompts import Catalogue  # noqa: E402
-from thinkrec.llm.stage import LLMStageConfig, rank_metrics, run_llm_stage  # noqa: E402
-from thinkrec.rerank.lists import RerankLists  # noqa: E402
-from thinkrec.tokenize.stage import load_tokenize  # noqa: E402
-from thinkrec.utils.config import load_config  # noqa: E402
+from thinkrec.llm.stage import answer_metrics  # noqa: E402
+from thinkrec.pipeline.run import run_pipeline  # noqa: E402
+from thinkrec.utils.config import read_config_data  # noqa: E402
+from thinkrec.utils.io import read_json  # noqa: E402
 
 NAMES = {"pre-rank": "gr2-prerank", "alignment": "gr2-align", "sft-target": "gr2-sft", "sft-reject": "gr2-sft",
          "rl": "gr2-rl"}
 
 
-def ndcg5(ranks: list[int]) -> np.ndarray:
-    r = np.asarray(ranks, dtype=np.float64)
-    return np.where((r > 0) & (r <= 5), 1.0 / np.log2(np.maximum(r, 1) + 1.0), 0.0)
+def llm_preset(path: str | None) -> list[str]:
+    """An LLM stage preset as RunConfig overrides: the ``llm`` section, and ``run.device`` from its device."""
+    if not path:
+        return []
+    data = read_config_data(path)
+    data.pop("seed", None)
+    device = data.pop("device", None)
+    return [f"llm={yaml.safe_dump(data, default_flow_style=True, width=1 << 20).strip()}",
+            *([f"run.device={device}"] if device else [])]
+
+
+def ndcg5(positions: list[int]) -> np.ndarray:
+    """Per-list N@5 from the true item's 1-based positions in the answers (0 = not in the list)."""
+    return rank_metrics(ranks_from_positions(positions), ks=(5,))["ndcg@5"]
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--preset", default="configs/llm_beauty.yaml")
-    p.add_argument("--set", action="append", default=[], help="dotted overrides, e.g. sft.steps=40")
-    p.add_argument("--data-root", default=None)
-    p.add_argument("--lists", default="runs/bench-rerank/beauty-funnel/lists-k10-tiger")
-    p.add_argument("--sids", default="runs/beauty-coba/sids")
+    p.add_argument("--preset", default="configs/llm_beauty.yaml", help="LLM stage preset (the llm: section)")
+    p.add_argument("--set", action="append", default=[], help="RunConfig override, e.g. llm.sft.steps=40")
+    p.add_argument("--lists-run", default="runs/bench-rerank/beauty-funnel/initial",
+                   help="a run directory of benchmarks/rerank.py --datasets beauty-funnel (its lists, SIDs and data)")
     p.add_argument("--out", default="runs/bench-llm/beauty")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="run.threads")
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    cfg = load_config(LLMStageConfig, args.preset, args.set)
+    src = Path(args.lists_run)
+    if not (src / "config.yaml").exists() or not (src / "rerank" / "lists").exists():
+        raise SystemExit(f"{src}: no re-ranking lists (run benchmarks/rerank.py --datasets beauty-funnel first)")
+    cfg = bench_config(src / "config.yaml", [*llm_preset(args.preset), *args.set], args.threads)
+    ctx = open_variant(cfg, args.out)
+    share_nodes(ctx, src, upstream_closure(ctx, "rerank/lists", "sids", "data"))
+    run_pipeline(cfg, ["llm"], run_dir=args.out)
 
-    t0 = time.perf_counter()
-    ds = load_dataset("beauty", args.data_root)
-    codes = load_tokenize(Path(args.sids)).sidmap.codes
-    catalogue = Catalogue.from_dataset(ds, codes)
-    train, test = RerankLists.load(Path(args.lists) / "train"), RerankLists.load(Path(args.lists) / "test")
-    split = leave_one_out(ds)
-    sequences = [split.train_sequence(u) for u in range(split.n_users)]
-    print(f"beauty: {len(train)} train / {len(test)} test lists, SIDs {list(catalogue.radix)} ({time.perf_counter() - t0:.0f}s)",
-          flush=True)
-
-    t = time.perf_counter()
-    summary = run_llm_stage(catalogue, train, test, sequences, cfg, Path(args.out), log=lambda *a: print(*a, flush=True))
-    wall = time.perf_counter() - t
+    ctx = open_variant(cfg, args.out)
+    summary = read_json(ctx.root / "llm" / "metrics.json")
+    wall = summary.get("wall_s", node_info(ctx, "llm").get("wall_s", 0.0))
     metrics, scaled = summary["metrics"], summary["metrics_all_lists"]
     base = ndcg5(metrics["pre-rank"]["ranks"])
     rows = []
     for phase, m in metrics.items():
         per = ndcg5(m["ranks"])
-        assert abs(per.mean() - rank_metrics(np.array(m["ranks"]))["ndcg@5"]) < 1e-9
+        assert abs(answer_metrics(m["ranks"])["ndcg@5"] - m["ndcg@5"]) < 1e-9 and abs(per.mean() - m["ndcg@5"]) < 1e-9
         out = {k: round(m[k], 5) for k in ("recall@1", "recall@5", "ndcg@5")}
         out["peak_rss_mb"] = round(peak_rss_mb(), 1)
-        extra = {"metrics_all_lists": {k: round(v, 5) for k, v in scaled[phase].items()}, "phase": phase, "variant": phase, "n_eval_lists": m["n"], "malformed": m["malformed"],
-                 "coverage": summary["coverage"], "llm": cfg.model, "config": summary["config"],
-                 "timings": summary["timings"]}
+        extra = {"metrics_all_lists": {k: round(v, 5) for k, v in scaled[phase].items()}, "phase": phase, "variant": phase,
+                 "n_eval_lists": m["n"], "malformed": m["malformed"], "coverage": summary["coverage"],
+                 "llm": ctx.config.llm.model, "config": summary["config"], "timings": summary["timings"],
+                 "run_dir": str(ctx.root)}
         if phase != "pre-rank":
             extra["vs_prerank_ndcg@5"] = paired_test(per, base, 1000, seed=0)
             extra["eval_wall_s"] = round(m["wall_s"], 1)
@@ -86,7 +102,7 @@ def main() -> None:
         if phase in ("sft-target", "sft-reject"):
             extra["traces"] = summary["traces"][phase.split("-")[1]]
         if phase == "rl":
-            extra["vs_sft_ndcg@5"] = paired_test(per, ndcg5(metrics[f"sft-{cfg.rl_from}"]["ranks"]), 1000, seed=0)
+            extra["vs_sft_ndcg@5"] = paired_test(per, ndcg5(metrics[f"sft-{ctx.config.llm.rl_from}"]["ranks"]), 1000, seed=0)
             extra["rl_log"] = [r for r in summary["logs"]["rl"] if "reward" in r]
         rows.append(row("llm_rerank", "beauty-funnel", NAMES[phase], out, wall, **extra))
     save_rows("llm_rerank", rows, key="variant")

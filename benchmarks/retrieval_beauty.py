@@ -1,22 +1,21 @@
-"""Generative retrieval on Amazon Beauty (or Sports) 2014: S²GR vs our TIGER, S²GR ablations, and SASRec.
+"""Generative retrieval on Amazon Beauty (or Sports) 2014: S²GR vs our TIGER, S²GR ablations, and SASRec — a thin
+driver over the pipeline (configs/<dataset>.yaml).
 
     python benchmarks/retrieval_beauty.py [--dataset beauty|sports] [--models s2gr,tiger,...]
-        [--max-train-min 60] [--epochs 40] [--data-root ../shared/data] [--threads 2]
+        [--max-train-min 60] [--epochs 40] [--data-root ../shared/data] [--threads 2] [--set retrieval.model.dropout=0.3]
 
-Leave-one-out, full ranking (every item reachable through the SID trie, beam 20), history ≤ 50. Semantic IDs:
-CoBa 3 × 256 (+ dedup digit) from the run directory ``runs/<dataset>-coba/sids`` if present, else fitted here
-(MiniLM embeddings are cached). Each generative model trains under the same budget (epochs and minutes of
-training), checkpoints every epoch under ``runs/bench-retrieval-<dataset>/<model>/`` and resumes there when
-re-run. Reports test R@5/10, N@5/10 with 95 % CIs, training wall time, training samples/s, beam-20 inference
-users/s and peak RSS, and paired tests (S²GR vs TIGER and vs SASRec, per-user N@10). Writes
-benchmarks/results/retrieval_<dataset>.json.
+Leave-one-out, full ranking (every item reachable through the SID trie, beam 20), history ≤ 50. Each variant
+(benchmarks/retrieval_models.py: a registered retriever + model overrides) is its own run directory
+``runs/bench-retrieval/<dataset>/<variant><tag>``; the data and Semantic IDs (the preset's CoBa) come from a shared
+``…/_base`` run and are reused by content hash, and a variant's training checkpoints every epoch and resumes when
+re-run. Reports test R@5/10, N@5/10 with 95 % CIs, training wall time, training samples/s, beam inference users/s
+and peak RSS, and paired tests (per-user N@10). Writes benchmarks/results/retrieval_<dataset>.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -25,19 +24,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, peak_rss_mb, read_json, row, save_rows  # noqa: E402
-from retrieval_models import MODELS  # noqa: E402
-from thinkrec.baselines.sasrec import SASRecConfig, train_sasrec  # noqa: E402
-from thinkrec.data import load_dataset  # noqa: E402
+from retrieval_models import variant_overrides  # noqa: E402
 from thinkrec.data.batching import pad_histories  # noqa: E402
-from thinkrec.data.splits import leave_one_out  # noqa: E402
 from thinkrec.eval.metrics import mean_metrics, rank_metrics  # noqa: E402
-from thinkrec.eval.protocol import compute_ranks  # noqa: E402
 from thinkrec.eval.stats import bootstrap_ci, paired_test  # noqa: E402
-from thinkrec.retrieval import GenerativeScorer, RetrieverConfig, RetrieverTrainConfig, train_retriever  # noqa: E402
+from thinkrec.pipeline.config import load_run_config  # noqa: E402
+from thinkrec.pipeline.run import evaluate_scorer, open_run, share_nodes  # noqa: E402
 from thinkrec.retrieval.beam import constrained_beam_search  # noqa: E402
-from thinkrec.retrieval.clusters import code_clusters  # noqa: E402
-from thinkrec.retrieval.inference import thought_agreement, tune_dense_weight  # noqa: E402
-from thinkrec.tokenize.stage import TokenizeConfig, load_tokenize, run_tokenize  # noqa: E402
+from thinkrec.retrieval.inference import thought_agreement  # noqa: E402
 
 KS = (5, 10)
 
@@ -49,13 +43,6 @@ def _metrics(ranks: np.ndarray) -> tuple[dict, dict]:
         _, lo, hi = bootstrap_ci(per_user[k], 1000)
         out[f"{k}_ci95"] = [round(lo, 5), round(hi, 5)]
     return out, per_user
-
-
-def _sids(dataset_name: str, ds, split):
-    path = Path("runs") / f"{dataset_name}-coba" / "sids"
-    if (path / "sidmap").exists():
-        return load_tokenize(path)
-    return run_tokenize(ds, split, TokenizeConfig(method="coba"), out_dir=path)
 
 
 def _save_per_user(args: argparse.Namespace, name: str, values: np.ndarray) -> None:
@@ -76,98 +63,75 @@ def main() -> None:
     p.add_argument("--model-epochs", action="append", default=[], help="per-model epochs, e.g. tiger=17 (same wall budget)")
     p.add_argument("--patience", type=int, default=4)
     p.add_argument("--beam", type=int, default=20)
-    p.add_argument("--set", action="append", default=[], help="RetrieverConfig override key=value (all models)")
+    p.add_argument("--set", action="append", default=[], help="config override, e.g. retrieval.model.dropout=0.3")
     p.add_argument("--out", default="runs/bench-retrieval")
     p.add_argument("--tag", default="", help="suffix of variant names, checkpoints and per-user files (e.g. -60m): "
                    "keeps rows of other budgets; paired tests compare models of the same tag")
     p.add_argument("--rescore", action="store_true",
                    help="also rank each model's beams with its item head (LIGER-style hybrid): the weight is tuned on "
-                        "the validation subset, the row is <model>+dense<tag>")
+                        "the validation subset (the pipeline's rescore node), the row is <model>+dense<tag>")
     p.add_argument("--pairs", default="s2gr:tiger,s2gr:sasrec,tiger:sasrec,s2gr:s2gr-noalign,s2gr:s2gr-noaux",
                    help="paired tests a:b (per-user test N@10 of earlier or this invocation's models, same tag)")
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
     bench = f"retrieval_{args.dataset}"
-    ds = load_dataset(args.dataset, args.data_root)
-    split = leave_one_out(ds)
-    art = _sids(args.dataset, ds, split)
-    sm = art.sidmap
+    base_sets = [f"run.threads={args.threads}", *([f"data.data_root={args.data_root}"] if args.data_root else []),
+                 f"retrieval.beam={args.beam}", f"retrieval.train.patience={args.patience}",
+                 f"retrieval.train.max_train_s={args.max_train_min * 60}", *args.set]
+    preset = Path("configs") / f"{args.dataset}.yaml"
+    bench_root = Path(args.out) / args.dataset
+    base = open_run(load_run_config(preset, base_sets), bench_root / "_base")
+    base.graph.ensure("sids")
+    split = base.get_split()
     rows, per_user_n10 = [], {}
-    overrides = {}
-    for kv in args.set:
-        k, v = kv.split("=", 1)
-        overrides[k] = type(getattr(RetrieverConfig(), k))(v) if not isinstance(getattr(RetrieverConfig(), k), bool) else v.lower() in ("1", "true", "yes")
 
     if not args.skip_sasrec:
-        t = time.perf_counter()
-        cfg = SASRecConfig(epochs=30, patience=3, max_len=50)
-        model, history = train_sasrec(split, cfg, log=print)
-        wall = time.perf_counter() - t
-        ranks = compute_ranks(model.score, split.test, 50, 2048)
+        base.graph.ensure("sasrec")
+        ranks, _ = evaluate_scorer(base, "sasrec")
         m, pu = _metrics(ranks)
-        m.update(train_wall_s=round(wall, 1), epochs=len(history), peak_rss_mb=round(peak_rss_mb(), 1))
+        marker = base.graph.marker("sasrec")
+        m.update(train_wall_s=round(marker["wall_s"], 1), epochs=marker["info"]["epochs"], peak_rss_mb=round(peak_rss_mb(), 1))
         per_user_n10["sasrec"] = pu["ndcg@10"]
         _save_per_user(args, "sasrec", pu["ndcg@10"])
-        rows.append(row(bench, args.dataset, "sasrec", m, wall, variant="sasrec", config=asdict(cfg)))
+        rows.append(row(bench, args.dataset, "sasrec", m, marker["wall_s"], variant="sasrec",
+                        config=read_json(base.root / "sasrec" / "config.json")["config"]))
         print("sasrec", m, flush=True)
         save_rows(bench, rows, key="variant")
 
     for name in [s.strip() for s in args.models.split(",") if s.strip()]:
-        label, cfg_over = MODELS[name]
-        mcfg = RetrieverConfig(**{**cfg_over, **overrides})
+        model, over = variant_overrides(name)
         epochs = dict(kv.split("=") for kv in args.model_epochs).get(name, args.epochs)
-        tcfg = RetrieverTrainConfig(epochs=int(epochs), patience=args.patience, max_train_s=args.max_train_min * 60)
-        clusters = code_clusters(art.quantizer.codebooks(), sm.radix, mcfg.n_clusters) if mcfg.thinking else None
-        t = time.perf_counter()
-        model, history = train_retriever(split, sm, mcfg, tcfg, code_clusters=clusters,
-                                         checkpoint_dir=Path(args.out) / args.dataset / (name + args.tag), log=print,
-                                         codebooks=art.quantizer.codebooks() if mcfg.codebook_init else None)
-        wall = time.perf_counter() - t
-        scorer = GenerativeScorer(model, sm, args.beam)
-        t_eval = time.perf_counter()
-        ranks = compute_ranks(scorer.score, split.test, mcfg.max_len, 256)
-        eval_s = time.perf_counter() - t_eval
-        m, pu = _metrics(ranks)
-        per_user_n10[name + args.tag] = pu["ndcg@10"]
-        _save_per_user(args, name + args.tag, pu["ndcg@10"])
-        train_s = sum(h["train_s"] for h in history)
-        m.update(
-            train_s=round(train_s, 1),
-            epochs=len(history),
-            best_epoch=max(history, key=lambda h: h["valid_ndcg@10"])["epoch"],
-            samples_per_s=round(float(np.median([h["samples_per_s"] for h in history])), 1),
-            users_per_s=round(len(split.test) / eval_s, 1),
-            peak_rss_mb=round(peak_rss_mb(), 1),
-        )
-        if mcfg.thinking:  # how often a thinking token points at the cluster of the code generated next
-            toks = torch.from_numpy(pad_histories(split.test.offsets, split.test.items, np.arange(min(2000, len(split.test))), 50))
-            beams = constrained_beam_search(model, toks, scorer.trie, args.beam, return_thoughts=True)
-            m["thought_cluster_agreement"] = {f"l{k + 1}": round(v, 4) for k, v in thought_agreement(model, beams.thoughts[:, :1], beams.codes[:, :1]).items()}
-        rows.append(row(bench, args.dataset, label, m, wall, variant=name + args.tag, model_config=asdict(mcfg),
-                        train_config=asdict(tcfg), history=history))
-        print(name, {k: v for k, v in m.items()}, flush=True)
-        save_rows(bench, rows, key="variant")
-        if args.rescore:
-            valid = split.valid
-            if tcfg.valid_users and len(valid) > tcfg.valid_users:  # the early-stopping subset
-                valid = valid.subset(np.sort(np.random.default_rng(tcfg.seed).choice(len(valid), tcfg.valid_users, replace=False)))
-            t_tune = time.perf_counter()
-            weight, by_weight = tune_dense_weight(model, sm, valid, args.beam, max_len=mcfg.max_len)
-            tune_s = time.perf_counter() - t_tune
-            t_eval = time.perf_counter()
-            ranks = compute_ranks(GenerativeScorer(model, sm, args.beam, weight).score, split.test, mcfg.max_len, 256)
-            eval_s = time.perf_counter() - t_eval
-            md, pud = _metrics(ranks)
-            md.update({k: m[k] for k in ("train_s", "epochs", "best_epoch", "samples_per_s")},
-                      users_per_s=round(len(split.test) / eval_s, 1), peak_rss_mb=round(peak_rss_mb(), 1),
-                      dense_weight=weight, valid_ndcg10_by_weight={str(w): round(v, 5) for w, v in by_weight.items()},
-                      tune_s=round(tune_s, 1))
-            dense_name = f"{name}+dense{args.tag}"
-            per_user_n10[dense_name] = pud["ndcg@10"]
-            _save_per_user(args, dense_name, pud["ndcg@10"])
-            rows.append(row(bench, args.dataset, label, md, wall, variant=dense_name, model_config=asdict(mcfg),
-                            train_config=asdict(tcfg)))
-            print(dense_name, md, flush=True)
+        sets = [*base_sets, f"retrieval.models=[{model}]", *over, f"retrieval.train.epochs={int(epochs)}"]
+        for label, weight in [("", "0")] + ([("+dense", "null")] if args.rescore else []):
+            cfg = load_run_config(preset, [*sets, f"retrieval.rescore_weight={weight}"])
+            ctx = open_run(cfg, bench_root / (name + args.tag))
+            share_nodes(base.root, ctx.root, ("data", "sids"))
+            ctx.graph.ensure(f"retrieval/{model}/rescore")
+            marker = ctx.graph.marker(f"retrieval/{model}")
+            ranks, eval_s = evaluate_scorer(ctx, model)
+            m, pu = _metrics(ranks)
+            variant = f"{name}{label}{args.tag}"
+            per_user_n10[variant] = pu["ndcg@10"]
+            _save_per_user(args, variant, pu["ndcg@10"])
+            info = marker["info"]
+            history = read_json(ctx.root / "retrieval" / model / "history.json")
+            m.update(train_s=round(info["train_s"], 1), epochs=info["epochs"],
+                     best_epoch=max(history, key=lambda h: h["valid_ndcg@10"])["epoch"],
+                     samples_per_s=round(info["samples_per_s"], 1), users_per_s=round(len(split.test) / eval_s, 1),
+                     peak_rss_mb=round(peak_rss_mb(), 1))
+            scorer = ctx.scorer(model)
+            if label:
+                tuned = read_json(ctx.root / "retrieval" / model / "rescore.json")
+                m.update(dense_weight=tuned["weight"], valid_ndcg10_by_weight=tuned.get("valid_ndcg@10_by_weight"))
+            if scorer.model.thinking and not label:  # how often a thinking token points at the next code's cluster
+                toks = torch.from_numpy(pad_histories(split.test.offsets, split.test.items,
+                                                      np.arange(min(2000, len(split.test))), 50))
+                beams = constrained_beam_search(scorer.model, toks, scorer.trie, args.beam, return_thoughts=True)
+                m["thought_cluster_agreement"] = {f"l{k + 1}": round(v, 4) for k, v in thought_agreement(
+                    scorer.model, beams.thoughts[:, :1], beams.codes[:, :1]).items()}
+            rows.append(row(bench, args.dataset, model, m, marker["wall_s"], variant=variant,
+                            model_config=asdict(cfg.retrieval.model_config(model)), train_config=asdict(cfg.retrieval.train),
+                            run_dir=str(ctx.root), history=history))
+            print(variant, m, flush=True)
             save_rows(bench, rows, key="variant")
 
     tests = {}

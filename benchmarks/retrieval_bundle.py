@@ -38,14 +38,16 @@ EXAMPLE_FIELDS = ("users", "offsets", "items", "targets")
 
 
 def export(args: argparse.Namespace) -> None:
-    from retrieval_beauty import _sids  # the benchmark's own SIDs (runs/<dataset>-coba/sids)
-    from thinkrec.data import load_dataset
-    from thinkrec.data.splits import leave_one_out
+    from thinkrec.pipeline.config import load_run_config
+    from thinkrec.pipeline.run import open_run
     from thinkrec.retrieval.clusters import code_clusters
+    from thinkrec.tokenize.stage import load_tokenize
 
-    ds = load_dataset(args.dataset, args.data_root)
-    split = leave_one_out(ds)
-    art = _sids(args.dataset, ds, split)
+    # the data and Semantic IDs of retrieval_beauty.py's shared run (the preset's split and SIDs)
+    sets = [f"data.data_root={args.data_root}"] if args.data_root else []
+    ctx = open_run(load_run_config(Path("configs") / f"{args.dataset}.yaml", sets), Path(args.runs) / args.dataset / "_base")
+    ctx.graph.ensure("sids")
+    split, art = ctx.get_split(), load_tokenize(ctx.root / "sids")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     arrays = {"train_offsets": split.train_offsets, "train_items": split.train_items}
@@ -74,12 +76,14 @@ def train(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     split, sm, meta = _load_bundle(Path(args.bundle))
+    from thinkrec.retrieval.stage import RETRIEVERS
+    from thinkrec.utils.config import from_dict, set_dotted, to_dict
+
     label, over = MODELS[args.model][0], dict(MODELS[args.model][1])
-    for kv in args.set:
-        k, v = kv.split("=", 1)
-        cur = getattr(RetrieverConfig(), k)
-        over[k] = v.lower() in ("1", "true", "yes") if isinstance(cur, bool) else type(cur)(v)
-    mcfg = RetrieverConfig.paper(**over) if args.paper else RetrieverConfig(**over)
+    base = to_dict(RetrieverConfig.paper(**over) if args.paper else RetrieverConfig(**over))
+    for kv in args.set:  # YAML values, errors naming the field (the config module's parser)
+        set_dotted(base, kv)
+    mcfg = RETRIEVERS.get(label)(from_dict(RetrieverConfig, base, where="--set"))
     tcfg = RetrieverTrainConfig(epochs=args.epochs, patience=args.patience, max_train_s=args.max_train_min * 60,
                                 seed=args.seed, batch_size=args.batch_size, lr=args.lr)
     clusters = None
@@ -158,6 +162,7 @@ def main() -> None:
     e.add_argument("--data-root", default=None)
     e.add_argument("--clusters", default="16", help="K_c values to precompute (comma-separated)")
     e.add_argument("--out", required=True)
+    e.add_argument("--runs", default="runs/bench-retrieval", help="where retrieval_beauty.py keeps its runs (<runs>/<dataset>/_base)")
     t = sub.add_parser("train")
     t.add_argument("--bundle", required=True)
     t.add_argument("--model", default="tiger")

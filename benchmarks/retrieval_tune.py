@@ -12,33 +12,27 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import peak_rss_mb, row, save_rows  # noqa: E402
-from retrieval_beauty import _metrics, _sids  # noqa: E402
-from thinkrec.data import load_dataset  # noqa: E402
-from thinkrec.data.splits import leave_one_out  # noqa: E402
+from common import peak_rss_mb, read_json, row, save_rows  # noqa: E402
+from retrieval_beauty import _metrics  # noqa: E402
 from thinkrec.eval.protocol import compute_ranks  # noqa: E402
-from thinkrec.retrieval import GenerativeScorer, RetrieverConfig, RetrieverTrainConfig, train_retriever  # noqa: E402
-from thinkrec.retrieval.clusters import code_clusters  # noqa: E402
+from thinkrec.pipeline.config import load_run_config  # noqa: E402
+from thinkrec.pipeline.run import open_run, share_nodes  # noqa: E402
 
-# name: (model label, RetrieverConfig overrides)
+# name: (registered retriever, RetrieverConfig overrides)
 VARIANTS: dict[str, tuple[str, dict]] = {
-    "tiger": ("tiger", {"thinking": False}),
-    "s2gr": ("s2gr", {"thinking": True}),
-    "s2gr-light": ("s2gr", {"thinking": True, "align_weight": 0.1, "nce_weight": 0.1}),
-    "s2gr-align.1": ("s2gr", {"thinking": True, "align_weight": 0.1}),
-    "s2gr-soft": ("s2gr", {"thinking": True, "align_weight": 0.3, "align_tau": 0.5, "nce_weight": 0.3}),
-    "s2gr-kc64": ("s2gr", {"thinking": True, "align_weight": 0.1, "nce_weight": 0.1, "n_clusters": 64}),
-    "s2gr-thinkonly": ("s2gr", {"thinking": True, "align": False, "aux_decoder": False}),
+    "tiger": ("tiger", {}),
+    "s2gr": ("s2gr", {}),
+    "s2gr-light": ("s2gr", {"align_weight": 0.1, "nce_weight": 0.1}),
+    "s2gr-align.1": ("s2gr", {"align_weight": 0.1}),
+    "s2gr-soft": ("s2gr", {"align_weight": 0.3, "align_tau": 0.5, "nce_weight": 0.3}),
+    "s2gr-kc64": ("s2gr", {"align_weight": 0.1, "nce_weight": 0.1, "n_clusters": 64}),
+    "s2gr-thinkonly": ("s2gr", {"align": False, "aux_decoder": False}),
     # the fed-back hidden state scaled by a learned scalar starting at the code embeddings' scale
-    "s2gr-thinkonly-scaled": ("s2gr", {"thinking": True, "align": False, "aux_decoder": False, "think_scale_init": 0.02}),
+    "s2gr-thinkonly-scaled": ("s2gr", {"align": False, "aux_decoder": False, "think_scale_init": 0.02}),
 }
 
 
@@ -52,32 +46,33 @@ def main() -> None:
     p.add_argument("--beam", type=int, default=20)
     p.add_argument("--out", default="runs/bench-retrieval-tune")
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
     bench = f"retrieval_tune_{args.dataset}"
-    ds = load_dataset(args.dataset, args.data_root)
-    split = leave_one_out(ds)
-    art = _sids(args.dataset, ds, split)
-    sm = art.sidmap
+    preset = Path("configs") / f"{args.dataset}.yaml"
+    base_sets = [f"run.threads={args.threads}", *([f"data.data_root={args.data_root}"] if args.data_root else []),
+                 f"retrieval.beam={args.beam}", f"retrieval.train.epochs={args.epochs}",
+                 f"retrieval.train.patience={args.epochs}", "retrieval.rescore_weight=0"]
+    bench_root = Path(args.out) / args.dataset
+    base = open_run(load_run_config(preset, base_sets), bench_root / "_base")
+    base.graph.ensure("sids")
     rows = []
     for name in [s.strip() for s in args.variants.split(",") if s.strip()]:
-        label, over = VARIANTS[name]
-        mcfg = RetrieverConfig(**over)
-        tcfg = RetrieverTrainConfig(epochs=args.epochs, patience=args.epochs)
-        clusters = code_clusters(art.quantizer.codebooks(), sm.radix, mcfg.n_clusters) if mcfg.thinking else None
-        t = time.perf_counter()
-        model, history = train_retriever(split, sm, mcfg, tcfg, code_clusters=clusters,
-                                         checkpoint_dir=Path(args.out) / args.dataset / f"{name}-e{args.epochs}", log=print)
-        wall = time.perf_counter() - t
-        ranks = compute_ranks(GenerativeScorer(model, sm, args.beam).score, split.valid, mcfg.max_len, 256)
+        model, over = VARIANTS[name]
+        sets = [*base_sets, f"retrieval.models=[{model}]",
+                *(f"retrieval.model.{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in over.items())]
+        cfg = load_run_config(preset, sets)
+        ctx = open_run(cfg, bench_root / f"{name}-e{args.epochs}")
+        share_nodes(base.root, ctx.root, ("data", "sids"))
+        info = ctx.graph.ensure(f"retrieval/{model}")
+        split = ctx.get_split()
+        ranks = compute_ranks(ctx.scorer(model).score, split.valid, cfg.sasrec.max_len, 256)
         m, _ = _metrics(ranks)
-        m.update(train_s=round(sum(h["train_s"] for h in history), 1), epochs=len(history),
-                 samples_per_s=round(float(np.median([h["samples_per_s"] for h in history])), 1),
-                 peak_rss_mb=round(peak_rss_mb(), 1))
-        rows.append(row(bench, args.dataset, label, m, wall, variant=f"{name}-e{args.epochs}", split="valid",
-                        model_config=asdict(mcfg), train_config=asdict(tcfg), history=history))
+        m.update(train_s=round(info["info"]["train_s"], 1), epochs=info["info"]["epochs"],
+                 samples_per_s=round(info["info"]["samples_per_s"], 1), peak_rss_mb=round(peak_rss_mb(), 1))
+        rows.append(row(bench, args.dataset, model, m, info["wall_s"], variant=f"{name}-e{args.epochs}", split="valid",
+                        model_config=asdict(cfg.retrieval.model_config(model)), train_config=asdict(cfg.retrieval.train),
+                        history=read_json(ctx.root / "retrieval" / model / "history.json")))
         print(name, "VALID", m, flush=True)
         save_rows(bench, rows, key="variant")
-
 
 if __name__ == "__main__":
     main()
