@@ -125,7 +125,9 @@ class Funnel:
         self._featurizer = None
         offsets, seq = self.dataset.sequences()
         self._offsets, self._seq = offsets, seq
-        self._user_index = {u: i for i, u in enumerate(self.dataset.users.sort("user")["user_id"].to_list())}
+        self._user_ids = self.dataset.users.sort("user")["user_id"].to_list()
+        self._user_index = {u: i for i, u in enumerate(self._user_ids)}
+        self._example_index: dict[str, dict[int, int]] = {}
         items = self.dataset.items.sort("item")
         self._item_ids = items["item_id"].to_list()
         self._item_index = {v: i for i, v in enumerate(self._item_ids)}
@@ -196,10 +198,10 @@ class Funnel:
         if as_of not in ("test", "valid"):
             raise ValueError(f"as_of must be None, 'test' or 'valid', got {as_of!r}")
         ex = getattr(self.split, as_of)
-        pos = np.searchsorted(ex.users, user)
-        if pos >= len(ex) or ex.users[pos] != user:
-            raise KeyError(f"user {self.dataset.users['user_id'][user]!r} has no {as_of} example")
-        return ex.history(int(pos))
+        index = self._example_index.setdefault(as_of, {int(u): i for i, u in enumerate(ex.users)})
+        if user not in index:
+            raise KeyError(f"user {self._user_ids[user]!r} has no {as_of} example")
+        return ex.history(index[user])
 
     # -- the funnel
     def recommend(self, users: list[str | int] | None = None, histories: list[list[str | int]] | None = None,
@@ -325,7 +327,7 @@ class Funnel:
                 req_expl = {"thinking_agreement": agreement} if agreement is not None else {}
                 if traces is not None:
                     req_expl["reranker_reasoning"] = traces[b]
-            user_id = str(self.dataset.users["user_id"][int(batch.users[i])]) if batch.users[i] >= 0 else None
+            user_id = str(self._user_ids[int(batch.users[i])]) if batch.users[i] >= 0 else None
             out.append(UserRecommendations(user_id, [str(self._item_ids[h]) for h in hist[b]], picked,
                                            {"retriever": "popularity" if cold[b] else retriever, "reranker": reranker},
                                            req_expl, bool(cold[b])))
