@@ -87,20 +87,30 @@ def _print_metrics(root: Path) -> None:
     from thinkrec.utils.io import read_json
 
     m = read_json(root / "metrics.json")["test"]
-    models = [k for k in m if k != "paired_tests"]
+    models = [k for k in m if k not in ("paired_tests", "funnel")]
     if not models:
         return
     keys = list(m[models[0]]["metrics"])
+    funnel = m.get("funnel")
     table = Table(title=f"test metrics — {root}")
     table.add_column("model", no_wrap=True)
     for k in keys:
         short = k.replace("recall@", "R@").replace("ndcg@", "N@").replace("map@", "MAP@").replace("mrr", "MRR")
         table.add_column(short, justify="right", no_wrap=True)
+    if funnel:  # the product: the final list, beside every single stage
+        final = funnel["models"][funnel["final"]]["metrics"]
+        table.add_row(f"[bold]funnel ({funnel['final']})[/bold]", *(f"[bold]{final[k]:.4f}[/bold]" if k in final else "" for k in keys))
+        for name, r in funnel["models"].items():
+            if name != funnel["final"]:
+                table.add_row(f"funnel-{name}", *(f"{r['metrics'][k]:.4f}" if k in r["metrics"] else "" for k in keys))
     for name in models:
         table.add_row(name, *(f"{m[name]['metrics'][k]:.4f}" for k in keys))
     console.print(table)
     for pair, t in m.get("paired_tests", {}).items():
         console.print(f"paired test {pair}: ΔNDCG {t['diff']:+.4f} [{t['diff_low']:+.4f}, {t['diff_high']:+.4f}], p(t)={t['p_ttest']:.3g}")
+    for pair, t in (funnel or {}).get("paired_tests", {}).items():
+        console.print(f"paired test {pair} ({funnel['metric']}): Δ {t['diff']:+.4f} [{t['diff_low']:+.4f}, "
+                      f"{t['diff_high']:+.4f}], p(bootstrap)={t['p_bootstrap']:.3g}")
 
 
 @data_app.command("stats")

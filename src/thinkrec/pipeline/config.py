@@ -17,6 +17,7 @@ from typing import Any
 from thinkrec.baselines.sasrec import SASRecConfig
 from thinkrec.llm.stage import LLMStageConfig
 from thinkrec.rerank.stage import RerankStageConfig
+from thinkrec.retrieval.candidates import CandidateConfig
 from thinkrec.retrieval.stage import RetrievalConfig
 from thinkrec.tokenize.stage import TokenizeConfig
 from thinkrec.utils.config import ConfigError, dump_yaml, from_dict, read_config_data, to_dict
@@ -57,12 +58,14 @@ class RunConfig:
     sasrec: SASRecConfig = field(default_factory=SASRecConfig)
     tokenize: TokenizeConfig = field(default_factory=TokenizeConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    candidates: CandidateConfig = field(default_factory=CandidateConfig)
     rerank: RerankStageConfig = field(default_factory=RerankStageConfig)
     llm: LLMStageConfig = field(default_factory=LLMStageConfig)
     eval: EvalSection = field(default_factory=EvalSection)
     # "llm" (stage 4, the GR2 LLM re-ranker) is opt-in: `thinkrec run --with-llm` or list it here
     stages: list[str] = field(
-        default_factory=lambda: ["data", "popularity", "sasrec", "tokenize", "retrieval", "rerank", "evaluate", "report"]
+        default_factory=lambda: ["data", "popularity", "sasrec", "tokenize", "retrieval", "candidates", "rerank", "evaluate",
+                                 "report"]
     )
 
 

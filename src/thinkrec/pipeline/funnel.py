@@ -68,10 +68,47 @@ def choose_funnel(root: str | Path, config: RunConfig) -> dict[str, Any]:
                                "slates (Funnel.rerank), not the retriever's top-K")
     else:
         out["reranker_why"] = "no re-ranking stage in this run"
+    if lists_info.get("candidates") == "merged":
+        out.update(_choose_merged(lists_info, read_json(metrics_file) if metrics_file.exists() else {}))
     out["llm"] = None
     out["llm_why"] = ("not used: the LLM stage is measured on test lists only, and the funnel uses a stage only "
                       "where it beat its input on validation") if (root / "llm" / "metrics.json").exists() else "not trained"
     out["validation"] = valid
+    return out
+
+
+def _choose_merged(lists_info: dict[str, Any], rerank_metrics: dict[str, Any], metric: str = "ndcg@10") -> dict[str, Any]:
+    """The final list over merged candidates, chosen on the comparison slice (validation lists that neither
+    trained nor early-stopped any re-ranker): each source alone, the merge order, each re-ranker. Ties go to the
+    simpler configuration. ``lost``: every stage that did worse than its input there."""
+    cmp = lists_info["compare"]
+    sources = list(lists_info["sources"])
+    options: dict[str, float] = {s: cmp[s][metric] for s in sources if s in cmp}
+    options["candidates"] = cmp["candidates"][metric]
+    for name, v in rerank_metrics.get("valid", {}).items():
+        if name != "initial" and metric in v:
+            options[name] = v[metric]
+    order = list(options)
+    final = max(order, key=lambda n: (round(options[n], 6), -order.index(n)))
+    best_source = max(sources, key=lambda n: options.get(n, -1.0))
+    lost = []
+    if options["candidates"] < options[best_source]:
+        lost.append(f"candidates: the merge order's {metric} {options['candidates']:.4f} < {best_source} alone "
+                    f"{options[best_source]:.4f} on the comparison slice")
+    for name in order[len(sources) + 1:]:
+        if options[name] < options["candidates"]:
+            lost.append(f"rerank/{name}: {metric} {options[name]:.4f} < its input (the merge order) "
+                        f"{options['candidates']:.4f} on the comparison slice")
+    out: dict[str, Any] = {"sources": sources, "final": final, "comparison": options, "lost": lost,
+                           "final_why": f"best {metric} on the comparison slice (validation lists held out from training "
+                                        "and early stopping): " + ", ".join(f"{n} {v:.4f}" for n, v in options.items())}
+    if final in sources:
+        out.update(retriever=final, reranker=None)
+    else:
+        out.update(retriever="merged", reranker=None if final == "candidates" else final)
+    out["retriever_why"] = (f"merged candidates of {', '.join(sources)}" if final not in sources
+                            else f"{final} alone beat the merged / re-ranked lists on the comparison slice")
+    out["reranker_why"] = out["final_why"]
     return out
 
 
@@ -281,20 +318,41 @@ class Funnel:
             items, scores = top.indices.cpu().numpy(), top.values.cpu().numpy()
             return np.where(np.isfinite(scores), items, -1), scores, None
 
+    def merged_candidates(self, histories: list[np.ndarray], exclude_seen: bool = False) -> Any:
+        """The merged candidate set (:class:`~thinkrec.retrieval.candidates.CandidateSet`) of the run's sources for
+        dense-id histories, by the candidate stage's rule and sizes."""
+        from thinkrec.retrieval.candidates import merge_candidates
+
+        c = self.config.candidates
+        sources = self.record.get("sources") or read_json(self.root / "candidates" / "info.json")["sources"]
+        per = {}
+        for name in sources:
+            items, scores, _ = self._candidates(name, histories, c.per_source or c.k, exclude_seen, False)
+            per[name] = (items, np.where(items >= 0, scores, 0.0).astype(np.float32))
+        return merge_candidates(per, c.k, c.quotas)
+
     def _recommend_batch(self, batch: _Batch, rows: np.ndarray, k: int, n_cand: int, explain: bool,
                          exclude_seen: bool, retriever: str, reranker: str | None) -> list[UserRecommendations]:
         hist = [batch.histories[i] for i in rows]
         cold = np.array([len(h) == 0 for h in hist])
-        items, scores, rec = self._candidates(retriever, hist, n_cand, exclude_seen, explain)
+        merged, rec = None, None
+        if retriever == "merged":
+            merged = self.merged_candidates(hist, exclude_seen)
+            # the score shown for a merged candidate: reciprocal-rank fusion over the sources that returned it
+            items = merged.items.copy()
+            scores = np.where(merged.ranks >= 0, 1.0 / (1.0 + np.maximum(merged.ranks, 0)), 0.0).sum(-1).astype(np.float32)
+        else:
+            items, scores, rec = self._candidates(retriever, hist, n_cand, exclude_seen, explain)
         if cold.any():  # no history to condition on: the documented fallback is popularity
             pop_items, pop_scores, _ = self._candidates("popularity", [h for h, c in zip(hist, cold, strict=True) if c],
-                                                        n_cand, False, False) if "popularity" in self.models["scorers"] \
-                else (np.full((int(cold.sum()), n_cand), -1), np.zeros((int(cold.sum()), n_cand), np.float32), None)
+                                                        items.shape[1], False, False) if "popularity" in self.models["scorers"] \
+                else (np.full((int(cold.sum()), items.shape[1]), -1), np.zeros((int(cold.sum()), items.shape[1]), np.float32), None)
             items[cold], scores[cold] = pop_items, pop_scores
         order = np.tile(np.arange(items.shape[1]), (len(rows), 1))
         traces = None
         if reranker is not None:
-            order, traces = self._rerank_orders(reranker, batch.users[rows], hist, items, scores, explain)
+            order, traces = self._rerank_orders(reranker, batch.users[rows], hist, items, scores, explain, merged)
+            order[cold] = np.arange(items.shape[1])  # cold requests keep the popularity order
         thoughts, agreement = (None, None)
         if explain and rec is not None and rec.beams.thoughts is not None:
             from thinkrec.retrieval.explain import ThoughtExplainer, coarse_labels
@@ -303,7 +361,7 @@ class Funnel:
             thoughts, agreement = ThoughtExplainer(self.scorer(retriever).model, sids,
                                                    coarse_labels(self.dataset.items.sort("item")["categories"].to_list())
                                                    ).explain(rec)
-        sidmap = getattr(self.scorer(retriever), "sidmap", None)
+        sidmap = getattr(self.scorer(retriever), "sidmap", None) if retriever != "merged" else None
         out = []
         for b, i in enumerate(rows):
             picked = []
@@ -311,7 +369,11 @@ class Funnel:
                 it = int(items[b, j])
                 if it < 0:
                     continue
-                ranks = {"retriever": int(j) + 1}
+                if merged is not None and not cold[b]:
+                    ranks = {"candidates": int(j) + 1, **{f"source:{s}": int(merged.ranks[b, j, si]) + 1
+                                                           for si, s in enumerate(merged.sources) if merged.ranks[b, j, si] >= 0}}
+                else:
+                    ranks = {"retriever": int(j) + 1}
                 if reranker is not None:
                     ranks["reranker"] = pos + 1
                 expl = None
@@ -328,19 +390,25 @@ class Funnel:
                 if traces is not None:
                     req_expl["reranker_reasoning"] = traces[b]
             user_id = str(self._user_ids[int(batch.users[i])]) if batch.users[i] >= 0 else None
-            out.append(UserRecommendations(user_id, [str(self._item_ids[h]) for h in hist[b]], picked,
-                                           {"retriever": "popularity" if cold[b] else retriever, "reranker": reranker},
+            stages = {"retriever": "popularity" if cold[b] else retriever, "reranker": None if cold[b] else reranker}
+            if merged is not None and not cold[b]:
+                stages["sources"] = ",".join(merged.sources)
+            out.append(UserRecommendations(user_id, [str(self._item_ids[h]) for h in hist[b]], picked, stages,
                                            req_expl, bool(cold[b])))
         return out
 
     def _rerank_orders(self, name: str, users: np.ndarray, histories: list[np.ndarray], items: np.ndarray,
-                       scores: np.ndarray, explain: bool) -> tuple[np.ndarray, list[dict[str, Any]] | None]:
+                       scores: np.ndarray, explain: bool, merged: Any = None) -> tuple[np.ndarray, list[dict[str, Any]] | None]:
         from thinkrec.rerank.models import PointerGenerator
         from thinkrec.rerank.train import rerank_orders
 
         model = self.reranker(name)
-        lists = self.featurizer.lists(users, histories, items, None, np.where(items >= 0, scores, 0.0),
-                                      self.config.rerank.history_len, "funnel")
+        if merged is not None:  # merged candidates: every source's rank and score are features, no single score
+            lists = self.featurizer.lists(users, histories, items, None, None, self.config.rerank.history_len, "funnel",
+                                          source_ranks=merged.ranks, source_scores=merged.scores)
+        else:
+            lists = self.featurizer.lists(users, histories, items, None, np.where(items >= 0, scores, 0.0),
+                                          self.config.rerank.history_len, "funnel")
         if not (explain and isinstance(model, PointerGenerator)):
             return rerank_orders(model, lists, device=self.device), None
         order, traces = rerank_orders(model, lists, device=self.device, return_traces=True)
@@ -390,6 +458,10 @@ class Funnel:
         from thinkrec.rerank.stage import scorer_top_k
 
         examples = self.split.test
+        if info["candidates"] == "merged":
+            cand = self.merged_candidates([examples.history(i) for i in range(len(examples))], self.config.eval.mask_history)
+            return funnel_lists(examples, cand.items, None, self.split, self.featurizer.category, cfg.history_len,
+                                featurizer=self.featurizer, source_ranks=cand.ranks, source_scores=cand.scores)
         items, scores = scorer_top_k(self.scorer(info["candidates"]), cfg.k, self.config.sasrec.max_len)(examples)
         return funnel_lists(examples, items, scores, self.split, self.featurizer.category, cfg.history_len,
                             featurizer=self.featurizer)

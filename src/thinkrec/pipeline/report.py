@@ -41,6 +41,7 @@ def plot_training_curve(history: list[dict[str, Any]], path: Path, title: str) -
 def write_report(root: str | Path, config: Any = None) -> Path:
     root = Path(root)
     lines = [f"# thinkrec run `{root.name}`", ""]
+    lines += _lost_stages(root)
     data_done = root / "stages" / "data.json"
     if data_done.exists():
         st = read_json(data_done)["info"]["stats"]
@@ -54,7 +55,7 @@ def write_report(root: str | Path, config: Any = None) -> Path:
     if metrics_file.exists():
         m = read_json(metrics_file)
         test = m["test"]
-        models = [k for k in test if k != "paired_tests"]
+        models = [k for k in test if k not in ("paired_tests", "funnel")]
         if models:
             keys = list(test[models[0]]["metrics"])
             lines += [f"## Test metrics ({m.get('split', '')} split, full ranking)", "",
@@ -71,6 +72,7 @@ def write_report(root: str | Path, config: Any = None) -> Path:
                 f"p(t) {t['p_ttest']:.4g}, p(Wilcoxon) {t['p_wilcoxon']:.4g}, n={t['n']}"
             )
         lines.append("")
+        lines += _final_list_section(test)
     hist_file = root / "sasrec" / "history.json"
     if hist_file.exists():
         history = read_json(hist_file)
@@ -168,6 +170,44 @@ def _llm_section(root: Path) -> list[str]:
     for mode, t in res.get("traces", {}).items():
         lines.append(f"- {mode} sampling ({t['teacher']}): {t['accepted']} traces accepted, acceptance "
                      f"{t['acceptance_rate']:.2f}, {t['tries_per_sample']:.2f} tries per sample, {t['malformed']} malformed")
+    lines.append("")
+    return lines
+
+
+def _lost_stages(root: Path) -> list[str]:
+    """First lines of the report: every stage that did worse than its input on validation (so not served)."""
+    path = root / "funnel.json"
+    if not path.exists():
+        return []
+    f = read_json(path)
+    lost = f.get("lost", [])
+    if not lost:
+        return ([f"**Every stage of the served funnel matched or beat its input on validation** (final list: "
+                 f"{f['final']})", ""] if "final" in f else [])
+    return ["**Stages that lost to their input on validation (not used by the served funnel):**", "",
+            *[f"- {x}" for x in lost], "", f"Served final list: **{f.get('final')}**.", ""]
+
+
+def _final_list_section(test: dict[str, Any]) -> list[str]:
+    funnel = test.get("funnel")
+    if not funnel:
+        return []
+    keys = [k for k in ("recall@5", "recall@10", "ndcg@5", "ndcg@10") if k in next(iter(funnel["models"].values()))["metrics"]]
+    lines = ["## The final list (merged candidates → re-ranking), every test user", "",
+             f"Served: **{funnel['final']}** — {funnel.get('why') or ''}", "",
+             "| list | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for name, r in funnel["models"].items():
+        label = f"funnel ({name})" if name == funnel["final"] else f"funnel-{name}"
+        ci = r.get("ci95", {})
+        lines.append(f"| {label} | " + " | ".join(
+            f"{r['metrics'][k]:.4f}" + (f" [{ci[k][0]:.4f}, {ci[k][1]:.4f}]" if k in ci else "") for k in keys) + " |")
+    for name, r in test.items():
+        if name not in ("paired_tests", "funnel") and "metrics" in r:
+            lines.append(f"| {name} (alone, full ranking) | " + " | ".join(f"{r['metrics'][k]:.4f}" for k in keys) + " |")
+    lines.append("")
+    for pair, t in funnel.get("paired_tests", {}).items():
+        lines.append(f"- paired test {pair.replace('_vs_', ' vs ')} ({funnel['metric']}): diff {t['diff']:+.4f} "
+                     f"[{t['diff_low']:+.4f}, {t['diff_high']:+.4f}], p(bootstrap) {t['p_bootstrap']:.4g}, n={t['n']}")
     lines.append("")
     return lines
 

@@ -27,10 +27,10 @@ from thinkrec.eval.stats import bootstrap_ci, paired_test
 from thinkrec.pipeline.config import RunConfig, dump_run_config, resolve
 from thinkrec.pipeline.graph import Graph, Node
 from thinkrec.pipeline.rundir import RunDir
-from thinkrec.pipeline.scorers import SCORERS, active_scorers
+from thinkrec.pipeline.scorers import SCORERS, active_scorers, candidate_sources
 from thinkrec.utils.io import atomic_file, atomic_path, read_json, write_json
 
-STAGE_NAMES = ("data", "popularity", "sasrec", "tokenize", "retrieval", "rerank", "llm", "evaluate", "report")
+STAGE_NAMES = ("data", "popularity", "sasrec", "tokenize", "retrieval", "candidates", "rerank", "llm", "evaluate", "report")
 
 
 @dataclass
@@ -157,6 +157,58 @@ def _rescore_grid() -> tuple[float, ...]:
     return RESCORE_GRID
 
 
+# ---------------------------------------------------------------------------------------------- merged candidates
+def _source_node(name: str) -> str:
+    spec = SCORERS.get(name, "candidates.sources")
+    return f"{spec.folder(name)}/rescore" if spec.generative else spec.folder(name)
+
+
+def _candidates_inputs(ctx: Context) -> dict[str, Any]:
+    c = ctx.config.candidates
+    return {"sources": candidate_sources(ctx.config), "k": c.k, "per_source": c.per_source, "quotas": c.quotas,
+            "exclude_seen": ctx.config.eval.mask_history, "max_len": ctx.config.sasrec.max_len, **_split_inputs(ctx)}
+
+
+def run_candidates(ctx: Context) -> dict[str, Any]:
+    """``candidates/{valid,test}``: every source's top-k for the validation and test examples, merged to K."""
+    from thinkrec.retrieval.candidates import merge_candidates, scorer_top_k
+
+    c, split = ctx.config.candidates, ctx.get_split()
+    c.check()
+    sources = candidate_sources(ctx.config)
+    per_k = c.per_source or c.k
+    info: dict[str, Any] = {"sources": sources, "k": c.k, "per_source": per_k, "quotas": c.quotas}
+    for part in ("valid", "test"):
+        examples = getattr(split, part)
+        per: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for name in sources:
+            t = time.perf_counter()
+            per[name] = scorer_top_k(ctx.scorer(name), per_k, ctx.config.sasrec.max_len,
+                                     exclude_seen=ctx.config.eval.mask_history)(examples)
+            info.setdefault("source_s", {}).setdefault(name, 0.0)
+            info["source_s"][name] += time.perf_counter() - t
+        merged = merge_candidates(per, c.k, c.quotas).with_targets(per, examples.targets)
+        merged.save(ctx.root / "candidates" / part)
+        hits = {name: ((it == examples.targets[:, None]) & (it >= 0)) for name, (it, _) in per.items()}
+        info[part] = {
+            "requests": len(merged),
+            f"recall@{c.k}": merged.recall(examples.targets),
+            "recall@10": merged.recall(examples.targets, 10),
+            "source_recall": {n: float(h[:, : c.k].any(1).mean()) for n, h in hits.items()},  # each source's own top-K
+            "source_recall@10": {n: float(h[:, :10].any(1).mean()) for n, h in hits.items()},
+            "source_recall_in_merged": merged.source_recall(examples.targets),
+        }
+        ctx.log(f"candidates ({part}): recall@{c.k} merged {info[part][f'recall@{c.k}']:.4f}; "
+                + ", ".join(f"{n} {v:.4f}" for n, v in info[part]["source_recall"].items()))
+    write_json(ctx.root / "candidates" / "info.json", info)
+    return {"valid_recall": info["valid"][f"recall@{c.k}"], "test_recall": info["test"][f"recall@{c.k}"]}
+
+
+def _merged(ctx: Context) -> bool:
+    """Re-ranking lists come from the merged candidates (a funnel run with the candidate stage)."""
+    return ctx.rerank_source() == "funnel" and bool(candidate_sources(ctx.config))
+
+
 # ---------------------------------------------------------------------------------------------- re-ranking
 def _uses_vectors(ctx: Context) -> bool:
     """Candidate features use the item vectors when the run builds Semantic IDs (the same vectors)."""
@@ -179,6 +231,8 @@ def _candidate_nodes(ctx: Context) -> list[str]:
 
 def _lists_upstream(ctx: Context) -> list[str]:
     ups = ["data"] + (["sids"] if _uses_vectors(ctx) else [])
+    if _merged(ctx):
+        return ups + ["candidates"]
     return ups + (_candidate_nodes(ctx) if ctx.rerank_source() == "funnel" else [])
 
 
@@ -187,7 +241,10 @@ def _lists_inputs(ctx: Context) -> dict[str, Any]:
 
     r = ctx.config.rerank
     out = {"source": ctx.rerank_source(), "k": r.k, "max_len": r.max_len, "history_len": r.history_len,
-           "holdout_frac": r.holdout_frac, "candidates": r.candidates, "seed": r.train.seed, **_split_inputs(ctx)}
+           "holdout_frac": r.holdout_frac, "compare_frac": r.compare_frac, "candidates": r.candidates,
+           "seed": r.train.seed, **_split_inputs(ctx)}
+    if _merged(ctx):
+        out.update(k=ctx.config.candidates.k, candidates="merged")
     if _uses_vectors(ctx):
         out["embed"] = embed_config(ctx.config.tokenize)
     if out["source"] == "funnel":
@@ -217,9 +274,18 @@ def run_lists(ctx: Context) -> dict[str, Any]:
         from thinkrec.tokenize.stage import embed_config
 
         item_vectors = embed_items(dataset, embed_config(ctx.config.tokenize))  # cached by the tokenize stage
-    source, info = ctx.rerank_source(), {}
+    source, info, compare = ctx.rerank_source(), {}, None
     if source == "impressions":
         train, valid, test, featurizer = impression_sets(dataset, cfg, item_vectors)
+    elif _merged(ctx):
+        from thinkrec.rerank.stage import merged_sets
+        from thinkrec.retrieval.candidates import CandidateSet
+
+        cand = {p: CandidateSet.load(ctx.root / "candidates" / p) for p in ("valid", "test")}
+        train, valid, compare, test, featurizer = merged_sets(ctx.get_split(), cand["valid"], cand["test"],
+                                                              item_categories(dataset), cfg, item_vectors, cfg.train.seed)
+        info = {"candidates": "merged", "sources": list(cand["test"].sources), "recall_at_k": test.meta["recall_at_k"],
+                "compare": _compare_single_sources(compare, cand["valid"])}
     else:
         which = _choose_candidates(ctx)
         top_k = scorer_top_k(ctx.scorer(which), cfg.k, ctx.config.sasrec.max_len)
@@ -227,12 +293,36 @@ def run_lists(ctx: Context) -> dict[str, Any]:
                                                      item_vectors, cfg.train.seed)
         info = {"candidates": which, "recall_at_k": test.meta["recall_at_k"]}
     out = ctx.root / "rerank"
-    for part, lists in (("train", train), ("valid", valid), ("test", test)):
+    parts = [("train", train), ("valid", valid), ("test", test)] + ([("compare", compare)] if compare is not None else [])
+    for part, lists in parts:
         lists.save(out / "lists" / part)
     featurizer.save(out / "featurizer")
     write_json(out / "lists" / "info.json", {"source": source, **info})
-    ctx.log(f"rerank: {source} lists — {len(train)} train / {len(valid)} valid / {len(test)} test, up to {test.list_len} items")
-    return {"source": source, "train": len(train), "valid": len(valid), "test": len(test), **info}
+    ctx.log(f"rerank: {source} lists — {len(train)} train / {len(valid)} valid / "
+            + (f"{len(compare)} compare / " if compare is not None else "") + f"{len(test)} test, up to {test.list_len} items")
+    return {"source": source, "train": len(train), "valid": len(valid), "test": len(test),
+            **({"compare": len(compare)} if compare is not None else {}), **info}
+
+
+def _comparison_lists(ctx: Context) -> Any:
+    """The validation slice on which stages are compared with their input: ``compare`` (merged-candidate lists,
+    disjoint from the training and early-stopping lists), else the early-stopping hold-out."""
+    part = "compare" if (ctx.root / "rerank" / "lists" / "compare" / "lists.safetensors").exists() else "valid"
+    return _load_lists(ctx, part)[0]
+
+
+def _compare_single_sources(compare: Any, valid: Any) -> dict[str, Any]:
+    """N@5/10 on the comparison slice of the merge order (``candidates``) and of each source alone (its own
+    ranking of the target, before merging), so a merge that loses to one of its sources shows."""
+    from thinkrec.eval.metrics import first_hit_ranks
+
+    rows = np.asarray(compare.meta["rows"], dtype=np.int64)
+    out = {"candidates": {k: float(v.mean()) for k, v in rank_metrics(first_hit_ranks(compare.labels), (5, 10)).items()}}
+    tr = valid.target_ranks[rows]
+    for i, name in enumerate(valid.sources):
+        r = np.where(tr[:, i] >= 0, tr[:, i], np.inf)
+        out[name] = {k: float(v.mean()) for k, v in rank_metrics(r, (5, 10)).items()}
+    return out
 
 
 def _load_lists(ctx: Context, *parts: str) -> list[Any]:
@@ -272,12 +362,15 @@ def _reranker_node(name: str) -> Node:
         _, evaluator = load_reranker(ctx.root / "rerank" / "evaluator", device)
         fit = fit_and_score(name, train, valid, test, cfg.model, cfg.train, evaluator, _click_model(ctx), device,
                             log=ctx.log)
-        valid_ndcg = float(order_metrics(valid, rerank_orders(fit.model, valid, device=device), (5,))["ndcg@5"].mean())
+        compare = _comparison_lists(ctx)
+        cmp = order_metrics(compare, rerank_orders(fit.model, compare, device=device), (5, 10))
+        valid_m = {k: float(v.mean()) for k, v in cmp.items()}
         save_reranker(fit.model, name, out, fit.history, train.list_len)
-        write_json(out / "metrics.json", {"test": fit.metrics, "valid": {"ndcg@5": valid_ndcg}, "profile": fit.profile})
+        write_json(out / "metrics.json", {"test": fit.metrics, "valid": valid_m, "profile": fit.profile})
+        orders = rerank_orders(fit.model, test, device=device)
         with atomic_path(out / "per_list.npz") as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, ndcg5=fit.per_list["ndcg@5"])
-        return {"ndcg@5": fit.metrics["ndcg@5"], "valid_ndcg@5": valid_ndcg, "train_s": fit.metrics["train_s"]}
+            np.savez(fh, ndcg5=fit.per_list["ndcg@5"], orders=orders.astype(np.int16))
+        return {"ndcg@5": fit.metrics["ndcg@5"], "valid_ndcg@5": valid_m["ndcg@5"], "train_s": fit.metrics["train_s"]}
 
     def inputs(ctx: Context) -> dict[str, Any]:
         return {"name": name, "model": ctx.config.rerank.model, "train": ctx.config.rerank.train}
@@ -370,8 +463,67 @@ def run_evaluate(ctx: Context) -> None:
     frame = pl.DataFrame({"user": split.test.users, **{f"{n}/{k}": v for n, pu in per_user.items() for k, v in pu.items()}})
     with atomic_path(ctx.root / "eval" / "per_user.parquet") as tmp:
         frame.write_parquet(tmp)
+    funnel = funnel_results(ctx, per_user, k_main)
+    if funnel:
+        results["funnel"] = funnel
+        for name, pu in funnel.pop("per_user").items():
+            frame = frame.with_columns(*(pl.Series(f"{name}/{k}", v) for k, v in pu.items()))
+        with atomic_path(ctx.root / "eval" / "per_user.parquet") as tmp:
+            frame.write_parquet(tmp)
+        f = funnel["models"][funnel["final"]]["metrics"]
+        ctx.log(f"evaluate: funnel (final list: {funnel['final']}) " + " ".join(f"{k}={v:.4f}" for k, v in f.items()))
     write_json(ctx.root / "eval" / "metrics.json", results)
     write_json(ctx.root / "metrics.json", {"dataset": ctx.config.data.dataset, "split": split.kind, "test": results})
+
+
+def funnel_test_ranks(ctx: Context) -> dict[str, np.ndarray]:
+    """0-based rank of each test target in each final list over the merged candidates (``inf`` = not among the
+    candidates): ``candidates`` (the merge order) and every trained re-ranker's order."""
+    lists_dir = ctx.root / "rerank" / "lists"
+    if not (lists_dir / "compare").exists():
+        return {}
+    from thinkrec.eval.metrics import first_hit_ranks
+
+    test = _load_lists(ctx, "test")[0]
+    out = {"candidates": first_hit_ranks(test.labels)}
+    for name in ctx.config.rerank.models:
+        f = ctx.root / "rerank" / name / "per_list.npz"
+        if name == "initial" or not f.exists():
+            continue
+        orders = np.load(f)["orders"].astype(np.int64)
+        shown = np.take_along_axis(test.labels, orders, 1) * np.take_along_axis(test.mask, orders, 1)
+        out[name] = first_hit_ranks(shown)
+    return out
+
+
+def funnel_results(ctx: Context, single: dict[str, dict[str, np.ndarray]], k_main: str) -> dict[str, Any]:
+    """The funnel's final lists on test (every test user; a target outside the candidates is a miss): metrics with
+    CIs per configuration, the one :func:`choose_funnel` serves, paired tests against every single source."""
+    from thinkrec.pipeline.funnel import choose_funnel
+
+    ranks = funnel_test_ranks(ctx)
+    if not ranks:
+        return {}
+    ev, seed = ctx.config.eval, ctx.config.run.seed
+    record = choose_funnel(ctx.root, ctx.config)
+    final = record.get("final", "candidates")
+    models, per_user = {}, {}
+    for name, r in ranks.items():
+        pu = rank_metrics(r, ev.ks)
+        label = "funnel-" + name
+        per_user[label] = pu
+        models[name] = {"metrics": mean_metrics(pu),
+                        "ci95": {k: bootstrap_ci(v, ev.bootstrap, seed=seed)[1:] for k, v in pu.items()}}
+    if final in single:  # a single source won on validation: the funnel serves it as it is
+        per_user["funnel"] = single[final]
+        models[final] = {"metrics": mean_metrics(single[final])}
+    else:
+        per_user["funnel"] = per_user["funnel-" + final]
+    best_single = max(single, key=lambda n: float(single[n][k_main].mean())) if single else None
+    tests = {f"funnel_vs_{n}": paired_test(per_user["funnel"][k_main], pu[k_main], ev.bootstrap, seed=seed)
+             for n, pu in single.items() if n != final}
+    return {"final": final, "why": record.get("final_why"), "best_single": best_single, "models": models,
+            "paired_tests": tests, "metric": k_main, "per_user": per_user}
 
 
 def run_funnel_record(ctx: Context) -> None:
@@ -402,6 +554,8 @@ def build_nodes() -> list[Node]:
         if entry.obj.generative:
             nodes.append(_rescore_node(entry.name))
     nodes += [
+        Node("candidates", _candidates_inputs, lambda ctx: [_source_node(n) for n in candidate_sources(ctx.config)],
+             ("candidates",), run_candidates),
         Node("rerank/lists", _lists_inputs, _lists_upstream, ("rerank/lists", "rerank/featurizer"), run_lists),
         Node("rerank/evaluator", lambda ctx: {"model": ctx.config.rerank.model, "train": ctx.config.rerank.train},
              lambda ctx: ["rerank/lists"], ("rerank/evaluator",), run_evaluator),
@@ -427,6 +581,8 @@ def _stage_steps(ctx: Context, stage: str) -> list[Callable[[], Any]]:
         return nodes("sids")
     if stage == "retrieval":
         return nodes(*(f"retrieval/{m}/rescore" for m in cfg.retrieval.models))
+    if stage == "candidates":
+        return nodes("candidates") if candidate_sources(cfg) else []
     if stage == "rerank":
         return [*nodes("rerank/lists", "rerank/evaluator", *(f"rerank/{m}" for m in cfg.rerank.models)),
                 lambda: summarize_rerank(ctx)]

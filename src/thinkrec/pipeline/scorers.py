@@ -76,9 +76,29 @@ def _load_sasrec(folder: Path, device: str) -> Any:
     return SASRec.from_folder(folder, device)
 
 
-SCORERS.register("sasrec", "SASRec: causal Transformer, full-softmax cross-entropy over all items", ScorerSpec(
+SCORERS.register("sasrec", "SASRec: causal Transformer; full-softmax CE, sampled softmax or gBCE (sasrec.loss)", ScorerSpec(
     "sasrec", lambda n: "sasrec", lambda cfg, n: {"sasrec": cfg.sasrec, **_split_inputs(cfg)}, False, _train_sasrec,
     _load_sasrec))
+
+
+# ---------------------------------------------------------------------------------------------- co-occurrence
+def _train_cooc(ctx: Any, name: str, out: Path) -> dict[str, Any]:
+    from thinkrec.baselines.cooccurrence import Cooccurrence
+
+    model = Cooccurrence.fit(ctx.get_split(), ctx.config.candidates.cooc)
+    model.save_folder(out)
+    return {"pairs": int(model.matrix.nnz)}
+
+
+def _load_cooc(folder: Path, device: str) -> Any:
+    from thinkrec.baselines.cooccurrence import Cooccurrence
+
+    return Cooccurrence.from_folder(folder, device)
+
+
+SCORERS.register("cooc", "item-to-item co-occurrence in the training sequences (a candidate source)", ScorerSpec(
+    "candidates", lambda n: "cooc", lambda cfg, n: {"cooc": cfg.candidates.cooc, **_split_inputs(cfg)}, False,
+    _train_cooc, _load_cooc))
 
 
 # ---------------------------------------------------------------------------------------------- generative retrievers
@@ -117,8 +137,26 @@ _register_generative()
 
 
 def active_scorers(cfg: Any) -> list[str]:
-    """The scorers a config trains: popularity and SASRec when their stages are listed, and retrieval.models."""
+    """The scorers a config trains: popularity and SASRec when their stages are listed, retrieval.models, and
+    co-occurrence when the candidate stage uses it."""
     names = [n for n in ("popularity", "sasrec") if n in cfg.stages]
     if "retrieval" in cfg.stages:
         names += [m for m in cfg.retrieval.models if m not in names]
+    if "candidates" in cfg.stages and "cooc" in candidate_sources(cfg):
+        names.append("cooc")
     return names
+
+
+def candidate_sources(cfg: Any) -> list[str]:
+    """The merged candidate set's sources: ``candidates.sources``, or (None) SASRec, the generative retrievers,
+    co-occurrence and popularity, as far as the config trains them."""
+    if "candidates" not in cfg.stages:
+        return []
+    if cfg.candidates.sources is not None:
+        for name in cfg.candidates.sources:
+            SCORERS.get(name, "candidates.sources")
+        return list(cfg.candidates.sources)
+    names = ["sasrec"] if "sasrec" in cfg.stages else []
+    if "retrieval" in cfg.stages:
+        names += list(cfg.retrieval.models)
+    return names + ["cooc"] + (["popularity"] if "popularity" in cfg.stages else [])

@@ -12,6 +12,7 @@ training sequences of the split (the validation and test targets are never in th
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,29 @@ FEATURES = (
 )
 N_FEATURES = len(FEATURES)
 RECENT = 10
+# Lists over merged candidates add, per candidate source, these columns after FEATURES (named "<source>:<f>").
+SOURCE_FEATURES = (
+    "recip_rank",  # 1 / (1 + the source's rank of the candidate); 0 where the source did not return it
+    "score_z",  # the source's score standardised over the list's candidates it returned; 0 where missing
+    "missing",  # 1 where the source did not return the candidate
+)
+
+
+def feature_names(sources: tuple[str, ...] = ()) -> tuple[str, ...]:
+    return FEATURES + tuple(f"{s}:{f}" for s in sources for f in SOURCE_FEATURES)
+
+
+def source_features(ranks: np.ndarray, scores: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """``[n, L, 3 S]`` from per-source ranks (−1 = missing) and scores ``[n, L, S]``."""
+    present = (ranks >= 0) & valid[..., None]
+    recip = np.where(present, 1.0 / (1.0 + np.maximum(ranks, 0)), 0.0)
+    s = np.where(present, scores, np.nan)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a source missing from a whole list: mean of nothing
+        mu, sd = np.nanmean(s, 1, keepdims=True), np.nanstd(s, 1, keepdims=True)
+    z = np.nan_to_num((s - mu) / np.maximum(np.nan_to_num(sd), 1e-6))
+    out = np.stack([recip, z, (~present & valid[..., None]).astype(np.float64)], -1)  # [n, L, S, 3]
+    return out.reshape(*ranks.shape[:2], -1).astype(np.float32)
 
 
 @dataclass
@@ -68,6 +92,15 @@ class RerankLists:
         return int(self.item_category.shape[0])
 
     @property
+    def n_features(self) -> int:
+        return int(self.features.shape[-1])
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """The candidate sources whose ranks and scores are features (empty for single-source lists)."""
+        return tuple(self.meta.get("sources", ()))
+
+    @property
     def n_categories(self) -> int:
         return int(self.item_category.max(initial=0)) + 1
 
@@ -97,7 +130,8 @@ class RerankLists:
         with atomic_dir(path) as tmp:
             save_file({"users": self.users, "history": self.history, "items": self.items, "labels": self.labels,
                        "features": self.features, "item_category": self.item_category}, str(tmp / "lists.safetensors"))
-            (tmp / "meta.json").write_text(json.dumps({"source": self.source, "meta": self.meta, "features": FEATURES}, indent=2))
+            (tmp / "meta.json").write_text(json.dumps({"source": self.source, "meta": self.meta,
+                                                       "features": feature_names(self.sources)}, indent=2))
         return Path(path)
 
     @classmethod
@@ -107,8 +141,9 @@ class RerankLists:
             raise FileNotFoundError(f"{path}: no lists.safetensors (build the re-ranking lists first)")
         arrays = load_file(str(path / "lists.safetensors"))
         info = json.loads((path / "meta.json").read_text())
-        if tuple(info.get("features", ())) != FEATURES:
-            raise ValueError(f"{path}: lists were built with features {info.get('features')}, this version uses {FEATURES}")
+        expected = feature_names(tuple(info["meta"].get("sources", ())))
+        if tuple(info.get("features", ())) != expected or arrays["features"].shape[-1] != len(expected):
+            raise ValueError(f"{path}: lists were built with features {info.get('features')}, this version uses {expected}")
         return cls(arrays["users"], arrays["history"], arrays["items"], arrays["labels"], arrays["features"],
                    arrays["item_category"], info["source"], info["meta"])
 
@@ -192,25 +227,40 @@ class ListFeaturizer:
     """What candidate features are computed from: item statistics, categories and item vectors. Saved with the
     lists (``save``/``load``) so a re-ranker scores new requests with the tables its training lists used."""
 
-    def __init__(self, stats: ItemStats, category: np.ndarray, item_vectors: np.ndarray | None = None):
+    def __init__(self, stats: ItemStats, category: np.ndarray, item_vectors: np.ndarray | None = None,
+                 sources: tuple[str, ...] = ()):
         self.stats, self.category = stats, np.asarray(category, dtype=np.int64)
         self.item_vectors = None if item_vectors is None else np.asarray(item_vectors, dtype=np.float32)
+        self.sources = tuple(sources)
 
     @property
     def n_items(self) -> int:
         return int(self.category.shape[0])
 
-    def features(self, items: np.ndarray, histories: list[np.ndarray], init_scores: np.ndarray | None = None) -> np.ndarray:
-        return build_features(items, histories, self.stats, self.category, init_scores, self.item_vectors)
+    @property
+    def n_features(self) -> int:
+        return len(feature_names(self.sources))
+
+    def features(self, items: np.ndarray, histories: list[np.ndarray], init_scores: np.ndarray | None = None,
+                 source_ranks: np.ndarray | None = None, source_scores: np.ndarray | None = None) -> np.ndarray:
+        """FEATURES, then (with sources) each source's SOURCE_FEATURES from its ranks / scores ``[n, L, S]``."""
+        base = build_features(items, histories, self.stats, self.category, init_scores, self.item_vectors)
+        if not self.sources:
+            return base
+        if source_ranks is None or source_ranks.shape[-1] != len(self.sources):
+            raise ValueError(f"featurizer for sources {list(self.sources)} needs their ranks [n, L, {len(self.sources)}]")
+        return np.concatenate([base, source_features(source_ranks, source_scores, items >= 0)], -1)
 
     def lists(self, users: np.ndarray, histories: list[np.ndarray], items: np.ndarray, labels: np.ndarray | None,
-              init_scores: np.ndarray | None, history_len: int, source: str, meta: dict[str, Any] | None = None
-              ) -> RerankLists:
+              init_scores: np.ndarray | None, history_len: int, source: str, meta: dict[str, Any] | None = None,
+              source_ranks: np.ndarray | None = None, source_scores: np.ndarray | None = None) -> RerankLists:
         """Requests (users, histories as item-id arrays, candidates −1 padded) as :class:`RerankLists`."""
         items = np.asarray(items, dtype=np.int64)
         labels = np.zeros(items.shape, np.float32) if labels is None else np.asarray(labels, np.float32)
-        return RerankLists(np.asarray(users, np.int64), pad_left(histories, history_len), items, labels,
-                           self.features(items, histories, init_scores), self.category, source, meta or {})
+        meta = {**(meta or {}), **({"sources": list(self.sources)} if self.sources else {})}
+        feats = self.features(items, histories, init_scores, source_ranks, source_scores)
+        return RerankLists(np.asarray(users, np.int64), pad_left(histories, history_len), items, labels, feats,
+                           self.category, source, meta)
 
     def save(self, path: str | Path) -> Path:
         arrays = {"popularity": self.stats.popularity, "transition_keys": self.stats.keys,
@@ -219,18 +269,20 @@ class ListFeaturizer:
             arrays["item_vectors"] = self.item_vectors
         with atomic_dir(path) as tmp:
             save_file(arrays, str(tmp / "featurizer.safetensors"))
-            (tmp / "meta.json").write_text(json.dumps({"features": FEATURES, "n_items": self.n_items}, indent=2))
+            (tmp / "meta.json").write_text(json.dumps({"features": feature_names(self.sources), "n_items": self.n_items,
+                                                       "sources": list(self.sources)}, indent=2))
         return Path(path)
 
     @classmethod
     def load(cls, path: str | Path) -> ListFeaturizer:
         path = Path(path)
         info = json.loads((path / "meta.json").read_text())
-        if tuple(info.get("features", ())) != FEATURES:
-            raise ValueError(f"{path}: featurizer for features {info.get('features')}, this version uses {FEATURES}")
+        sources = tuple(info.get("sources", ()))
+        if tuple(info.get("features", ())) != feature_names(sources):
+            raise ValueError(f"{path}: featurizer for features {info.get('features')}, this version uses {feature_names(sources)}")
         a = load_file(str(path / "featurizer.safetensors"))
         stats = ItemStats.from_tables(a["popularity"], a["transition_keys"], a["transition_counts"])
-        return cls(stats, a["item_category"], a.get("item_vectors"))
+        return cls(stats, a["item_category"], a.get("item_vectors"), sources)
 
 
 def pad_left(histories: list[np.ndarray], max_len: int) -> np.ndarray:
@@ -301,11 +353,13 @@ def temporal_thirds(lists: RerankLists, valid_frac: float = 0.1, test_frac: floa
 
 def funnel_lists(examples: EvalExamples, candidates: np.ndarray, scores: np.ndarray | None, split: SequenceSplit,
                  category: np.ndarray, history_len: int = 50, item_vectors: np.ndarray | None = None,
-                 source: str = "funnel", featurizer: ListFeaturizer | None = None) -> RerankLists:
+                 source: str = "funnel", featurizer: ListFeaturizer | None = None,
+                 source_ranks: np.ndarray | None = None, source_scores: np.ndarray | None = None) -> RerankLists:
     """Lists from a retriever's top-K for each evaluation example; label 1 on the true next item (if retrieved).
 
     ``candidates`` [n, K] item ids in the retriever's order (−1 where fewer were returned), ``scores`` their
-    retrieval scores. Statistics come from ``split``'s training sequences only.
+    retrieval scores (merged candidates: None, with each source's ``source_ranks`` / ``source_scores``
+    [n, K, S]). Statistics come from ``split``'s training sequences only.
     """
     if candidates.shape[0] != len(examples):
         raise ValueError(f"{candidates.shape[0]} candidate rows for {len(examples)} examples")
@@ -314,10 +368,12 @@ def funnel_lists(examples: EvalExamples, candidates: np.ndarray, scores: np.ndar
     items = np.asarray(candidates, dtype=np.int64)
     labels = ((items == examples.targets[:, None]) & (items >= 0)).astype(np.float32)
     meta = {"targets": examples.targets.tolist(), "recall_at_k": float(labels.any(1).mean())}
-    return featurizer.lists(examples.users, histories, items, labels, scores, history_len, source, meta)
+    return featurizer.lists(examples.users, histories, items, labels, scores, history_len, source, meta,
+                            source_ranks, source_scores)
 
 
-def funnel_featurizer(split: SequenceSplit, category: np.ndarray, item_vectors: np.ndarray | None = None) -> ListFeaturizer:
+def funnel_featurizer(split: SequenceSplit, category: np.ndarray, item_vectors: np.ndarray | None = None,
+                      sources: tuple[str, ...] = ()) -> ListFeaturizer:
     """Funnel-list features: statistics from the split's training sequences only."""
     seqs = [split.train_sequence(u) for u in range(split.n_users)]
-    return ListFeaturizer(ItemStats([s for s in seqs if s.size], split.n_items), category, item_vectors)
+    return ListFeaturizer(ItemStats([s for s in seqs if s.size], split.n_items), category, item_vectors, sources)

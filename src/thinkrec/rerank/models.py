@@ -41,6 +41,7 @@ class RerankModelConfig:
     # A reasoning step moves the state by a learned fraction of the GRU's update, starting at 0 (ReZero-style): the
     # untrained reasoning path leaves the pointer exactly as without reasoning, so training can only add to it.
     reason_residual: bool = False
+    n_features: int = 0  # width of the lists' candidate features (0 = FEATURES; merged candidates add per-source ones)
 
 
 class CandidateEncoder(nn.Module):
@@ -51,7 +52,7 @@ class CandidateEncoder(nn.Module):
         d = cfg.d_model
         self.item = nn.Embedding(n_items + 1, d, padding_idx=0) if cfg.item_embedding else None
         self.category = nn.Embedding(max(n_categories, 1), d)
-        self.feat = nn.Sequential(nn.Linear(N_FEATURES, d), nn.GELU(), nn.Linear(d, d))
+        self.feat = nn.Sequential(nn.Linear(cfg.n_features or N_FEATURES, d), nn.GELU(), nn.Linear(d, d))
         self.hist_category = nn.Embedding(max(n_categories, 1), d)
         self.cross = nn.Sequential(nn.Linear(3 * d, d), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(d, d))
         self.norm = nn.LayerNorm(d)

@@ -20,7 +20,6 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from thinkrec.data.batching import pad_histories
 from thinkrec.data.dataset import Dataset
 from thinkrec.data.splits import EvalExamples, SequenceSplit
 from thinkrec.rerank.lists import (
@@ -43,6 +42,10 @@ from thinkrec.rerank.train import (
     reward_kind,
     train_reranker,
 )
+from thinkrec.retrieval.candidates import (
+    CandidateSet,
+    scorer_top_k,  # noqa: F401  (re-exported: the stage's callers use it)
+)
 from thinkrec.utils.config import from_dict
 from thinkrec.utils.io import atomic_dir
 
@@ -56,6 +59,7 @@ class RerankStageConfig:
     max_len: int = 50  # impression lists are cut to the first max_len shown items
     history_len: int = 50
     holdout_frac: float = 0.1  # share of training lists held out for early stopping
+    compare_frac: float = 0.1  # merged candidates: share of validation lists on which stages are compared (disjoint)
     model: RerankModelConfig = field(default_factory=RerankModelConfig)
     train: RerankTrainConfig = field(default_factory=RerankTrainConfig)
 
@@ -73,28 +77,6 @@ def impression_sets(dataset: Dataset, cfg: RerankStageConfig, item_vectors: np.n
 TopK = Callable[[EvalExamples], tuple[np.ndarray, np.ndarray]]
 
 
-def scorer_top_k(scorer: Any, k: int, max_len: int = 50, batch_size: int = 256) -> TopK:
-    """Top-K candidates (and scores) of a retriever: beams of a generative scorer, or a full-ranking scorer."""
-
-    def top_k(examples: EvalExamples) -> tuple[np.ndarray, np.ndarray]:
-        items, scores = np.full((len(examples), k), -1, np.int64), np.zeros((len(examples), k), np.float32)
-        for lo in range(0, len(examples), batch_size):
-            rows = np.arange(lo, min(lo + batch_size, len(examples)))
-            tokens = torch.from_numpy(pad_histories(examples.offsets, examples.items, rows, max_len))
-            if hasattr(scorer, "recommend"):
-                with torch.inference_mode():
-                    rec = scorer.recommend(tokens, k)
-                items[rows], scores[rows] = rec.items[:, :k], rec.scores[:, :k]
-            else:
-                with torch.inference_mode():
-                    s = scorer.score(torch.from_numpy(examples.users[rows]), tokens).float()
-                top = s.topk(k, dim=1)
-                items[rows], scores[rows] = top.indices.numpy(), top.values.numpy()
-        return items, scores
-
-    return top_k
-
-
 def funnel_sets(split: SequenceSplit, top_k: TopK, category: np.ndarray, cfg: RerankStageConfig,
                 item_vectors: np.ndarray | None = None, seed: int = 0) -> Sets:
     """Training lists from validation-position targets (a random ``holdout_frac`` of users held out for early
@@ -107,6 +89,31 @@ def funnel_sets(split: SequenceSplit, top_k: TopK, category: np.ndarray, cfg: Re
     perm = np.random.default_rng(seed).permutation(len(fit))
     n_hold = max(1, int(round(len(fit) * cfg.holdout_frac)))
     return fit.subset(np.sort(perm[n_hold:])), fit.subset(np.sort(perm[:n_hold])), test, featurizer
+
+
+def merged_sets(split: SequenceSplit, valid_candidates: CandidateSet, test_candidates: CandidateSet,
+                category: np.ndarray, cfg: RerankStageConfig, item_vectors: np.ndarray | None = None, seed: int = 0,
+                ) -> tuple[RerankLists, RerankLists, RerankLists, RerankLists, ListFeaturizer]:
+    """Lists over merged candidates, with every source's rank and score as features: training lists, the
+    early-stopping hold-out and the comparison slice are three disjoint random slices of the validation-position
+    lists (targets the retrievers never trained on, histories as they saw them); test lists from test targets.
+    Returns (train, holdout, compare, test, featurizer)."""
+    featurizer = funnel_featurizer(split, category, item_vectors, valid_candidates.sources)
+
+    def lists(examples: EvalExamples, cand: CandidateSet) -> RerankLists:
+        if len(cand) != len(examples):
+            raise ValueError(f"{len(cand)} candidate rows for {len(examples)} examples")
+        return funnel_lists(examples, cand.items, None, split, category, cfg.history_len, featurizer=featurizer,
+                            source_ranks=cand.ranks, source_scores=cand.scores)
+
+    fit, test = lists(split.valid, valid_candidates), lists(split.test, test_candidates)
+    perm = np.random.default_rng(seed).permutation(len(fit))
+    n_hold = max(1, int(round(len(fit) * cfg.holdout_frac)))
+    n_cmp = max(1, int(round(len(fit) * cfg.compare_frac)))
+    hold, cmp, train = np.sort(perm[:n_hold]), np.sort(perm[n_hold: n_hold + n_cmp]), np.sort(perm[n_hold + n_cmp:])
+    compare = fit.subset(cmp)
+    compare.meta["rows"] = cmp.tolist()  # into the validation examples: single sources are scored on the same slice
+    return fit.subset(train), fit.subset(hold), compare, test, featurizer
 
 
 # ---------------------------------------------------------------------------------------------- models on disk

@@ -8,7 +8,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -52,11 +52,14 @@ class RerankTrainConfig:
     seed: int = 0
 
 
-def model_config_for(name: str, base: RerankModelConfig) -> RerankModelConfig:
-    """Seq2Slate and EG-Rerank are the generator without reasoning; EGLR keeps the configured S_max."""
+def model_config_for(name: str, base: RerankModelConfig, lists: RerankLists | None = None) -> RerankModelConfig:
+    """Seq2Slate and EG-Rerank are the generator without reasoning; EGLR keeps the configured S_max. With
+    ``lists``, the feature width is theirs (merged-candidate lists carry per-source features)."""
     cfg = copy.deepcopy(base)
     if RERANKERS.get(name).no_reasoning:
         cfg.s_max = 0
+    if lists is not None:
+        cfg.n_features = lists.n_features
     return cfg
 
 
@@ -216,7 +219,7 @@ def train_evaluator(train: RerankLists, valid: RerankLists, cfg: RerankModelConf
                     device: str = "cpu", log: Callable[[str], None] = print) -> tuple[ListEvaluator, list[dict]]:
     """Log-loss on logged labels in the initial (displayed) order; the best epoch by validation log-loss."""
     torch.manual_seed(config.seed)
-    model = build_evaluator(train.item_category, train.list_len, cfg).to(device)
+    model = build_evaluator(train.item_category, train.list_len, replace(cfg, n_features=train.n_features)).to(device)
     opt = _optimizer(model, config.lr, config.weight_decay)
     best, best_state, bad, history = float("inf"), None, 0, []
     for epoch in range(1, config.evaluator_epochs + 1):
@@ -377,7 +380,7 @@ def train_reranker(name: str, train: RerankLists, valid: RerankLists, model_conf
     if spec.cls is None:
         return None, []
     torch.manual_seed(config.seed)
-    model = build_model(name, train.item_category, train.list_len, model_config_for(name, model_config)).to(device)
+    model = build_model(name, train.item_category, train.list_len, model_config_for(name, model_config, train)).to(device)
     history = train_supervised(model, train, valid, config, device, log, tag=name)
     if spec.rl and config.rl_epochs > 0:
         if evaluator is None:

@@ -1,0 +1,197 @@
+"""Candidate generation from several sources, merged into one set of K items per request.
+
+Each source (SASRec, a generative retriever's re-scored beams, item-to-item co-occurrence, popularity) returns
+its own top-k with scores. :func:`merge_candidates` merges them by an explicit rule: every source's r-th item
+gets the key ``(r + 1) / quota``; items are taken in key order (ties: the sources' listed order), duplicates
+skipped, until K. With equal quotas (the default) this is a plain interleave by rank, so every source's top
+⌊K / sources⌋ is always in; quotas ``{name: q}`` with Σq = K guarantee source ``name`` its top q.
+For each merged item the set keeps every source's rank and score (rank −1: that source did not return it), which
+the re-rankers see as features.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file, save_file
+
+from thinkrec.baselines.cooccurrence import CooccurrenceConfig
+from thinkrec.data.batching import pad_histories
+from thinkrec.data.splits import EvalExamples
+from thinkrec.utils.io import atomic_dir
+
+
+@dataclass
+class CandidateConfig:
+    sources: list[str] | None = None  # None: every trained scorer (SASRec, the retrievers, cooc, popularity); [] = off
+    k: int = 50  # merged set size (10–200)
+    per_source: int = 0  # how many each source returns (0 = k)
+    quotas: dict[str, float] | None = None  # source → weight in the interleave (None: equal)
+    cooc: CooccurrenceConfig = field(default_factory=CooccurrenceConfig)  # the co-occurrence source
+
+    def check(self) -> None:
+        if not 1 <= self.k <= 1000:
+            raise ValueError(f"candidates.k: must be in [1, 1000], got {self.k}")
+        if self.per_source < 0:
+            raise ValueError(f"candidates.per_source: must be ≥ 0, got {self.per_source}")
+        for name, q in (self.quotas or {}).items():
+            if not q > 0:
+                raise ValueError(f"candidates.quotas.{name}: must be > 0, got {q}")
+
+
+@dataclass
+class CandidateSet:
+    """Merged candidates: ``items`` [n, K] (−1 padding, merge order), ``ranks`` / ``scores`` [n, K, S] per source."""
+
+    items: np.ndarray
+    ranks: np.ndarray
+    scores: np.ndarray
+    sources: tuple[str, ...]
+    target_ranks: np.ndarray | None = None  # [n, S] each source's 0-based rank of the true target (−1 = absent)
+
+    def __len__(self) -> int:
+        return int(self.items.shape[0])
+
+    @property
+    def k(self) -> int:
+        return int(self.items.shape[1])
+
+    def recall(self, targets: np.ndarray, k: int | None = None) -> float:
+        """Share of requests whose target is among the first ``k`` merged items (all by default)."""
+        items = self.items[:, : k or self.k]
+        return float(((items == np.asarray(targets)[:, None]) & (items >= 0)).any(1).mean())
+
+    def source_recall(self, targets: np.ndarray) -> dict[str, float]:
+        """Per source: share of requests whose target that source returned (at any of its ranks)."""
+        hit = (self.items == np.asarray(targets)[:, None]) & (self.items >= 0)  # [n, K]
+        return {s: float((hit & (self.ranks[..., i] >= 0)).any(1).mean()) for i, s in enumerate(self.sources)}
+
+    def subset(self, idx: np.ndarray) -> CandidateSet:
+        tr = None if self.target_ranks is None else self.target_ranks[idx]
+        return CandidateSet(self.items[idx], self.ranks[idx], self.scores[idx], self.sources, tr)
+
+    def with_targets(self, per_source: Mapping[str, tuple[np.ndarray, np.ndarray]], targets: np.ndarray) -> CandidateSet:
+        """The set with each source's rank of the true target (from the sources' own lists, before merging)."""
+        cols = []
+        for s in self.sources:
+            it = np.asarray(per_source[s][0])
+            hit = (it == np.asarray(targets)[:, None]) & (it >= 0)
+            cols.append(np.where(hit.any(1), hit.argmax(1), -1))
+        return CandidateSet(self.items, self.ranks, self.scores, self.sources, np.stack(cols, 1).astype(np.int32))
+
+    def save(self, path: str | Path) -> Path:
+        arrays = {"items": self.items, "ranks": self.ranks, "scores": self.scores}
+        if self.target_ranks is not None:
+            arrays["target_ranks"] = self.target_ranks
+        with atomic_dir(path) as tmp:
+            save_file(arrays, str(tmp / "candidates.safetensors"))
+            (tmp / "meta.json").write_text(json.dumps({"sources": list(self.sources)}, indent=2))
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> CandidateSet:
+        path = Path(path)
+        a = load_file(str(path / "candidates.safetensors"))
+        sources = tuple(json.loads((path / "meta.json").read_text())["sources"])
+        if a["ranks"].shape[-1] != len(sources):
+            raise ValueError(f"{path}: ranks for {a['ranks'].shape[-1]} sources, meta names {len(sources)}")
+        return cls(a["items"], a["ranks"], a["scores"], sources, a.get("target_ranks"))
+
+
+def merge_candidates(per_source: Mapping[str, tuple[np.ndarray, np.ndarray]], k: int,
+                     quotas: Mapping[str, float] | None = None) -> CandidateSet:
+    """Merge ``{source: (items [n, k_s] −1 padded, scores [n, k_s])}`` (each in its own rank order) into K items.
+
+    Vectorised over requests: keys ``(rank + 1) / quota`` sorted per row, first occurrences kept, first K taken.
+    """
+    names = tuple(per_source)
+    if not names:
+        raise ValueError("merge_candidates: no sources")
+    n = {v[0].shape[0] for v in per_source.values()}
+    if len(n) != 1:
+        raise ValueError(f"merge_candidates: sources disagree on the number of requests: {sorted(n)}")
+    unknown = set(quotas or {}) - set(names)
+    if unknown:
+        raise ValueError(f"candidates.quotas: {sorted(unknown)} are not among the sources {list(names)}")
+    items = np.concatenate([np.asarray(per_source[s][0], np.int64) for s in names], 1)  # [n, T]
+    src = np.concatenate([np.full(per_source[s][0].shape[1], i) for i, s in enumerate(names)])
+    rank = np.concatenate([np.arange(per_source[s][0].shape[1]) for s in names])
+    quota = np.array([float((quotas or {}).get(s, 1.0)) for s in names])
+    key = (rank + 1) / quota[src] + src * 1e-9  # ties go to the earlier-listed source
+    order = np.argsort(key, kind="stable")
+    cand = items[:, order]  # [n, T] in merge order
+    # First occurrence of each item in a row: stable sort by item id keeps merge order among equal ids.
+    by_item = np.argsort(cand, axis=1, kind="stable")
+    sorted_items = np.take_along_axis(cand, by_item, 1)
+    dup_sorted = np.zeros(cand.shape, bool)
+    dup_sorted[:, 1:] = sorted_items[:, 1:] == sorted_items[:, :-1]
+    dup = np.zeros(cand.shape, bool)
+    np.put_along_axis(dup, by_item, dup_sorted, 1)
+    keep = (cand >= 0) & ~dup
+    # Compact the kept items to the front (stable: merge order) and cut at K.
+    front = np.argsort(~keep, axis=1, kind="stable")[:, :k]
+    merged = np.where(np.take_along_axis(keep, front, 1), np.take_along_axis(cand, front, 1), -1)
+    if merged.shape[1] < k:
+        merged = np.concatenate([merged, np.full((merged.shape[0], k - merged.shape[1]), -1, np.int64)], 1)
+    # Every source's rank and score of each merged item.
+    ranks = np.full((*merged.shape, len(names)), -1, np.int32)
+    out_scores = np.zeros((*merged.shape, len(names)), np.float32)
+    for i, s in enumerate(names):
+        s_items, s_scores = np.asarray(per_source[s][0], np.int64), np.asarray(per_source[s][1], np.float32)
+        for lo in range(0, merged.shape[0], 4096):  # [rows, K, k_s] comparisons, chunked
+            m, si = merged[lo: lo + 4096], s_items[lo: lo + 4096]
+            eq = (m[:, :, None] == si[:, None, :]) & (m[:, :, None] >= 0)
+            found = eq.any(2)
+            pos = eq.argmax(2)
+            ranks[lo: lo + 4096, :, i] = np.where(found, pos, -1)
+            out_scores[lo: lo + 4096, :, i] = np.where(found, np.take_along_axis(s_scores[lo: lo + 4096], pos, 1), 0.0)
+    return CandidateSet(merged, ranks, out_scores, names)
+
+
+TopK = Callable[[EvalExamples], tuple[np.ndarray, np.ndarray]]
+
+
+def scorer_top_k(scorer: Any, k: int, max_len: int = 50, batch_size: int = 256, exclude_seen: bool = False) -> TopK:
+    """Top-K candidates (and scores) of one source: beams of a generative scorer, or a full-ranking scorer's
+    top-K. ``exclude_seen`` drops the history's items (a full ranking masks them; beams are filtered)."""
+
+    def top_k(examples: EvalExamples) -> tuple[np.ndarray, np.ndarray]:
+        items, scores = np.full((len(examples), k), -1, np.int64), np.zeros((len(examples), k), np.float32)
+        for lo in range(0, len(examples), batch_size):
+            rows = np.arange(lo, min(lo + batch_size, len(examples)))
+            tokens = torch.from_numpy(pad_histories(examples.offsets, examples.items, rows, max_len))
+            with torch.inference_mode():
+                if hasattr(scorer, "recommend"):
+                    rec = scorer.recommend(tokens, k)
+                    it, sc = np.asarray(rec.items[:, :k]), np.asarray(rec.scores[:, :k], np.float32)
+                    if exclude_seen:
+                        seen = _seen_mask(examples, rows, it)
+                        it = np.where(seen, -1, it)
+                        front = np.argsort(it < 0, axis=1, kind="stable")
+                        it, sc = np.take_along_axis(it, front, 1), np.take_along_axis(sc, front, 1)
+                    items[rows, : it.shape[1]], scores[rows, : it.shape[1]] = it, sc
+                else:
+                    s = scorer.score(torch.from_numpy(examples.users[rows]), tokens).float()
+                    if exclude_seen:
+                        hist = [examples.history(i) for i in rows]
+                        r = np.repeat(np.arange(len(rows)), [len(h) for h in hist])
+                        s[torch.from_numpy(r), torch.from_numpy(np.concatenate(hist).astype(np.int64))] = float("-inf")
+                    top = s.topk(min(k, s.shape[1]), dim=1)
+                    items[rows, : top.indices.shape[1]] = top.indices.numpy()
+                    scores[rows, : top.values.shape[1]] = np.nan_to_num(top.values.numpy(), neginf=-1e9)
+        return items, scores
+
+    return top_k
+
+
+def _seen_mask(examples: EvalExamples, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
+    out = np.zeros(items.shape, bool)
+    for j, i in enumerate(rows):
+        out[j] = np.isin(items[j], examples.history(i))
+    return out
