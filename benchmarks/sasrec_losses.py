@@ -21,7 +21,6 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import bench_config, metrics_with_ci, open_variant, row, save_rows, share_nodes, variant_dir  # noqa: E402
-
 from thinkrec.eval.protocol import compute_ranks  # noqa: E402
 from thinkrec.utils.io import read_json  # noqa: E402
 
@@ -34,6 +33,9 @@ VARIANTS: dict[str, list[str]] = {
     "ss-mixed-nologq": [*RECIPE, "sasrec.loss=sampled", "sasrec.negatives=256", "sasrec.negative_sampling=mixed",
                         "sasrec.logq=false"],
     "gbce": [*RECIPE, "sasrec.loss=gbce", "sasrec.negatives=256"],
+    "ss-uniform-nobucket": [*RECIPE, "sasrec.loss=sampled", "sasrec.negatives=256", "sasrec.length_bucketing=false"],
+    "ss-mixed-nobucket": [*RECIPE, "sasrec.loss=sampled", "sasrec.negatives=256", "sasrec.negative_sampling=mixed",
+                          "sasrec.length_bucketing=false"],
     "ce": [*RECIPE, "sasrec.loss=ce", "sasrec.patience=10", "sasrec.max_train_s=1500"],
     "ce-2l": [],
 }

@@ -327,7 +327,7 @@ def recommend_cmd(
             "rank": [i + 1 for r in results for i in range(len(r.items))],
             "item_id": [it.item_id for r in results for it in r.items],
             "score": [it.score for r in results for it in r.items],
-            "retriever_rank": [it.ranks["retriever"] for r in results for it in r.items],
+            "retriever_rank": [it.ranks.get("retriever", it.ranks.get("candidates")) for r in results for it in r.items],
         })
         with atomic_path(out) as tmp:
             frame.write_parquet(tmp)
@@ -343,7 +343,7 @@ def recommend_cmd(
         if explain:
             table.add_column("thinking → nearest cluster (dominant categories) ✓/✗ agrees with next code", overflow="fold")
         for i, it in enumerate(r.items, 1):
-            cells = [str(i), it.item_id, it.title, f"{it.score:.3f}", str(it.ranks["retriever"]), it.sid or ""]
+            cells = [str(i), it.item_id, it.title, f"{it.score:.3f}", str(it.ranks.get("retriever", it.ranks.get("candidates"))), it.sid or ""]
             if explain:
                 from thinkrec.retrieval.explain import thought_lines
 

@@ -57,7 +57,7 @@ def test_derived_seeds_and_devices_come_from_run():
 def test_load_reproduces_the_pipelines_test_metrics_exactly(funnel_run):
     funnel = thinkrec.load(funnel_run)
     test = read_json(funnel_run / "metrics.json")["test"]
-    assert set(funnel.models["scorers"]) == {"popularity", "sasrec", "tiger", "s2gr"}
+    assert set(funnel.models["scorers"]) == {"popularity", "sasrec", "tiger", "s2gr", "cooc"}
     for name in funnel.models["scorers"]:
         assert funnel.evaluate(name) == test[name]["metrics"], name
     rerank = read_json(funnel_run / "rerank" / "metrics.json")
@@ -66,7 +66,17 @@ def test_load_reproduces_the_pipelines_test_metrics_exactly(funnel_run):
         for key in ("ndcg@5", "ndcg@10", "map@5", "recall@1", "recall@5"):
             assert again[key] == rerank["models"][name][key], (name, key)
     record = read_json(funnel_run / "funnel.json")
-    assert record["retriever"] == rerank["candidates"] and "validation N@5" in record["reranker_why"]
+    # merged candidates: the final list is the best on the comparison slice among each source alone, the merge
+    # order and every re-ranker, and the test evaluation reports exactly that list
+    assert rerank["candidates"] == "merged" and record["sources"] == ["sasrec", "tiger", "s2gr", "cooc", "popularity"]
+    best = max(record["comparison"].values())
+    assert record["comparison"][record["final"]] == best and "comparison slice" in record["final_why"]
+    final = test["funnel"]["final"]
+    assert final == record["final"]
+    served = test[final]["metrics"] if final in test and final not in test["funnel"]["models"] else \
+        test["funnel"]["models"][final]["metrics"]
+    assert set(test["funnel"]["paired_tests"]) == {f"funnel_vs_{n}" for n in record["sources"] if n != final}
+    assert served["ndcg@10"] == test["funnel"]["models"].get(final, test.get(final, {}))["metrics"]["ndcg@10"]
 
 
 def test_recommend_matches_evaluation_and_ignores_batching(funnel_run):
@@ -107,6 +117,25 @@ def test_recommend_matches_evaluation_and_ignores_batching(funnel_run):
     seen = funnel.recommend(users=some[:5], k=10, exclude_seen=True)
     for r in seen:
         assert not set(r.history) & {i.item_id for i in r.items}
+
+
+def test_merged_funnel_serves_exactly_the_evaluated_lists(funnel_run):
+    from thinkrec.rerank.lists import RerankLists
+
+    funnel = thinkrec.load(funnel_run)
+    test = RerankLists.load(funnel_run / "rerank" / "lists" / "test")
+    users = funnel.dataset.users.sort("user")["user_id"].to_list()
+    ids = funnel.dataset.items.sort("item")["item_id"].to_list()
+    some = [users[u] for u in test.users[:60]]
+    k = test.list_len
+    for reranker in (None, "dnn", "eglr"):
+        recs = funnel.recommend(users=some, k=k, as_of="test", retriever="merged", reranker=reranker)
+        order = np.arange(k)[None].repeat(60, 0) if reranker is None else \
+            np.load(funnel_run / "rerank" / reranker / "per_list.npz")["orders"][:60].astype(np.int64)
+        want = np.take_along_axis(test.items[:60], order, 1)
+        for r, row in zip(recs, want, strict=True):
+            assert [it.item_id for it in r.items] == [ids[i] for i in row if i >= 0], reranker
+            assert all("candidates" in it.ranks and any(key.startswith("source:") for key in it.ranks) for it in r.items)
 
 
 SCRIPT = """
@@ -161,7 +190,7 @@ def test_changing_an_input_reruns_that_stage_and_downstream_only(funnel_run, tmp
     after = _finished(root)
     changed = {k for k in before if after[k] != before[k]}
     downstream = {"sids", "retrieval.tiger", "retrieval.s2gr", "retrieval.tiger.rescore", "retrieval.s2gr.rescore",
-                  "rerank.lists", "rerank.evaluator", "rerank.initial", "rerank.dnn", "rerank.eglr"}
+                  "candidates", "rerank.lists", "rerank.evaluator", "rerank.initial", "rerank.dnn", "rerank.eglr"}
     assert changed == downstream, changed ^ downstream
     # a new run.seed: the lists (whose hold-out split uses it) are rebuilt, and every seeded stage retrains
     thinkrec.run(root / "config.yaml", log=lambda m: None,

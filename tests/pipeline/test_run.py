@@ -96,7 +96,7 @@ def test_run_writes_a_complete_run_directory_and_resumes(tmp_path):
     res7 = runner.invoke(app, ["train", "reranker", *_args(tmp_path), "--model", "prm", "--set", "rerank.source=funnel"])
     assert res7.exit_code == 0, res7.output
     rr = read_json(root / "rerank" / "metrics.json")
-    assert rr["source"] == "funnel" and rr["candidates"] in ("tiger", "s2gr") and set(rr["models"]) == {"initial", "prm"}
+    assert rr["source"] == "funnel" and rr["candidates"] == "merged" and set(rr["models"]) == {"initial", "prm"}
     assert "recall@1" in rr["models"]["prm"] and "re-ranking (funnel)" in res7.output
     bad = runner.invoke(app, ["train", "reranker", *_args(tmp_path), "--model", "lambdamart"])
     assert bad.exit_code == 2 and "eglr" in bad.output

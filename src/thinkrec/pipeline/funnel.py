@@ -68,8 +68,15 @@ def choose_funnel(root: str | Path, config: RunConfig) -> dict[str, Any]:
                                "slates (Funnel.rerank), not the retriever's top-K")
     else:
         out["reranker_why"] = "no re-ranking stage in this run"
+    cand_file = root / "candidates" / "info.json"
     if lists_info.get("candidates") == "merged":
         out.update(_choose_merged(lists_info, read_json(metrics_file) if metrics_file.exists() else {}))
+    elif cand_file.exists() and "candidates" in config.stages:  # merged candidates, re-rankers on other lists
+        cand = read_json(cand_file)
+        out.update(_choose_merged({"sources": cand["sources"], "compare": cand["valid_compare"]}, {},
+                                  where="every validation example; no re-ranker was trained on them"))
+        out["reranker_why"] = out["final_why"] + ("; the re-rankers were trained on " + lists_info["source"] +
+                                                  " lists, not on the merged candidates") if lists_info else ""
     out["llm"] = None
     out["llm_why"] = ("not used: the LLM stage is measured on test lists only, and the funnel uses a stage only "
                       "where it beat its input on validation") if (root / "llm" / "metrics.json").exists() else "not trained"
@@ -77,7 +84,8 @@ def choose_funnel(root: str | Path, config: RunConfig) -> dict[str, Any]:
     return out
 
 
-def _choose_merged(lists_info: dict[str, Any], rerank_metrics: dict[str, Any], metric: str = "ndcg@10") -> dict[str, Any]:
+def _choose_merged(lists_info: dict[str, Any], rerank_metrics: dict[str, Any], metric: str = "ndcg@10",
+                   where: str = "validation lists held out from training and early stopping") -> dict[str, Any]:
     """The final list over merged candidates, chosen on the comparison slice (validation lists that neither
     trained nor early-stopped any re-ranker): each source alone, the merge order, each re-ranker. Ties go to the
     simpler configuration. ``lost``: every stage that did worse than its input there."""
@@ -100,8 +108,7 @@ def _choose_merged(lists_info: dict[str, Any], rerank_metrics: dict[str, Any], m
             lost.append(f"rerank/{name}: {metric} {options[name]:.4f} < its input (the merge order) "
                         f"{options['candidates']:.4f} on the comparison slice")
     out: dict[str, Any] = {"sources": sources, "final": final, "comparison": options, "lost": lost,
-                           "final_why": f"best {metric} on the comparison slice (validation lists held out from training "
-                                        "and early stopping): " + ", ".join(f"{n} {v:.4f}" for n, v in options.items())}
+                           "final_why": f"best {metric} on the comparison slice ({where}): " + ", ".join(f"{n} {v:.4f}" for n, v in options.items())}
     if final in sources:
         out.update(retriever=final, reranker=None)
     else:

@@ -198,6 +198,8 @@ def run_candidates(ctx: Context) -> dict[str, Any]:
             "source_recall@10": {n: float(h[:, :10].any(1).mean()) for n, h in hits.items()},
             "source_recall_in_merged": merged.source_recall(examples.targets),
         }
+        if part == "valid":  # the merge order and each source alone on validation (the funnel's choice without lists)
+            info["valid_compare"] = _compare_single_sources(merged, merged, np.arange(len(merged)), examples.targets)
         ctx.log(f"candidates ({part}): recall@{c.k} merged {info[part][f'recall@{c.k}']:.4f}; "
                 + ", ".join(f"{n} {v:.4f}" for n, v in info[part]["source_recall"].items()))
     write_json(ctx.root / "candidates" / "info.json", info)
@@ -244,7 +246,7 @@ def _lists_inputs(ctx: Context) -> dict[str, Any]:
            "holdout_frac": r.holdout_frac, "compare_frac": r.compare_frac, "candidates": r.candidates,
            "seed": r.train.seed, **_split_inputs(ctx)}
     if _merged(ctx):
-        out.update(k=ctx.config.candidates.k, candidates="merged")
+        out.update(k=ctx.config.candidates.k, candidates="merged", source_features=r.source_features)
     if _uses_vectors(ctx):
         out["embed"] = embed_config(ctx.config.tokenize)
     if out["source"] == "funnel":
@@ -285,7 +287,7 @@ def run_lists(ctx: Context) -> dict[str, Any]:
         train, valid, compare, test, featurizer = merged_sets(ctx.get_split(), cand["valid"], cand["test"],
                                                               item_categories(dataset), cfg, item_vectors, cfg.train.seed)
         info = {"candidates": "merged", "sources": list(cand["test"].sources), "recall_at_k": test.meta["recall_at_k"],
-                "compare": _compare_single_sources(compare, cand["valid"])}
+                "compare": _compare_single_sources(compare, cand["valid"], np.asarray(compare.meta["rows"]))}
     else:
         which = _choose_candidates(ctx)
         top_k = scorer_top_k(ctx.scorer(which), cfg.k, ctx.config.sasrec.max_len)
@@ -311,13 +313,16 @@ def _comparison_lists(ctx: Context) -> Any:
     return _load_lists(ctx, part)[0]
 
 
-def _compare_single_sources(compare: Any, valid: Any) -> dict[str, Any]:
+def _compare_single_sources(compare: Any, valid: Any, rows: np.ndarray, targets: np.ndarray | None = None
+                            ) -> dict[str, Any]:
     """N@5/10 on the comparison slice of the merge order (``candidates``) and of each source alone (its own
-    ranking of the target, before merging), so a merge that loses to one of its sources shows."""
+    ranking of the target, before merging), so a merge that loses to one of its sources shows. ``compare``: the
+    slice's lists (or a CandidateSet with the slice's ``targets``); ``rows``: the slice's rows in ``valid``."""
     from thinkrec.eval.metrics import first_hit_ranks
 
-    rows = np.asarray(compare.meta["rows"], dtype=np.int64)
-    out = {"candidates": {k: float(v.mean()) for k, v in rank_metrics(first_hit_ranks(compare.labels), (5, 10)).items()}}
+    rows = np.asarray(rows, dtype=np.int64)
+    labels = compare.labels if targets is None else (compare.items == np.asarray(targets)[:, None]) & (compare.items >= 0)
+    out = {"candidates": {k: float(v.mean()) for k, v in rank_metrics(first_hit_ranks(labels), (5, 10)).items()}}
     tr = valid.target_ranks[rows]
     for i, name in enumerate(valid.sources):
         r = np.where(tr[:, i] >= 0, tr[:, i], np.inf)
@@ -479,11 +484,17 @@ def run_evaluate(ctx: Context) -> None:
 def funnel_test_ranks(ctx: Context) -> dict[str, np.ndarray]:
     """0-based rank of each test target in each final list over the merged candidates (``inf`` = not among the
     candidates): ``candidates`` (the merge order) and every trained re-ranker's order."""
-    lists_dir = ctx.root / "rerank" / "lists"
-    if not (lists_dir / "compare").exists():
-        return {}
     from thinkrec.eval.metrics import first_hit_ranks
 
+    lists_dir = ctx.root / "rerank" / "lists"
+    if not (lists_dir / "compare").exists():  # candidates without merged re-ranking lists: the merge order only
+        if not candidate_sources(ctx.config) or not ctx.graph.is_current("candidates"):
+            return {}
+        from thinkrec.retrieval.candidates import CandidateSet
+
+        cand = CandidateSet.load(ctx.root / "candidates" / "test")
+        targets = ctx.get_split().test.targets
+        return {"candidates": first_hit_ranks((cand.items == targets[:, None]) & (cand.items >= 0))}
     test = _load_lists(ctx, "test")[0]
     out = {"candidates": first_hit_ranks(test.labels)}
     for name in ctx.config.rerank.models:

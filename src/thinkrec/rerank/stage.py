@@ -60,6 +60,7 @@ class RerankStageConfig:
     history_len: int = 50
     holdout_frac: float = 0.1  # share of training lists held out for early stopping
     compare_frac: float = 0.1  # merged candidates: share of validation lists on which stages are compared (disjoint)
+    source_features: bool = True  # merged candidates: each source's rank and score as candidate features
     model: RerankModelConfig = field(default_factory=RerankModelConfig)
     train: RerankTrainConfig = field(default_factory=RerankTrainConfig)
 
@@ -98,7 +99,7 @@ def merged_sets(split: SequenceSplit, valid_candidates: CandidateSet, test_candi
     early-stopping hold-out and the comparison slice are three disjoint random slices of the validation-position
     lists (targets the retrievers never trained on, histories as they saw them); test lists from test targets.
     Returns (train, holdout, compare, test, featurizer)."""
-    featurizer = funnel_featurizer(split, category, item_vectors, valid_candidates.sources)
+    featurizer = funnel_featurizer(split, category, item_vectors, valid_candidates.sources if cfg.source_features else ())
 
     def lists(examples: EvalExamples, cand: CandidateSet) -> RerankLists:
         if len(cand) != len(examples):
