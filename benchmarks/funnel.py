@@ -76,8 +76,8 @@ def _rows(dataset: str, root: Path, suffix: str, wall: float, singles: bool, pre
                 rows.append(row("funnel", dataset, f"funnel-{name}{suffix}", {**_metrics(m), **common}, wall))
         for name, entry in test.items():
             if name not in ("funnel", "paired_tests") and "metrics" in entry:
-                rows.append(row("funnel", dataset, name + suffix, {**_metrics(entry),
-                                f"recall@{k}": round(entry["metrics"].get(f"recall@{k}", float("nan")), 5)}, 0.0))
+                rows.append(row("funnel", dataset, name + suffix, {
+                    **_metrics(entry), f"recall@{k}": common["source_recall@k"].get(name)}, 0.0))
     return rows
 
 

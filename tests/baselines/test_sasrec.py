@@ -106,3 +106,39 @@ def test_unknown_loss_is_refused_before_training():
         check_config(SASRecConfig(loss="bpr"))
     with pytest.raises(ValueError, match="sasrec.negative_sampling"):
         check_config(SASRecConfig(loss="sampled", negative_sampling="hard"))
+
+
+def test_history_negatives_are_added_once_and_teach_the_model_to_skip_seen_items():
+    from thinkrec.baselines.sasrec import sampled_softmax_loss
+
+    torch.manual_seed(0)
+    h, w = torch.randn(2, 4), torch.randn(10, 4)
+    pos = torch.tensor([1, 3])
+    extra = torch.tensor([[5, 3, -1], [1, 6, 6]])  # row 0: 3 is an in-batch candidate; row 1: 1 too, 6 twice
+    extra_logits = torch.stack([h[i] @ w[extra[i].clamp_min(0)].T for i in range(2)])
+    got = sampled_softmax_loss(h, pos, w, 0, "in-batch", None, extra_items=extra, extra_logits=extra_logits)
+    want = 0.0
+    for i, cols in enumerate(([1, 3, 5], [1, 3, 6, 6])):  # a repeated history item counts as often as it occurs
+        logits = torch.stack([h[i] @ w[c] for c in cols])
+        want += -torch.log_softmax(logits, 0)[cols.index(int(pos[i]))]
+    assert torch.allclose(got, want / 2, atol=1e-5)
+
+    # planted walks never revisit an item; with 2 uniform negatives the model learns to score its inputs high
+    # unless they are negatives
+    split = leave_one_out(_planted())
+    seen_share = {}
+    for flag in (False, True):
+        torch.manual_seed(0)
+        cfg = SASRecConfig(d_model=32, n_layers=1, n_heads=1, dropout=0.0, max_len=12, lr=5e-3, batch_size=64,
+                           epochs=15, patience=15, warmup_steps=10, loss="sampled", negatives=2,
+                           history_negatives=flag)
+        model, _ = train_sasrec(split, cfg, log=lambda m: None)
+        ex = split.test
+        tokens = torch.zeros(len(ex), cfg.max_len, dtype=torch.long)
+        for i in range(len(ex)):
+            hist = ex.history(i)[-cfg.max_len:]
+            tokens[i, cfg.max_len - len(hist):] = torch.from_numpy(hist + 1)
+        with torch.no_grad():
+            top = model.score(torch.zeros(len(ex)), tokens).topk(5).indices.numpy()
+        seen_share[flag] = np.mean([np.isin(top[i], ex.history(i)).mean() for i in range(len(ex))])
+    assert seen_share[True] < 0.5 * seen_share[False], seen_share

@@ -57,6 +57,9 @@ class SASRecConfig:
     negative_sampling: str = "uniform"  # sampled: uniform | in-batch | mixed
     logq: bool = True  # sampled: subtract log of each candidate's draw probability (a no-op for uniform)
     gbce_t: float = 0.75  # gbce: calibration t in [0, 1]; 0 = plain BCE, 1 = fully calibrated
+    # sampled: the items already in the sequence up to each position are negatives too (a few hard negatives
+    # that sampling almost never draws; without them the model scores its own input items high)
+    history_negatives: bool = False
     max_train_s: float = 0.0  # stop after the epoch that passes this many seconds (0 = no budget)
     schedule: str = "cosine"  # cosine (warm-up, decay to 0.1× over all epochs) | constant (warm-up, then flat)
 
@@ -84,11 +87,14 @@ def check_config(config: SASRecConfig) -> None:
 def sampled_softmax_loss(
     h: torch.Tensor, pos: torch.Tensor, weights: torch.Tensor, n_uniform: int, sampling: str,
     log_q: torch.Tensor | None, generator: torch.Generator | None = None,
+    extra_items: torch.Tensor | None = None, extra_logits: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Softmax CE of each target against shared sampled negatives.
 
     h [T, d] hidden states, pos [T] 0-based target items, weights [n_items, d]; ``log_q`` [n_items] is the log
     of the in-batch draw probability (item frequency among training targets) or None for no correction.
+    ``extra_items`` / ``extra_logits`` [T, E]: per-row extra negatives (−1 / −inf = none), uncorrected; one that
+    is already a candidate column is dropped, so no item is counted twice.
     """
     n_items = weights.shape[0]
     uniform = torch.randint(n_items, (n_uniform,), device=h.device, generator=generator)
@@ -97,18 +103,23 @@ def sampled_softmax_loss(
         # constant shift here (every item has the same draw probability), so it changes nothing.
         pos_logit = (h * weights[pos]).sum(-1, keepdim=True)
         neg_logit = (h @ weights[uniform].T).masked_fill(uniform[None] == pos[:, None], float("-inf"))
-        logits = torch.cat([pos_logit, neg_logit], 1)
-        return F.cross_entropy(logits, torch.zeros(len(pos), dtype=torch.long, device=h.device))
-    pool = pos if sampling == "in-batch" else torch.cat([pos, uniform])
-    cands = torch.unique(pool)  # sorted; unique so no candidate collides with another row's positive twice
-    logits = h @ weights[cands].T
-    if log_q is not None:
-        if sampling == "in-batch":
-            correction = log_q[cands]
-        else:  # expected draws of each item: T in-batch draws by frequency + n_uniform uniform ones
-            correction = torch.log(len(pos) * log_q[cands].exp() + n_uniform / n_items)
-        logits = logits - correction
-    return F.cross_entropy(logits, torch.searchsorted(cands, pos))
+        logits, target = torch.cat([pos_logit, neg_logit], 1), torch.zeros(len(pos), dtype=torch.long, device=h.device)
+        cands = uniform
+    else:
+        pool = pos if sampling == "in-batch" else torch.cat([pos, uniform])
+        cands = torch.unique(pool)  # sorted; unique so no candidate collides with another row's positive twice
+        logits = h @ weights[cands].T
+        if log_q is not None:
+            if sampling == "in-batch":
+                correction = log_q[cands]
+            else:  # expected draws of each item: T in-batch draws by frequency + n_uniform uniform ones
+                correction = torch.log(len(pos) * log_q[cands].exp() + n_uniform / n_items)
+            logits = logits - correction
+        target = torch.searchsorted(cands, pos)
+    if extra_items is not None:
+        dup = torch.isin(extra_items, cands) | (extra_items == pos[:, None]) | (extra_items < 0)
+        logits = torch.cat([logits, extra_logits.masked_fill(dup, float("-inf"))], 1)
+    return F.cross_entropy(logits, target)
 
 
 def gbce_loss(
@@ -197,10 +208,19 @@ class SASRec(nn.Module):
         """The configured loss at the non-padded positions; ``log_q`` is used by in-batch / mixed sampling."""
         c = self.config
         keep = targets > 0
-        h, pos, w = self.hidden(inputs)[keep], targets[keep] - 1, self.item_weights()
+        hidden = self.hidden(inputs)
+        h, pos, w = hidden[keep], targets[keep] - 1, self.item_weights()
         if c.loss == "sampled":
+            extra_items = extra_logits = None
+            if c.history_negatives:  # every position's own inputs so far: [B, L, L] logits, causal
+                t = inputs.shape[1]
+                causal = torch.ones(t, t, dtype=torch.bool, device=inputs.device).tril()
+                logits = torch.einsum("bld,bsd->bls", hidden, self.item_emb(inputs))
+                items = (inputs - 1)[:, None, :].expand(-1, t, -1).masked_fill(~causal[None], -1)
+                extra_items, extra_logits = items[keep], logits[keep]
             return sampled_softmax_loss(h, pos, w, c.negatives if c.negative_sampling != "in-batch" else 0,
-                                        c.negative_sampling, log_q if c.logq else None)
+                                        c.negative_sampling, log_q if c.logq else None,
+                                        extra_items=extra_items, extra_logits=extra_logits)
         if c.loss == "gbce":
             return gbce_loss(h, pos, w, c.negatives, c.gbce_t)
         return F.cross_entropy(h @ w.T, pos)
