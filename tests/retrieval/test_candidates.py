@@ -59,3 +59,16 @@ def test_target_ranks_recall_and_roundtrip(tmp_path):
     again = CandidateSet.load(m.save(tmp_path / "c"))
     assert np.array_equal(again.items, m.items) and np.array_equal(again.target_ranks, m.target_ranks)
     assert again.sources == ("a", "b")
+
+
+def test_fallback_source_only_fills_what_the_others_leave():
+    from thinkrec.retrieval.candidates import CandidateConfig
+
+    a = (np.array([[1, 2, -1, -1], [1, 2, 3, 4]]), np.zeros((2, 4), np.float32))
+    pop = (np.array([[9, 1, 8, 7], [9, 8, 7, 6]]), np.zeros((2, 4), np.float32))
+    quotas = CandidateConfig().quotas_for(["a", "popularity"])
+    assert quotas == {"a": 1.0, "popularity": 0.0}
+    m = merge_candidates({"a": a, "popularity": pop}, 4, quotas)
+    assert m.items.tolist() == [[1, 2, 9, 8], [1, 2, 3, 4]]  # row 1: a fills K, popularity never enters
+    with pytest.raises(ValueError, match="fallback"):
+        CandidateConfig().quotas_for(["popularity"])

@@ -336,7 +336,7 @@ class Funnel:
         for name in sources:
             items, scores, _ = self._candidates(name, histories, c.per_source or c.k, exclude_seen, False)
             per[name] = (items, np.where(items >= 0, scores, 0.0).astype(np.float32))
-        return merge_candidates(per, c.k, c.quotas)
+        return merge_candidates(per, c.k, c.quotas_for(list(sources)))
 
     def _recommend_batch(self, batch: _Batch, rows: np.ndarray, k: int, n_cand: int, explain: bool,
                          exclude_seen: bool, retriever: str, reranker: str | None) -> list[UserRecommendations]:

@@ -165,7 +165,8 @@ def _source_node(name: str) -> str:
 
 def _candidates_inputs(ctx: Context) -> dict[str, Any]:
     c = ctx.config.candidates
-    return {"sources": candidate_sources(ctx.config), "k": c.k, "per_source": c.per_source, "quotas": c.quotas,
+    return {"sources": candidate_sources(ctx.config), "k": c.k, "per_source": c.per_source,
+            "quotas": c.quotas_for(candidate_sources(ctx.config)),
             "exclude_seen": ctx.config.eval.mask_history, "max_len": ctx.config.sasrec.max_len, **_split_inputs(ctx)}
 
 
@@ -177,7 +178,8 @@ def run_candidates(ctx: Context) -> dict[str, Any]:
     c.check()
     sources = candidate_sources(ctx.config)
     per_k = c.per_source or c.k
-    info: dict[str, Any] = {"sources": sources, "k": c.k, "per_source": per_k, "quotas": c.quotas}
+    quotas = c.quotas_for(sources)
+    info: dict[str, Any] = {"sources": sources, "k": c.k, "per_source": per_k, "quotas": quotas}
     for part in ("valid", "test"):
         examples = getattr(split, part)
         per: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -187,7 +189,7 @@ def run_candidates(ctx: Context) -> dict[str, Any]:
                                      exclude_seen=ctx.config.eval.mask_history)(examples)
             info.setdefault("source_s", {}).setdefault(name, 0.0)
             info["source_s"][name] += time.perf_counter() - t
-        merged = merge_candidates(per, c.k, c.quotas).with_targets(per, examples.targets)
+        merged = merge_candidates(per, c.k, quotas).with_targets(per, examples.targets)
         merged.save(ctx.root / "candidates" / part)
         hits = {name: ((it == examples.targets[:, None]) & (it >= 0)) for name, (it, _) in per.items()}
         info[part] = {
