@@ -113,7 +113,10 @@ def main() -> None:
         cfg = bench_config(preset, [*sets, *VARIANTS[name]], args.threads)
         root = variant_dir(args.out_dir, args.dataset, name)
         ctx = open_variant(cfg, root)
-        share_nodes(ctx, base_root, [n for n in upstream_closure(ctx, "candidates") if n != "candidates"])
+        # every trained source of the default run (not only this variant's), so no stage retrains a source
+        base_ctx = open_variant(base_cfg, base_root)
+        shared = [n for n in upstream_closure(base_ctx, "candidates") if n != "candidates"]
+        share_nodes(ctx, base_root, shared)
         stages = [s for s in cfg.stages if s not in ("llm", "report")]
         run_pipeline(cfg, stages, run_dir=root)
         wall = time.perf_counter() - t0
