@@ -323,7 +323,7 @@ def _compare_single_sources(compare: Any, valid: Any, rows: np.ndarray, targets:
     from thinkrec.eval.metrics import first_hit_ranks
 
     rows = np.asarray(rows, dtype=np.int64)
-    labels = compare.labels if targets is None else (compare.items == np.asarray(targets)[:, None]) & (compare.items >= 0)
+    labels = compare.labels if targets is None else compare.hits(targets)
     out = {"candidates": {k: float(v.mean()) for k, v in rank_metrics(first_hit_ranks(labels), (5, 10)).items()}}
     tr = valid.target_ranks[rows]
     for i, name in enumerate(valid.sources):
@@ -374,9 +374,8 @@ def _reranker_node(name: str) -> Node:
         valid_m = {k: float(v.mean()) for k, v in cmp.items()}
         save_reranker(fit.model, name, out, fit.history, train.list_len)
         write_json(out / "metrics.json", {"test": fit.metrics, "valid": valid_m, "profile": fit.profile})
-        orders = rerank_orders(fit.model, test, device=device)
         with atomic_path(out / "per_list.npz") as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, ndcg5=fit.per_list["ndcg@5"], orders=orders.astype(np.int16))
+            np.savez(fh, ndcg5=fit.per_list["ndcg@5"], orders=fit.orders.astype(np.int16))
         return {"ndcg@5": fit.metrics["ndcg@5"], "valid_ndcg@5": valid_m["ndcg@5"], "train_s": fit.metrics["train_s"]}
 
     def inputs(ctx: Context) -> dict[str, Any]:
@@ -467,18 +466,15 @@ def run_evaluate(ctx: Context) -> None:
         results["paired_tests"] = {
             f"{best}_vs_{other}": paired_test(per_user[best][k_main], per_user[other][k_main], ev.bootstrap, seed=ctx.config.run.seed)
             for other in names if other != best}
-    frame = pl.DataFrame({"user": split.test.users, **{f"{n}/{k}": v for n, pu in per_user.items() for k, v in pu.items()}})
-    with atomic_path(ctx.root / "eval" / "per_user.parquet") as tmp:
-        frame.write_parquet(tmp)
+    columns = {f"{n}/{k}": v for n, pu in per_user.items() for k, v in pu.items()}
     funnel = funnel_results(ctx, per_user, k_main)
     if funnel:
         results["funnel"] = funnel
-        for name, pu in funnel.pop("per_user").items():
-            frame = frame.with_columns(*(pl.Series(f"{name}/{k}", v) for k, v in pu.items()))
-        with atomic_path(ctx.root / "eval" / "per_user.parquet") as tmp:
-            frame.write_parquet(tmp)
+        columns.update({f"{n}/{k}": v for n, pu in funnel.pop("per_user").items() for k, v in pu.items()})
         f = funnel["models"][funnel["final"]]["metrics"]
         ctx.log(f"evaluate: funnel (final list: {funnel['final']}) " + " ".join(f"{k}={v:.4f}" for k, v in f.items()))
+    with atomic_path(ctx.root / "eval" / "per_user.parquet") as tmp:
+        pl.DataFrame({"user": split.test.users, **columns}).write_parquet(tmp)
     write_json(ctx.root / "eval" / "metrics.json", results)
     write_json(ctx.root / "metrics.json", {"dataset": ctx.config.data.dataset, "split": split.kind, "test": results})
 
@@ -495,8 +491,7 @@ def funnel_test_ranks(ctx: Context) -> dict[str, np.ndarray]:
         from thinkrec.retrieval.candidates import CandidateSet
 
         cand = CandidateSet.load(ctx.root / "candidates" / "test")
-        targets = ctx.get_split().test.targets
-        return {"candidates": first_hit_ranks((cand.items == targets[:, None]) & (cand.items >= 0))}
+        return {"candidates": first_hit_ranks(cand.hits(ctx.get_split().test.targets))}
     test = _load_lists(ctx, "test")[0]
     out = {"candidates": first_hit_ranks(test.labels)}
     for name in ctx.config.rerank.models:

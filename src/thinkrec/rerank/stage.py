@@ -225,7 +225,7 @@ class FitResult:
     per_list: dict[str, np.ndarray]
     profile: dict[str, list[float]] | None
     history: list[dict]
-
+    orders: np.ndarray | None = None  # [n, L] the model's order of each test list
 
 def fit_and_score(name: str, train: RerankLists, valid: RerankLists, test: RerankLists, model_config: RerankModelConfig,
                   config: RerankTrainConfig, evaluator: ListEvaluator | None, click_model: Any = None,
@@ -246,4 +246,4 @@ def fit_and_score(name: str, train: RerankLists, valid: RerankLists, test: Reran
         profile = reasoning_profile(model, test, device)
         m["reasoning_steps_per_list"] = float(np.sum(profile["steps"]))
     log(f"rerank {label}: " + "  ".join(f"{k} {v:.4f}" for k, v in m.items()))
-    return FitResult(model, m, per, profile, hist)
+    return FitResult(model, m, per, profile, hist, orders)

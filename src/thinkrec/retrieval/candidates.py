@@ -73,14 +73,17 @@ class CandidateSet:
     def k(self) -> int:
         return int(self.items.shape[1])
 
+    def hits(self, targets: np.ndarray) -> np.ndarray:
+        """[n, K] True where the merged item is the request's target."""
+        return (self.items == np.asarray(targets)[:, None]) & (self.items >= 0)
+
     def recall(self, targets: np.ndarray, k: int | None = None) -> float:
         """Share of requests whose target is among the first ``k`` merged items (all by default)."""
-        items = self.items[:, : k or self.k]
-        return float(((items == np.asarray(targets)[:, None]) & (items >= 0)).any(1).mean())
+        return float(self.hits(targets)[:, : k or self.k].any(1).mean())
 
     def source_recall(self, targets: np.ndarray) -> dict[str, float]:
         """Per source: share of requests whose target that source returned (at any of its ranks)."""
-        hit = (self.items == np.asarray(targets)[:, None]) & (self.items >= 0)  # [n, K]
+        hit = self.hits(targets)
         return {s: float((hit & (self.ranks[..., i] >= 0)).any(1).mean()) for i, s in enumerate(self.sources)}
 
     def subset(self, idx: np.ndarray) -> CandidateSet:
