@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-import sys
-from collections.abc import Iterator
+import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
+from rich.markup import escape
+from rich.measure import Measurement
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -18,7 +20,54 @@ data_app = typer.Typer(help="Inspect and prepare datasets.", no_args_is_help=Tru
 train_app = typer.Typer(help="Train one stage of the funnel.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(train_app, name="train")
-console = Console()
+
+#: Narrowest layout the tables are built for, and the width of output that goes to a file or a pipe.
+MIN_WIDTH, PIPED_WIDTH = 80, 100
+
+
+class CliConsole(Console):
+    """rich's Console with the CLI's width, decided at each print (tests and pipes swap ``sys.stdout``): on a
+    terminal max(80, its width); piped or redirected, ``$COLUMNS`` when set (at least 80), else 100 — not rich's
+    80, at which wide tables used to squeeze every number to ``0.0…``. A width set explicitly wins."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._fixed_width = kwargs.get("width")
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        size = super().size
+        if self._fixed_width is not None:
+            return size
+        columns = self._environ.get("COLUMNS", "")
+        if self.is_terminal:
+            width = max(MIN_WIDTH, int(columns) if columns.isdigit() else _terminal_width())
+        else:
+            width = max(MIN_WIDTH, int(columns)) if columns.isdigit() else PIPED_WIDTH
+        return ConsoleDimensions(width, size.height)
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        width, height = new_size
+        self._width, self._height, self._fixed_width = width, height, width
+
+    @property
+    def width(self) -> int:
+        return self.size.width
+
+    @width.setter
+    def width(self, width: int) -> None:
+        self._width = self._fixed_width = width
+
+
+def _terminal_width() -> int:
+    try:
+        return os.get_terminal_size(1).columns or MIN_WIDTH
+    except (OSError, ValueError):
+        return MIN_WIDTH
+
+
+console = CliConsole()
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML preset (configs/*.yaml).")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a config value: key.sub=value (repeatable).")]
@@ -55,20 +104,33 @@ def _load_config(config: Path | None, sets: list[str] | None, dataset: str | Non
     return cfg
 
 
+#: Progress bars shown at once (the most recently updated unfinished tasks).
+MAX_BARS = 3
+
+
 @contextlib.contextmanager
 def _progress() -> Iterator:
+    """``update(task, step, total)`` drives transient rich progress bars, only on a terminal (piped output and
+    logs get the log lines alone). The same callback is installed for library code (embedding, re-ranker
+    epochs, evaluation batches, LLM phases: :mod:`thinkrec.utils.progress`), which is silent without it."""
+    from thinkrec.utils.progress import progress_callback
+
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True, disable=not sys.stderr.isatty() and not sys.stdout.isatty()) as prog:
-        tasks: dict[str, int] = {}
+                  console=console, transient=True, disable=not console.is_terminal) as prog:
+        tasks: dict[str, int] = {}  # most recently updated last
 
         def update(stage: str, step: int, total: int) -> None:
             if stage not in tasks:
-                tasks[stage] = prog.add_task(stage, total=total)
-            if step == 1:
+                tasks[stage] = prog.add_task(escape(stage), total=total)
+            elif step <= 1:
                 prog.reset(tasks[stage], total=total)
-            prog.update(tasks[stage], completed=step)
+            tasks[stage] = tasks.pop(stage)
+            prog.update(tasks[stage], completed=step, total=total, visible=step < total)
+            for old in list(tasks)[:-MAX_BARS]:
+                prog.update(tasks[old], visible=False)
 
-        yield update
+        with progress_callback(update):
+            yield update
 
 
 def _run(cfg, stages: list[str] | None = None, run_dir: Path | None = None) -> Path:
@@ -83,6 +145,46 @@ def _run(cfg, stages: list[str] | None = None, run_dir: Path | None = None) -> P
     raise AssertionError  # unreachable
 
 
+def _fmt4(v: object) -> str:
+    """A metric cell: 4 decimals (ints as they are, nothing for a missing value)."""
+    if v is None or v == "":
+        return ""
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def _table(title: str | None, label: str, headers: Sequence[str], rows: Sequence[tuple[str, Sequence[str], str | None]],
+           cols: Sequence[int]) -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column(label, overflow="fold")  # wraps only if a single number column beside it cannot fit
+    for j in cols:
+        width = max([len(headers[j]), *(len(cells[j]) for _, cells, _ in rows)])
+        table.add_column(headers[j], justify="right", no_wrap=True, overflow="fold", min_width=width)
+    for name, cells, style in rows:
+        table.add_row(escape(name), *(escape(cells[j]) for j in cols), style=style)
+    return table
+
+
+def print_table(title: str, label: str, headers: Sequence[str], rows: Sequence[tuple[str, Sequence[str], str | None]]) -> None:
+    """A label column and right-aligned number columns (``rows``: label, cells, rich style or None), printed as
+    one table when it fits the console width, else as a few tables with as many columns each, the label column
+    repeated: rich never squeezes a number into ``…`` (number columns do not wrap and keep their width)."""
+    n, width = len(headers), console.width
+    unbounded = console.options.update(width=10 * width + 1000)  # the natural width, not clamped to the console's
+    tables = [_table(title, label, headers, rows, range(n))]
+    for n_tables in range(1, n + 1):
+        size = -(-n // n_tables)
+        groups = [list(range(lo, min(lo + size, n))) for lo in range(0, n, size)]
+        tables = [_table(title if i == 0 else f"{title} (continued)", label, headers, rows, g) for i, g in enumerate(groups)]
+        if all(Measurement.get(console, unbounded, t).maximum <= width for t in tables):
+            break
+    for t in tables:
+        console.print(t)
+
+
+def _short_metric(k: str) -> str:
+    return k.replace("recall@", "R@").replace("ndcg@", "N@").replace("map@", "MAP@").replace("mrr", "MRR")
+
+
 def _print_metrics(root: Path) -> None:
     from thinkrec.utils.io import read_json
 
@@ -92,25 +194,29 @@ def _print_metrics(root: Path) -> None:
         return
     keys = list(m[models[0]]["metrics"])
     funnel = m.get("funnel")
-    table = Table(title=f"test metrics — {root}")
-    table.add_column("model", no_wrap=True)
-    for k in keys:
-        short = k.replace("recall@", "R@").replace("ndcg@", "N@").replace("map@", "MAP@").replace("mrr", "MRR")
-        table.add_column(short, justify="right", no_wrap=True)
+    rows: list[tuple[str, list[str], str | None]] = []
     if funnel:  # the product: the final list, beside every single stage
         final = funnel["models"][funnel["final"]]["metrics"]
-        table.add_row(f"[bold]funnel ({funnel['final']})[/bold]", *(f"[bold]{final[k]:.4f}[/bold]" if k in final else "" for k in keys))
+        rows.append((f"funnel ({funnel['final']})", [_fmt4(final.get(k)) for k in keys], "bold"))
         for name, r in funnel["models"].items():
             if name != funnel["final"]:
-                table.add_row(f"funnel-{name}", *(f"{r['metrics'][k]:.4f}" if k in r["metrics"] else "" for k in keys))
+                rows.append((f"funnel-{name}", [_fmt4(r["metrics"].get(k)) for k in keys], None))
     for name in models:
-        table.add_row(name, *(f"{m[name]['metrics'][k]:.4f}" for k in keys))
-    console.print(table)
-    for pair, t in m.get("paired_tests", {}).items():
-        console.print(f"paired test {pair}: ΔNDCG {t['diff']:+.4f} [{t['diff_low']:+.4f}, {t['diff_high']:+.4f}], p(t)={t['p_ttest']:.3g}")
-    for pair, t in (funnel or {}).get("paired_tests", {}).items():
-        console.print(f"paired test {pair} ({funnel['metric']}): Δ {t['diff']:+.4f} [{t['diff_low']:+.4f}, "
-                      f"{t['diff_high']:+.4f}], p(bootstrap)={t['p_bootstrap']:.3g}")
+        rows.append((name, [_fmt4(m[name]["metrics"].get(k)) for k in keys], None))
+    print_table(f"test metrics — {root}", "model", [_short_metric(k) for k in keys], rows)
+    _print_paired("paired tests, the best single model vs the others (NDCG@10)", m.get("paired_tests", {}), "p_ttest")
+    if funnel:
+        _print_paired(f"paired tests, the final list vs every single source ({funnel['metric']})",
+                      funnel.get("paired_tests", {}), "p_bootstrap")
+
+
+def _print_paired(title: str, tests: dict, p_key: str) -> None:
+    if not tests:
+        return
+    label = {"p_ttest": "p (t-test)", "p_bootstrap": "p (bootstrap)"}[p_key]
+    print_table(title, "pair", ["Δ", "95 % CI of Δ", label], [
+        (pair.replace("_vs_", " vs "), [f"{t['diff']:+.4f}", f"[{t['diff_low']:+.4f}, {t['diff_high']:+.4f}]",
+                                        f"{t[p_key]:.3g}"], None) for pair, t in tests.items()])
 
 
 @data_app.command("stats")
@@ -122,12 +228,9 @@ def data_stats(dataset: DatasetOpt = "synthetic", data_root: RootOpt = None, for
         ds = load_dataset(dataset or "synthetic", data_root, format=format_)
     except (DataFormatError, FileNotFoundError, KeyError, ValueError) as exc:
         _fail(str(exc).strip("'\""))
-    table = Table(title=f"dataset {ds.name}")
-    table.add_column("statistic")
-    table.add_column("value", justify="right")
-    for k, v in ds.stats().items():
-        table.add_row(k, f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else (f"{v:.6g}" if isinstance(v, float) else str(v)))
-    console.print(table)
+    stats = ds.stats()
+    print_table(f"dataset {ds.name}", "statistic", ["value"], [
+        (k, [f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else _fmt4(v)], None) for k, v in stats.items()])
 
 
 @data_app.command("prepare")
@@ -190,13 +293,8 @@ def _print_rerank(root: Path) -> None:
              "recall@5": "R@5", "expected_clicks": "clicks", "evaluator_score": "eval", "reasoning_steps_per_list": "steps",
              "latency_ms": "ms"}
     keys = [k for k in short if any(k in m for m in models.values())]
-    table = Table(title=f"re-ranking ({res.get('source')}) — test lists")
-    table.add_column("model", no_wrap=True)
-    for k in keys:
-        table.add_column(short[k], justify="right", no_wrap=True)
-    for name, m in models.items():
-        table.add_row(name, *(f"{m[k]:.3f}" if k in m else "" for k in keys))
-    console.print(table)
+    print_table(f"re-ranking ({res.get('source')}) — test lists", "model", [short[k] for k in keys],
+                [(name, [_fmt4(m.get(k)) for k in keys], None) for name, m in models.items()])
 
 
 @train_app.command("reranker")
@@ -225,12 +323,12 @@ def _print_llm(root: Path) -> None:
     if not path.exists():
         return
     res = read_json(path)
-    table = Table(title=f"LLM re-ranker ({res['model']}) — {res['eval_lists_with_target']} test lists with the true item")
-    for col in ("phase", "R@1", "R@5", "N@5", "malformed"):
-        table.add_column(col, justify="left" if col == "phase" else "right", no_wrap=True)
-    for name, m in res["metrics"].items():
-        table.add_row(name, f"{m['recall@1']:.3f}", f"{m['recall@5']:.3f}", f"{m['ndcg@5']:.3f}", str(m["malformed"]))
-    console.print(table)
+    every = res.get("metrics_all_lists", {})
+    print_table(f"LLM re-ranker ({res['model']}) — {res['eval_lists_with_target']} test lists with the true item",
+                "phase", ["R@1", "R@5", "N@5", "N@5 all lists", "malformed"],
+                [(name, [_fmt4(m["recall@1"]), _fmt4(m["recall@5"]), _fmt4(m["ndcg@5"]),
+                         _fmt4(every.get(name, {}).get("ndcg@5")), str(m["malformed"])], None)
+                 for name, m in res["metrics"].items()])
 
 
 @train_app.command("llm-reranker")
@@ -422,7 +520,35 @@ def run_cmd(
     _print_metrics(root)
     _print_rerank(root)
     _print_llm(root)
-    console.print(f"report: {root / 'report.md'}")
+    console.print(f"report: {root / 'report.md'}, {root / 'report.html'}")
+
+
+@app.command("serve")
+def serve_cmd(
+    run: Annotated[Path, typer.Option("--run", "-r", help="Trained run directory (thinkrec run wrote it).")],
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    window_ms: Annotated[float, typer.Option(help="Micro-batching window: how long a request waits for company.")] = 5.0,
+    max_batch: Annotated[int, typer.Option(help="Requests per batched funnel pass.")] = 64,
+    max_queue: Annotated[int, typer.Option(help="Waiting requests beyond which new ones get 503 + Retry-After.")] = 512,
+    device: Annotated[str | None, typer.Option(help="cpu | cuda (default: the run's run.device).")] = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+) -> None:
+    """Serve a trained funnel over HTTP: POST /v1/recommend (micro-batched), /v1/recommend/batch, /v1/items,
+    /v1/users/{id}/history, /healthz, /readyz, /metrics, OpenAPI docs at /docs and a page at /."""
+    try:
+        from thinkrec.serve import BatcherConfig, ServeConfig, serve
+    except ImportError as e:
+        _fail(f"serving needs the serve extra: pip install -e '.[serve]' ({e})")
+    if not (run / "config.yaml").exists():
+        _fail(f"{run}: not a run directory (no config.yaml); train one with `thinkrec run`")
+    try:
+        batching = BatcherConfig(window_ms=window_ms, max_batch=max_batch, max_queue=max_queue)
+        batching.check()
+    except ValueError as e:
+        _fail(str(e))
+    console.print(f"serving {run} at http://{host}:{port}/ (API docs at /docs; Ctrl-C to stop)")
+    serve(run, host, port, ServeConfig(batching=batching), device=device, log_level=log_level)
 
 
 def main() -> None:

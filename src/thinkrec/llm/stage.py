@@ -40,6 +40,7 @@ from thinkrec.llm.train import (
     train_lm,
 )
 from thinkrec.rerank.lists import RerankLists
+from thinkrec.utils import progress
 from thinkrec.utils.io import write_json
 
 
@@ -97,6 +98,7 @@ def evaluate(model: Any, tokens: AnswerTokens, catalogue: Catalogue, requests: S
     ranks, malformed, t0 = [], 0, time.perf_counter()
     sid_len = catalogue.codes.shape[1]
     examples = []
+    n_batches = -(-len(requests) // max(1, cfg.eval_batch_size))
     for b in range(0, len(requests), cfg.eval_batch_size):
         chunk = requests[b:b + cfg.eval_batch_size]
         prompts = [rerank_prompt(catalogue, r.history, r.candidates, cfg.n_history, cfg.with_titles) for r in chunk]
@@ -110,6 +112,7 @@ def evaluate(model: Any, tokens: AnswerTokens, catalogue: Catalogue, requests: S
             ranks.append(order.index(r.target) + 1 if r.target >= 0 else 0)
             if len(examples) < 3:
                 examples.append(text)
+        progress.report("llm evaluation batches", b // cfg.eval_batch_size + 1, n_batches)
     out = answer_metrics(np.array(ranks))
     out.update(malformed=malformed, n=len(ranks), wall_s=time.perf_counter() - t0, examples=examples,
                ranks=[int(r) for r in ranks])
@@ -177,9 +180,11 @@ def run_llm_stage(catalogue: Catalogue, train_lists: RerankLists, test_lists: Re
     head = np.cumsum(test_lists.mask, axis=1) <= cfg.max_candidates
     coverage = float(((test_lists.labels > 0) & test_lists.mask & head).any(1).mean())
     results: dict[str, Any] = {"pre-rank": pre_rank_metrics(eval_reqs)}
+    phases = ["alignment", *(f"sft-{m}" for m in cfg.sampling), "rl"]  # each ends with its evaluation
 
     def _eval(name: str) -> None:
         results[name] = evaluate(model, tokens, catalogue, eval_reqs, cfg)
+        progress.report("llm phases (alignment, SFT, RL)", phases.index(name) + 1, len(phases))
         m = results[name]
         log(f"  {name}: R@1 {m['recall@1']:.3f} R@5 {m['recall@5']:.3f} N@5 {m['ndcg@5']:.3f} "
             f"({m['n']} lists, {m['wall_s']:.0f}s, malformed {m['malformed']})")

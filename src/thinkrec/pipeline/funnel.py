@@ -8,7 +8,8 @@ re-ranker the funnel uses and why.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -142,10 +143,20 @@ class UserRecommendations:
 
 
 @dataclass
-class _Batch:
+class Requests:
+    """Resolved requests (:meth:`Funnel.requests`): dense user indices (−1 for a given history) and dense-id
+    histories; requests of different origins concatenate into one batch (:meth:`concat`)."""
+
     users: np.ndarray  # dense user index, −1 for given histories
-    histories: list[np.ndarray]  # dense item ids
-    rows: list[int] = field(default_factory=list)
+    histories: list[np.ndarray]  # dense item ids, oldest first
+
+    def __len__(self) -> int:
+        return len(self.histories)
+
+    @staticmethod
+    def concat(parts: list[Requests]) -> Requests:
+        return Requests(np.concatenate([p.users for p in parts]) if parts else np.zeros(0, np.int64),
+                        [h for p in parts for h in p.histories])
 
 
 class Funnel:
@@ -167,6 +178,7 @@ class Funnel:
         self._scorers: dict[str, Any] = {}
         self._rerankers: dict[str, Any] = {}
         self._featurizer = None
+        self._explainers: dict[str, Any] = {}
         offsets, seq = self.dataset.sequences()
         self._offsets, self._seq = offsets, seq
         self._user_ids = self.dataset.users.sort("user")["user_id"].to_list()
@@ -251,6 +263,7 @@ class Funnel:
     def recommend(self, users: list[str | int] | None = None, histories: list[list[str | int]] | None = None,
                   k: int = 10, explain: bool = False, exclude_seen: bool | None = None, as_of: str | None = None,
                   retriever: str | None = None, reranker: str | None | bool = True, batch_size: int = 256,
+                  requests: Requests | None = None, timings: dict[str, float] | None = None,
                   ) -> list[UserRecommendations]:
         """Recommend ``k`` items per user (candidate generation → re-ranking), in batches.
 
@@ -264,12 +277,14 @@ class Funnel:
           re-ranking, ``True`` uses the recorded one (which may be none).
         - ``explain``: S²GR's thinking tokens per item (nearest cluster, its categories, agreement with the next
           code) and, for pointer re-rankers, EGLR's entropy and reasoning steps per position.
+        - ``requests``: already resolved requests (:meth:`requests`) instead of ``users`` / ``histories``;
+          ``timings``: seconds spent per stage are added to this dict (``retrieval``, ``rerank``, ``explain``).
 
         Results are equal (same item ids in the same order, scores within 1e-6) whatever the batch size or batch
         composition; with ``as_of="test"`` and no re-ranker, the retriever's lists are the ones the pipeline's
         evaluation ranked (``evaluate`` reproduces its metrics).
         """
-        batch = self._requests(users, histories, as_of)
+        batch = requests if requests is not None else self.requests(users, histories, as_of)
         exclude_seen = self.config.eval.mask_history if exclude_seen is None else exclude_seen
         retriever = retriever or self.record.get("retriever")
         if retriever is None:
@@ -280,21 +295,46 @@ class Funnel:
         if k < 1:
             raise ValueError(f"k must be ≥ 1, got {k}")
         n_cand = max(k, self.config.rerank.k) if reranker else k
+        timings = {} if timings is None else timings
         out: list[UserRecommendations] = []
         for lo in range(0, len(batch.histories), batch_size):
             rows = np.arange(lo, min(lo + batch_size, len(batch.histories)))
-            out += self._recommend_batch(batch, rows, k, n_cand, explain, exclude_seen, retriever, reranker)
+            out += self._recommend_batch(batch, rows, k, n_cand, explain, exclude_seen, retriever, reranker, timings)
         return out
 
-    def _requests(self, users: list | None, histories: list | None, as_of: str | None) -> _Batch:
+    def requests(self, users: list | None = None, histories: list | None = None, as_of: str | None = None) -> Requests:
+        """Resolve original user ids (their history, see :meth:`recommend`) or original-id histories; raises
+        ``KeyError`` naming unknown users / items."""
         if (users is None) == (histories is None):
             raise ValueError("give exactly one of users= or histories=")
         if users is not None:
             idx = np.array([self.user_index(u) for u in users], dtype=np.int64)
-            return _Batch(idx, [self.history_of(int(u), as_of) for u in idx])
+            return Requests(idx, [self.history_of(int(u), as_of) for u in idx])
         if as_of is not None:
             raise ValueError("as_of applies to users=, not to histories=")
-        return _Batch(np.full(len(histories), -1, np.int64), [self.item_indices(list(h)) for h in histories])
+        return Requests(np.full(len(histories), -1, np.int64), [self.item_indices(list(h)) for h in histories])
+
+    @property
+    def item_ids(self) -> list[str]:
+        """Original item ids by dense index."""
+        return self._item_ids
+
+    @property
+    def user_ids(self) -> list[str]:
+        """Original user ids by dense index."""
+        return self._user_ids
+
+    def title(self, item: int) -> str:
+        return self._titles[item] or ""
+
+    def max_k(self, retriever: str | None = None) -> int:
+        """The longest list the funnel can return: the merged set, or a generative retriever's beam, or the catalogue."""
+        retriever = retriever or self.record.get("retriever")
+        if retriever == "merged":
+            return int(self.config.candidates.k)
+        if retriever is not None and SCORERS.get(retriever).generative:
+            return max(int(self.scorer(retriever).beam_size), int(self.config.rerank.k))
+        return len(self._item_ids)
 
     def _candidates(self, name: str, histories: list[np.ndarray], n: int, exclude_seen: bool, want_thoughts: bool
                     ) -> tuple[np.ndarray, np.ndarray, Any]:
@@ -311,7 +351,7 @@ class Funnel:
                 rec = scorer.recommend(tokens, beam_n, return_thoughts=want_thoughts and scorer.model.thinking)
                 items, scores = rec.items.copy(), rec.scores.astype(np.float32).copy()
                 if exclude_seen:
-                    seen = np.array([[it in set(h.tolist()) for it in row] for row, h in zip(items, histories, strict=True)])
+                    seen = _seen_mask(items, histories)
                     items, scores = np.where(seen, -1, items), np.where(seen, -np.inf, scores)
                     keep = np.argsort(items < 0, axis=1, kind="stable")  # valid items first, order kept
                     items, scores = np.take_along_axis(items, keep, 1), np.take_along_axis(scores, keep, 1)
@@ -338,11 +378,13 @@ class Funnel:
             per[name] = (items, np.where(items >= 0, scores, 0.0).astype(np.float32))
         return merge_candidates(per, c.k, c.quotas_for(list(sources)))
 
-    def _recommend_batch(self, batch: _Batch, rows: np.ndarray, k: int, n_cand: int, explain: bool,
-                         exclude_seen: bool, retriever: str, reranker: str | None) -> list[UserRecommendations]:
+    def _recommend_batch(self, batch: Requests, rows: np.ndarray, k: int, n_cand: int, explain: bool,
+                         exclude_seen: bool, retriever: str, reranker: str | None,
+                         timings: dict[str, float]) -> list[UserRecommendations]:
         hist = [batch.histories[i] for i in rows]
         cold = np.array([len(h) == 0 for h in hist])
         merged, rec = None, None
+        t0 = time.perf_counter()
         if retriever == "merged":
             merged = self.merged_candidates(hist, exclude_seen)
             # the score shown for a merged candidate: reciprocal-rank fusion over the sources that returned it
@@ -355,19 +397,18 @@ class Funnel:
                                                         items.shape[1], False, False) if "popularity" in self.models["scorers"] \
                 else (np.full((int(cold.sum()), items.shape[1]), -1), np.zeros((int(cold.sum()), items.shape[1]), np.float32), None)
             items[cold], scores[cold] = pop_items, pop_scores
+        t1 = time.perf_counter()
+        timings["retrieval"] = timings.get("retrieval", 0.0) + t1 - t0
         order = np.tile(np.arange(items.shape[1]), (len(rows), 1))
         traces = None
         if reranker is not None:
             order, traces = self._rerank_orders(reranker, batch.users[rows], hist, items, scores, explain, merged)
             order[cold] = np.arange(items.shape[1])  # cold requests keep the popularity order
+        t2 = time.perf_counter()
+        timings["rerank"] = timings.get("rerank", 0.0) + t2 - t1
         thoughts, agreement = (None, None)
         if explain and rec is not None and rec.beams.thoughts is not None:
-            from thinkrec.retrieval.explain import ThoughtExplainer, coarse_labels
-
-            sids = self.scorer(retriever).sidmap.codes
-            thoughts, agreement = ThoughtExplainer(self.scorer(retriever).model, sids,
-                                                   coarse_labels(self.dataset.items.sort("item")["categories"].to_list())
-                                                   ).explain(rec)
+            thoughts, agreement = self._explainer(retriever).explain(rec)
         sidmap = getattr(self.scorer(retriever), "sidmap", None) if retriever != "merged" else None
         out = []
         for b, i in enumerate(rows):
@@ -381,7 +422,7 @@ class Funnel:
                                                            for si, s in enumerate(merged.sources) if merged.ranks[b, j, si] >= 0}}
                 else:
                     ranks = {"retriever": int(j) + 1}
-                if reranker is not None:
+                if reranker is not None and not cold[b]:
                     ranks["reranker"] = pos + 1
                 expl = None
                 if thoughts is not None and not cold[b]:
@@ -402,7 +443,18 @@ class Funnel:
                 stages["sources"] = ",".join(merged.sources)
             out.append(UserRecommendations(user_id, [str(self._item_ids[h]) for h in hist[b]], picked, stages,
                                            req_expl, bool(cold[b])))
+        timings["explain"] = timings.get("explain", 0.0) + time.perf_counter() - t2
         return out
+
+    def _explainer(self, retriever: str) -> Any:
+        from thinkrec.retrieval.explain import ThoughtExplainer, coarse_labels
+
+        if retriever not in self._explainers:  # cluster descriptions are fixed per model: build once
+            categories = self.dataset.items.sort("item")["categories"].to_list() \
+                if "categories" in self.dataset.items.columns else [None] * len(self._item_ids)
+            self._explainers[retriever] = ThoughtExplainer(self.scorer(retriever).model,
+                                                           self.scorer(retriever).sidmap.codes, coarse_labels(categories))
+        return self._explainers[retriever]
 
     def _rerank_orders(self, name: str, users: np.ndarray, histories: list[np.ndarray], items: np.ndarray,
                        scores: np.ndarray, explain: bool, merged: Any = None) -> tuple[np.ndarray, list[dict[str, Any]] | None]:
@@ -472,6 +524,16 @@ class Funnel:
         items, scores = scorer_top_k(self.scorer(info["candidates"]), cfg.k, self.config.sasrec.max_len)(examples)
         return funnel_lists(examples, items, scores, self.split, self.featurizer.category, cfg.history_len,
                             featurizer=self.featurizer)
+
+
+def _seen_mask(items: np.ndarray, histories: list[np.ndarray]) -> np.ndarray:
+    """``[B, n]``: whether ``items[b, j]`` occurs in ``histories[b]`` (one sort over all (row, item) pairs)."""
+    n_items = int(max(items.max(initial=0), max((int(h.max()) for h in histories if len(h)), default=0))) + 2
+    rows = np.repeat(np.arange(len(histories), dtype=np.int64), [len(h) for h in histories])
+    keys = np.unique(rows * n_items + (np.concatenate(histories).astype(np.int64) if len(rows) else rows))
+    q = np.arange(len(items), dtype=np.int64)[:, None] * n_items + items
+    pos = np.minimum(np.searchsorted(keys, q), max(len(keys) - 1, 0))
+    return (keys[pos] == q) & (items >= 0) if len(keys) else np.zeros(items.shape, bool)
 
 
 def _reindexed(rec: Any, keep: np.ndarray) -> Any:

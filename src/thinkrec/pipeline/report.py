@@ -38,7 +38,8 @@ def plot_training_curve(history: list[dict[str, Any]], path: Path, title: str) -
     return path
 
 
-def write_report(root: str | Path, config: Any = None) -> Path:
+def write_report(root: str | Path, config: Any = None, timings: dict[str, float] | None = None) -> Path:
+    """``report.md``; ``timings`` (stage → seconds) instead of ``timings.json`` when given."""
     root = Path(root)
     lines = [f"# thinkrec run `{root.name}`", ""]
     lines += _lost_stages(root)
@@ -110,10 +111,11 @@ def write_report(root: str | Path, config: Any = None) -> Path:
     lines += _rerank_section(root)
     lines += _llm_section(root)
     lines += _funnel_section(root)
-    timings = root / "timings.json"
-    if timings.exists():
+    if timings is None and (root / "timings.json").exists():
+        timings = read_json(root / "timings.json")
+    if timings:
         lines += ["## Stage timings", "", "| stage | seconds |", "|---|---|"]
-        lines += [f"| {k} | {v:.1f} |" for k, v in read_json(timings).items()]
+        lines += [f"| {k} | {v:.1f} |" for k, v in timings.items()]
         lines.append("")
     out = root / "report.md"
     with atomic_file(out) as fh:

@@ -9,6 +9,7 @@ groups (:data:`STAGE_NAMES`).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from thinkrec.pipeline.graph import Graph, Node
 from thinkrec.pipeline.rundir import RunDir
 from thinkrec.pipeline.scorers import SCORERS, active_scorers, candidate_sources
 from thinkrec.utils.io import atomic_file, atomic_path, read_json, write_json
+from thinkrec.utils.progress import progress_callback
 
 STAGE_NAMES = ("data", "popularity", "sasrec", "tokenize", "retrieval", "candidates", "rerank", "llm", "evaluate", "report")
 
@@ -440,9 +442,20 @@ def evaluated_scorers(ctx: Context) -> list[str]:
 def evaluate_scorer(ctx: Context, name: str) -> tuple[np.ndarray, float]:
     """0-based test ranks of a scorer (the pipeline's full-ranking protocol) and the wall time."""
     ev = ctx.config.eval
+    examples = ctx.get_split().test
+    score, progress = ctx.scorer(name).score, ctx.stage_progress(f"evaluate {name}")
+    if progress is not None:  # one step per batch of compute_ranks
+        n_batches, done = max(1, -(-len(examples) // ev.batch_size)), [0]
+
+        def score(users: torch.Tensor, tokens: torch.Tensor, _score: Callable = score) -> torch.Tensor:
+            out = _score(users, tokens)
+            done[0] += 1
+            progress(done[0], n_batches)
+            return out
+
     t = time.perf_counter()
-    ranks = compute_ranks(ctx.scorer(name).score, ctx.get_split().test, ctx.config.sasrec.max_len, ev.batch_size,
-                          ev.mask_history, ctx.config.run.device)
+    ranks = compute_ranks(score, examples, ctx.config.sasrec.max_len, ev.batch_size, ev.mask_history,
+                          ctx.config.run.device)
     return ranks, time.perf_counter() - t
 
 
@@ -543,9 +556,14 @@ def run_funnel_record(ctx: Context) -> None:
 
 def run_report(ctx: Context) -> None:
     from thinkrec.pipeline.report import write_report
+    from thinkrec.pipeline.report_html import write_html_report
 
-    write_report(ctx.root, ctx.config)
-    ctx.log(f"report: {ctx.root / 'report.md'}")
+    # timings.json is written when the invocation ends: the reports show it with this invocation's stages so far
+    path = ctx.root / "timings.json"
+    timings = {**(read_json(path) if path.exists() else {}), **ctx.timings}
+    write_report(ctx.root, ctx.config, timings)
+    html = write_html_report(ctx.root, ctx.config, timings)
+    ctx.log(f"report: {ctx.root / 'report.md'}, {html}")
 
 
 # ---------------------------------------------------------------------------------------------- the graph
@@ -638,12 +656,14 @@ def run_pipeline(
     ctx = open_run(config, run_dir, log, progress, wanted)
     with atomic_file(ctx.root / "config.yaml") as fh:
         fh.write(dump_run_config(config))
-    for name in STAGE_NAMES:
-        if name in wanted:
-            t = time.perf_counter()
-            for step in _stage_steps(ctx, name):
-                step()
-            ctx.timings[name] = time.perf_counter() - t
+    # library code (embedding, re-ranker epochs, LLM phases) reports through thinkrec.utils.progress
+    with progress_callback(progress) if progress is not None else contextlib.nullcontext():
+        for name in STAGE_NAMES:
+            if name in wanted:
+                t = time.perf_counter()
+                for step in _stage_steps(ctx, name):
+                    step()
+                ctx.timings[name] = time.perf_counter() - t
     timings_file = ctx.root / "timings.json"
     prev = read_json(timings_file) if timings_file.exists() else {}
     write_json(timings_file, {**prev, **ctx.timings})

