@@ -530,7 +530,8 @@ def serve_cmd(
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     window_ms: Annotated[float, typer.Option(help="Micro-batching window: how long a request waits for company.")] = 5.0,
     max_batch: Annotated[int, typer.Option(help="Requests per batched funnel pass.")] = 64,
-    max_queue: Annotated[int, typer.Option(help="Waiting requests beyond which new ones get 503 + Retry-After.")] = 512,
+    max_queue: Annotated[int, typer.Option(help="Waiting requests beyond which new ones get 503 + Retry-After.")] = 128,
+    per_source: Annotated[int | None, typer.Option(help="Serving profile: each candidate source's top-N before the merge (default: the run's).")] = None,
     device: Annotated[str | None, typer.Option(help="cpu | cuda (default: the run's run.device).")] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
 ) -> None:
@@ -548,7 +549,9 @@ def serve_cmd(
     except ValueError as e:
         _fail(str(e))
     console.print(f"serving {run} at http://{host}:{port}/ (API docs at /docs; Ctrl-C to stop)")
-    serve(run, host, port, ServeConfig(batching=batching), device=device, log_level=log_level)
+    if per_source is not None and per_source < 1:
+        _fail(f"--per-source must be ≥ 1, got {per_source}")
+    serve(run, host, port, ServeConfig(batching=batching, per_source=per_source), device=device, log_level=log_level)
 
 
 def main() -> None:

@@ -186,8 +186,10 @@ class ItemStats:
 
 
 def build_features(items: np.ndarray, histories: list[np.ndarray], stats: ItemStats, category: np.ndarray,
-                   init_scores: np.ndarray | None = None, item_vectors: np.ndarray | None = None) -> np.ndarray:
-    """``[n, L, F]`` candidate features (see ``FEATURES``); ``items`` −1 padded, ``histories`` item ids."""
+                   init_scores: np.ndarray | None = None, item_vectors: np.ndarray | None = None,
+                   unit_vectors: bool = False) -> np.ndarray:
+    """``[n, L, F]`` candidate features (see ``FEATURES``); ``items`` −1 padded, ``histories`` item ids;
+    ``unit_vectors``: ``item_vectors`` are already L2-normalised (the featurizer normalises its table once)."""
     n, L = items.shape
     valid = items >= 0
     safe = np.maximum(items, 0)
@@ -214,13 +216,17 @@ def build_features(items: np.ndarray, histories: list[np.ndarray], stats: ItemSt
     hist_sets = [set(np.asarray(h).tolist()) for h in histories]
     feats[..., 6] = np.array([[it in hs for it in row] for row, hs in zip(items.tolist(), hist_sets, strict=True)], dtype=np.float32)
     if item_vectors is not None:
-        v = item_vectors / np.maximum(np.linalg.norm(item_vectors, axis=1, keepdims=True), 1e-9)
+        v = item_vectors if unit_vectors else unit_rows(item_vectors)
         cand = v[safe]  # [n, L, d]
         feats[..., 7] = np.einsum("nld,nd->nl", cand, v[np.maximum(last, 0)]) * has_last[:, None]
         rv = np.where((recent >= 0)[..., None], v[np.maximum(recent, 0)], 0.0).sum(1)
         rv /= np.maximum(np.linalg.norm(rv, axis=1, keepdims=True), 1e-9)
         feats[..., 8] = np.einsum("nld,nd->nl", cand, rv)
     return np.where(valid[..., None], feats, 0.0).astype(np.float32)
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-9)
 
 
 class ListFeaturizer:
@@ -231,6 +237,8 @@ class ListFeaturizer:
                  sources: tuple[str, ...] = ()):
         self.stats, self.category = stats, np.asarray(category, dtype=np.int64)
         self.item_vectors = None if item_vectors is None else np.asarray(item_vectors, dtype=np.float32)
+        # normalised once: per request it would cost a pass over the whole catalogue's vectors
+        self._unit = None if self.item_vectors is None else unit_rows(self.item_vectors).astype(np.float32)
         self.sources = tuple(sources)
 
     @property
@@ -244,7 +252,7 @@ class ListFeaturizer:
     def features(self, items: np.ndarray, histories: list[np.ndarray], init_scores: np.ndarray | None = None,
                  source_ranks: np.ndarray | None = None, source_scores: np.ndarray | None = None) -> np.ndarray:
         """FEATURES, then (with sources) each source's SOURCE_FEATURES from its ranks / scores ``[n, L, S]``."""
-        base = build_features(items, histories, self.stats, self.category, init_scores, self.item_vectors)
+        base = build_features(items, histories, self.stats, self.category, init_scores, self._unit, unit_vectors=True)
         if not self.sources:
             return base
         if source_ranks is None or source_ranks.shape[-1] != len(self.sources):

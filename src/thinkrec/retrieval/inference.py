@@ -50,7 +50,9 @@ class GenerativeScorer:
         scores = beams.scores.float()
         if self.dense_weight == 0:
             return scores
-        dense = torch.log_softmax(self.model.item_scores(tokens), -1)
+        logits = self.model.item_scores_from_state(beams.user_state) if beams.user_state is not None \
+            else self.model.item_scores(tokens)  # the beam search's encoder state: no second encoder pass
+        dense = torch.log_softmax(logits, -1)
         extra = dense.gather(1, items.clamp(min=0).to(dense.device)).to(scores.device)
         return torch.where(items.to(scores.device) >= 0, scores + self.dense_weight * extra, scores)
 

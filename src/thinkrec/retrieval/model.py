@@ -450,7 +450,22 @@ class GenerativeRetriever(nn.Module):
         return TargetOutputs(logits, thoughts, aux)
 
     def item_table(self) -> torch.Tensor:
-        """Every item's encoder input embedding (summed code embeddings, plus the item embedding) ``[n_items, d]``."""
+        """Every item's encoder input embedding (summed code embeddings, plus the item embedding) ``[n_items, d]``.
+
+        Without autograd the table is cached until a weight it reads changes (in-place updates bump a tensor's
+        version): re-scoring beams would otherwise rebuild 12k × d rows per request batch."""
+        if torch.is_grad_enabled() and self.training:
+            return self._build_item_table()
+        weights = [e.weight for e in self.enc_code_emb] + ([self.item_emb.weight] if self.item_emb is not None else [])
+        key = tuple((id(w), w._version, w.device) for w in weights)
+        cache = getattr(self, "_table_cache", None)
+        if cache is None or cache[0] != key:
+            with torch.no_grad():
+                cache = (key, self._build_item_table())
+            self._table_cache = cache
+        return cache[1]
+
+    def _build_item_table(self) -> torch.Tensor:
         x = sum(self.enc_code_emb[lv](self.item_codes[:, lv]) for lv in range(self.n_levels))
         return x + self.item_emb.weight if self.item_emb is not None else x
 
@@ -459,6 +474,10 @@ class GenerativeRetriever(nn.Module):
         auxiliary next-item loss trains; used to re-score beams)."""
         memory, _, _ = self.encode(tokens)
         return self.last_state(memory)[:, 0] @ self.item_table().T
+
+    def item_scores_from_state(self, user_state: torch.Tensor) -> torch.Tensor:
+        """:meth:`item_scores` from the encoder state at the last history item ``[B, d]`` (e.g. the beam search's)."""
+        return user_state @ self.item_table().T
 
     # ------------------------------------------------------------------ losses
     def cluster_centres(self, level: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -53,6 +53,9 @@ class ServeConfig:
     max_body_bytes: int = 1_000_000  # larger request bodies get 413
     warmup: bool = True  # one request through every stage before /readyz says ready
     drain_timeout_s: float = 30.0
+    # serving profile: each candidate source's list length before the merge (None: the run's candidates.per_source,
+    # i.e. the merged set's size); smaller lists make the generative sources' beams, the hot path, narrower
+    per_source: int | None = None
 
 
 class ApiError(Exception):
@@ -266,6 +269,8 @@ def create_app(funnel: Funnel | str | Path, config: ServeConfig | None = None) -
 
     config = config or ServeConfig()
     funnel = load(funnel) if isinstance(funnel, str | Path) else funnel
+    if config.per_source is not None:
+        apply_profile(funnel, config.per_source)
     metrics = _Metrics()
     service = FunnelService(funnel, metrics)
 
@@ -381,6 +386,21 @@ def create_app(funnel: Funnel | str | Path, config: ServeConfig | None = None) -
     return app
 
 
+def apply_profile(funnel: Funnel, per_source: int) -> None:
+    """Serve with every candidate source cut to its top ``per_source`` before the merge (the merged set keeps its
+    size where the sources together return enough; the re-ranker is unchanged); a generative source's beam
+    narrows to ``per_source`` too where it was wider."""
+    from thinkrec.pipeline.scorers import SCORERS
+
+    if per_source < 1:
+        raise ValueError(f"per_source must be ≥ 1, got {per_source}")
+    funnel.config.candidates.per_source = int(per_source)
+    for name in funnel.record.get("sources") or []:
+        if SCORERS.get(name).generative:
+            scorer = funnel.scorer(name)
+            scorer.beam_size = min(int(scorer.beam_size), int(per_source))
+
+
 def _warm_up(service: FunnelService) -> None:
     f = service.funnel
     hist = f.history_of(0)
@@ -390,10 +410,13 @@ def _warm_up(service: FunnelService) -> None:
 def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, config: ServeConfig | None = None,
           device: str | None = None, log_level: str = "info") -> None:
     """Load the run's funnel and serve it with uvicorn until SIGINT / SIGTERM (queued requests are answered)."""
+    import torch
     import uvicorn
 
     from thinkrec.pipeline.funnel import load
 
+    # trained weights leave denormal activations, which cost x86 several times a normal float (beam_speed.json)
+    torch.set_flush_denormal(True)
     config = config or ServeConfig()
     app = create_app(load(run_dir, device), config)
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=int(config.drain_timeout_s))

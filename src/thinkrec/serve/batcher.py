@@ -27,7 +27,7 @@ class Overloaded(RuntimeError):
 class BatcherConfig:
     window_ms: float = 5.0  # how long the first request of a batch waits for company
     max_batch: int = 64  # requests per batched pass
-    max_queue: int = 512  # waiting requests beyond which new ones are refused (503)
+    max_queue: int = 128  # waiting requests beyond which new ones are refused (503): ~2 s of work at 60 req/s
 
     def check(self) -> None:
         if self.window_ms < 0:
