@@ -457,7 +457,8 @@ class GenerativeRetriever(nn.Module):
         if torch.is_grad_enabled() and self.training:
             return self._build_item_table()
         weights = [e.weight for e in self.enc_code_emb] + ([self.item_emb.weight] if self.item_emb is not None else [])
-        key = tuple((id(w), w._version, w.device) for w in weights)
+        # inference tensors (loaded under inference_mode) cannot change in place and track no version
+        key = tuple((id(w), 0 if w.is_inference() else w._version, w.device) for w in weights)
         cache = getattr(self, "_table_cache", None)
         if cache is None or cache[0] != key:
             with torch.no_grad():
