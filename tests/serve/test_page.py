@@ -93,7 +93,11 @@ def test_page_recommends_explains_searches_and_shows_errors(funnel, server, brow
     assert d.find_element(By.ID, "history-note").text == f"user {user}"
     table = _wait(d, lambda d: d.find_elements(By.CSS_SELECTOR, "#explanation-body #eglr-table") or False)[0]
     data_rows = [tr for tr in table.find_elements(By.TAG_NAME, "tr") if tr.find_elements(By.TAG_NAME, "td")]
-    assert len(data_rows) >= 10
+    # one row per position EGLR decodes step by step (rerank.model.max_decode; the rest follow its last step's scores)
+    decoded = min(k, funnel.reranker("eglr").cfg.max_decode)
+    assert len(data_rows) == decoded > 0
+    if decoded < k:
+        assert f"positions {decoded + 1}–{k} were not decoded" in d.find_element(By.ID, "explanation-body").text
 
     # (c) an unknown user: the server's message in the error box, the stale list gone
     box = d.find_element(By.ID, "user")
