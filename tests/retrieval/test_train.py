@@ -45,7 +45,7 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path):
     full, hist_full = train_retriever(split, sm, mcfg, tcfg, code_clusters=clusters, log=quiet)
     ck = tmp_path / "ckpt"
     _, hist_a = train_retriever(split, sm, mcfg, tcfg, code_clusters=clusters, checkpoint_dir=ck, log=quiet, stop_after_epochs=2)
-    assert len(hist_a) == 2 and (ck / "last.pt").exists()
+    assert len(hist_a) == 2 and (ck / "checkpoint" / "state.safetensors").exists()
     resumed, hist_b = train_retriever(split, sm, mcfg, tcfg, code_clusters=clusters, checkpoint_dir=ck, log=quiet)
     assert [h["loss"] for h in hist_b] == [h["loss"] for h in hist_full]
     for (k, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items(), strict=True):

@@ -27,7 +27,9 @@ from safetensors.torch import load_file, save_file
 from thinkrec.data.batching import shifted_pair
 from thinkrec.data.splits import SequenceSplit
 from thinkrec.eval.protocol import evaluate_full_ranking
-from thinkrec.utils.config import from_dict
+from thinkrec.utils.checkpoint import Checkpointer, generator_state, set_generator_state
+from thinkrec.utils.config import check_valid, config_hash, from_dict, spec
+from thinkrec.utils.faults import check_finite, kill_point
 from thinkrec.utils.io import atomic_path, read_json, write_json
 from thinkrec.utils.nn import normal_init
 from thinkrec.utils.training import EarlyStopping, length_bucketed_batches, lr_lambda, param_groups
@@ -35,33 +37,43 @@ from thinkrec.utils.training import EarlyStopping, length_bucketed_batches, lr_l
 
 @dataclass
 class SASRecConfig:
-    d_model: int = 64
-    n_layers: int = 2
-    n_heads: int = 2
-    ffn_mult: int = 4
-    dropout: float = 0.3
-    max_len: int = 50
-    lr: float = 2e-3
-    weight_decay: float = 0.01
-    batch_size: int = 256
-    epochs: int = 30
-    patience: int = 3  # epochs without validation NDCG@10 gain before stopping
-    eval_every: int = 1
-    eval_batch_size: int = 2048
-    warmup_steps: int = 100
-    grad_clip: float = 1.0
+    d_model: int = spec(64, ge=1)
+    n_layers: int = spec(2, ge=1)
+    n_heads: int = spec(2, ge=1)
+    ffn_mult: int = spec(4, ge=1)
+    dropout: float = spec(0.3, ge=0.0, lt=1.0)
+    max_len: int = spec(50, ge=1)
+    lr: float = spec(2e-3, gt=0.0)
+    weight_decay: float = spec(0.01, ge=0.0)
+    batch_size: int = spec(256, ge=1)
+    epochs: int = spec(30, ge=1)
+    patience: int = spec(3, ge=0)  # epochs without validation NDCG@10 gain before stopping
+    eval_every: int = spec(1, ge=1)
+    eval_batch_size: int = spec(2048, ge=1)
+    warmup_steps: int = spec(100, ge=0)
+    grad_clip: float = spec(1.0, ge=0.0)  # 0 = off
     length_bucketing: bool = True  # batch users of similar length: far less padding, same targets per epoch
     seed: int = 0
-    loss: str = "ce"  # ce | sampled | gbce
-    negatives: int = 256  # sampled / gbce: uniform draws per batch (mixed: this many on top of the in-batch ones)
-    negative_sampling: str = "uniform"  # sampled: uniform | in-batch | mixed
+    loss: str = spec("ce", choices=lambda: LOSSES)  # ce | sampled | gbce
+    negatives: int = spec(256, ge=0)  # sampled / gbce: uniform draws per batch (mixed: this many on top of the in-batch ones)
+    negative_sampling: str = spec("uniform", choices=lambda: NEGATIVE_SAMPLING)  # sampled: uniform | in-batch | mixed
     logq: bool = True  # sampled: subtract log of each candidate's draw probability (a no-op for uniform)
-    gbce_t: float = 0.75  # gbce: calibration t in [0, 1]; 0 = plain BCE, 1 = fully calibrated
+    gbce_t: float = spec(0.75, ge=0.0, le=1.0)  # gbce: calibration t in [0, 1]; 0 = plain BCE, 1 = fully calibrated
     # sampled: the items already in the sequence up to each position are negatives too (a few hard negatives
     # that sampling almost never draws; without them the model scores its own input items high)
     history_negatives: bool = False
-    max_train_s: float = 0.0  # stop after the epoch that passes this many seconds (0 = no budget)
-    schedule: str = "cosine"  # cosine (warm-up, decay to 0.1× over all epochs) | constant (warm-up, then flat)
+    max_train_s: float = spec(0.0, ge=0.0)  # stop after the epoch that passes this many seconds (0 = no budget)
+    # cosine (warm-up, decay to 0.1× over all epochs) | constant (warm-up, then flat)
+    schedule: str = spec("cosine", choices=("cosine", "constant"))
+
+    def _checks(self) -> list[tuple[str, str]]:
+        out = []
+        if self.d_model % self.n_heads:
+            out.append(("n_heads", f"must divide d_model {self.d_model} (got {self.n_heads})"))
+        if self.loss != "ce" and self.negatives < 1 and self.negative_sampling != "in-batch":
+            out.append(("negatives", f"must be ≥ 1 for loss {self.loss!r} with {self.negative_sampling!r} sampling "
+                                     f"(got {self.negatives})"))
+        return out
 
 
 LOSSES = ("ce", "sampled", "gbce")
@@ -69,19 +81,9 @@ NEGATIVE_SAMPLING = ("uniform", "in-batch", "mixed")
 
 
 def check_config(config: SASRecConfig) -> None:
-    """Refuse unknown loss / sampler names and impossible sizes before any training starts."""
-    if config.loss not in LOSSES:
-        raise ValueError(f"sasrec.loss: {config.loss!r} is not one of {', '.join(LOSSES)}")
-    if config.negative_sampling not in NEGATIVE_SAMPLING:
-        raise ValueError(f"sasrec.negative_sampling: {config.negative_sampling!r} is not one of {', '.join(NEGATIVE_SAMPLING)}")
-    if config.loss != "ce" and config.negatives < 1 and config.negative_sampling != "in-batch":
-        raise ValueError(f"sasrec.negatives: must be ≥ 1 for loss {config.loss!r}, got {config.negatives}")
-    if not 0.0 <= config.gbce_t <= 1.0:
-        raise ValueError(f"sasrec.gbce_t: must be in [0, 1], got {config.gbce_t}")
-    if config.schedule not in ("cosine", "constant"):
-        raise ValueError(f"sasrec.schedule: {config.schedule!r} is not one of cosine, constant")
-    if config.d_model % config.n_heads:
-        raise ValueError(f"sasrec.n_heads: {config.n_heads} does not divide d_model {config.d_model}")
+    """Refuse unknown loss / sampler names and impossible sizes before any training starts (every error at once,
+    as a :class:`~thinkrec.utils.config.ConfigError` naming ``sasrec.<field>``)."""
+    check_valid(config, "sasrec")
 
 
 def sampled_softmax_loss(
@@ -274,8 +276,13 @@ def train_sasrec(
     log: Callable[[str], None] = print,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    checkpoint_dir: str | Path | None = None,
 ) -> tuple[SASRec, list[dict[str, Any]]]:
-    """Train with early stopping on validation NDCG@10; returns the best model (by validation) and history."""
+    """Train with early stopping on validation NDCG@10; returns the best model (by validation) and history.
+
+    With ``checkpoint_dir``, every epoch ends with a checkpoint (model, optimizer, scheduler, the shuffling RNG, the
+    torch RNG, early stopping with its best weights, history) from which a killed run resumes to the same result.
+    """
     check_config(config)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
@@ -291,8 +298,23 @@ def train_sasrec(
     schedule = lr_lambda(config.warmup_steps, total_steps, floor=1.0 if config.schedule == "constant" else 0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
 
-    stopper, history, t_start = EarlyStopping(config.patience), [], time.perf_counter()
-    for epoch in range(1, config.epochs + 1):
+    stopper, history, spent = EarlyStopping(config.patience), [], 0.0
+    ckpt = Checkpointer(checkpoint_dir, config_hash({"sasrec": config, "n_items": split.n_items,
+                                                     "n_train": len(split.train_items)}), log)
+    start = 1
+    if (state := ckpt.load()) is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        set_generator_state(rng, state["rng"])
+        torch.set_rng_state(state["torch_rng"])
+        stopper.load(state["stopper"])
+        history, spent, start = state["history"], state["spent"], state["epoch"] + 1
+        log(f"resumed from {ckpt.directory} after epoch {state['epoch']}")
+        if state["finished"]:
+            start = config.epochs + 1
+    t_start = time.perf_counter() - spent
+    for epoch in range(start, config.epochs + 1):
         model.train()
         t0 = time.perf_counter()
         total, n = 0.0, 0
@@ -302,6 +324,7 @@ def train_sasrec(
             # Trim leading columns that are padding for the whole batch (most sequences are short).
             first = int((tgt_t > 0).any(0).nonzero()[0])
             loss = model.loss(inp_t[:, first:], tgt_t[:, first:], log_q)
+            check_finite(loss, "sasrec", f"{epoch}.{step}", "loss")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if config.grad_clip:
@@ -312,6 +335,7 @@ def train_sasrec(
             n += len(rows)
             if progress:
                 progress(step + 1, steps_per_epoch)
+            kill_point()
         train_s = time.perf_counter() - t0
         row: dict[str, Any] = {"epoch": epoch, "loss": total / max(1, n), "train_s": train_s}
         if epoch % config.eval_every == 0 or epoch == config.epochs:
@@ -330,10 +354,15 @@ def train_sasrec(
         )
         if on_epoch:
             on_epoch(row)
+        out_of_time = bool(config.max_train_s and time.perf_counter() - t_start > config.max_train_s)
+        ckpt.save({"epoch": epoch, "model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                   "rng": generator_state(rng), "torch_rng": torch.get_rng_state(), "stopper": stopper.state(),
+                   "history": history, "spent": time.perf_counter() - t_start,
+                   "finished": stopper.exhausted or out_of_time})
         if stopper.exhausted:
             log(f"early stop after epoch {epoch} (best valid N@10 {stopper.best:.4f})")
             break
-        if config.max_train_s and time.perf_counter() - t_start > config.max_train_s:
+        if out_of_time:
             log(f"time budget {config.max_train_s:.0f}s spent after epoch {epoch} (best valid N@10 {stopper.best:.4f})")
             break
     if stopper.best_state is not None:

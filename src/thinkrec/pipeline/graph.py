@@ -5,11 +5,15 @@ artifacts it reads (``upstream``) and the artifacts it writes (``artifacts``: pa
 Its cache key is the hash of its inputs and of its upstream nodes' *content* hashes (hashes of the bytes of their
 artifacts, not their paths), so changing any input reruns that node and everything downstream of it, nothing else.
 Each finished node leaves ``stages/<name>.json`` in the run directory: key, content hash, what it reported.
+
+While a node runs, its trainers keep their resumable state in ``checkpoints/<name>/`` (stamped with the node's
+key, so a checkpoint left by other inputs is discarded, never resumed); the folder goes once the marker is written.
 """
 
 from __future__ import annotations
 
 import hashlib
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -61,6 +65,7 @@ class Graph:
         self.nodes = {n.name: n for n in nodes}
         self.ctx, self.root, self.log = ctx, Path(root), log
         self._fresh: set[str] = set()
+        self._running: list[str] = []  # nodes being run (a node may ensure others from inside its run)
 
     def marker_path(self, name: str) -> Path:
         return self.root / "stages" / f"{name.replace('/', '.')}.json"
@@ -68,6 +73,21 @@ class Graph:
     def marker(self, name: str) -> dict[str, Any] | None:
         p = self.marker_path(name)
         return read_json(p) if p.exists() else None
+
+    def checkpoint_dir(self, name: str | None = None) -> Path:
+        """Where node ``name`` (default: the node running now) keeps its trainers' checkpoints."""
+        name = name or (self._running[-1] if self._running else None)
+        if name is None:
+            raise RuntimeError("checkpoint_dir: no node is running")
+        return self.root / "checkpoints" / name.replace("/", ".")
+
+    def _open_checkpoints(self, name: str, key: str) -> None:
+        folder, stamp = self.checkpoint_dir(name), self.checkpoint_dir(name) / "key.txt"
+        if folder.exists() and (not stamp.exists() or stamp.read_text() != key):
+            self.log(f"{name}: discarding checkpoints left by other inputs")
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(key)
 
     def key(self, name: str) -> str:
         node = self.nodes[name]
@@ -90,12 +110,19 @@ class Graph:
                 self.log(f"{name}: up to date, reusing {', '.join(node.artifacts)}")
             else:
                 t = time.perf_counter()
-                info = node.run(self.ctx) or {}
+                key = self.key(name)
+                self._open_checkpoints(name, key)
+                self._running.append(name)
+                try:
+                    info = node.run(self.ctx) or {}
+                finally:
+                    self._running.pop()
                 wall = time.perf_counter() - t
                 write_json(self.marker_path(name), {
-                    "key": self.key(name), "content": content_hash(self.root, node.artifacts), "finished": time.time(),
+                    "key": key, "content": content_hash(self.root, node.artifacts), "finished": time.time(),
                     "wall_s": wall, "info": info, "upstream": node.upstream(self.ctx),
                     "inputs": to_dict(node.inputs(self.ctx)),
                 })
+                shutil.rmtree(self.checkpoint_dir(name), ignore_errors=True)
             self._fresh.add(name)
         return self.marker(name) or {}

@@ -65,6 +65,10 @@ class Context:
             self.split = split_of(self.get_dataset(), self.config)
         return self.split
 
+    def checkpoints(self, part: str) -> Path:
+        """A folder for one trainer's checkpoint inside the running node's checkpoint folder."""
+        return self.graph.checkpoint_dir() / part
+
     def stage_progress(self, name: str) -> Callable[[int, int], None] | None:
         if self.progress is None:
             return None
@@ -119,7 +123,8 @@ def run_data(ctx: Context) -> dict[str, Any]:
 def run_sids(ctx: Context) -> dict[str, Any]:
     from thinkrec.tokenize.stage import run_tokenize
 
-    art = run_tokenize(ctx.get_dataset(), ctx.get_split(), ctx.config.tokenize, ctx.root / "sids", log=ctx.log)
+    art = run_tokenize(ctx.get_dataset(), ctx.get_split(), ctx.config.tokenize, ctx.root / "sids", log=ctx.log,
+                       checkpoint_dir=ctx.checkpoints("quantizer"))
     return {"unique_before_dedup": art.report["unique_before_dedup"]}
 
 
@@ -347,7 +352,8 @@ def run_evaluator(ctx: Context) -> dict[str, Any]:
     cfg = ctx.config.rerank
     train, valid = _load_lists(ctx, "train", "valid")
     evaluator, hist = train_evaluator(train, valid, cfg.model, cfg.train, ctx.config.run.device,
-                                      log=lambda m: ctx.log(f"rerank evaluator: {m}"))
+                                      log=lambda m: ctx.log(f"rerank evaluator: {m}"),
+                                      checkpoint_dir=ctx.checkpoints("evaluator"))
     save_reranker(evaluator, "evaluator", ctx.root / "rerank" / "evaluator", hist, train.list_len)
     return {"valid_logloss": min(h["valid_logloss"] for h in hist), "epochs": len(hist)}
 
@@ -370,7 +376,7 @@ def _reranker_node(name: str) -> Node:
         train, valid, test = _load_lists(ctx, "train", "valid", "test")
         _, evaluator = load_reranker(ctx.root / "rerank" / "evaluator", device)
         fit = fit_and_score(name, train, valid, test, cfg.model, cfg.train, evaluator, _click_model(ctx), device,
-                            log=ctx.log)
+                            log=ctx.log, checkpoint_dir=ctx.checkpoints("model"))
         compare = _comparison_lists(ctx)
         cmp = order_metrics(compare, rerank_orders(fit.model, compare, device=device), (5, 10))
         valid_m = {k: float(v.mean()) for k, v in cmp.items()}
@@ -643,8 +649,12 @@ def run_pipeline(
     log: Callable[[str], None] = print,
     progress: Callable[[str, int, int], None] | None = None,
     run_dir: str | Path | None = None,
+    lock_wait: float = 0.0,
 ) -> Path:
-    """Run the requested stages (default: ``config.stages``) in funnel order; returns the run directory."""
+    """Run the requested stages (default: ``config.stages``) in funnel order; returns the run directory.
+
+    The run directory is locked for the call (:meth:`RunDir.lock`): a second run on it waits ``lock_wait``
+    seconds, then fails with :class:`RunDirBusy`."""
     wanted = list(stages or config.stages)
     unknown = [s for s in wanted if s not in STAGE_NAMES]
     if unknown:
@@ -654,19 +664,20 @@ def run_pipeline(
     torch.manual_seed(config.run.seed)
     np.random.seed(config.run.seed)
     ctx = open_run(config, run_dir, log, progress, wanted)
-    with atomic_file(ctx.root / "config.yaml") as fh:
-        fh.write(dump_run_config(config))
-    # library code (embedding, re-ranker epochs, LLM phases) reports through thinkrec.utils.progress
-    with progress_callback(progress) if progress is not None else contextlib.nullcontext():
+    with ctx.rundir.lock(wait=lock_wait), (progress_callback(progress) if progress is not None
+                                           else contextlib.nullcontext()):
+        # library code (embedding, re-ranker epochs, LLM phases) reports through thinkrec.utils.progress
+        with atomic_file(ctx.root / "config.yaml") as fh:
+            fh.write(dump_run_config(config))
         for name in STAGE_NAMES:
             if name in wanted:
                 t = time.perf_counter()
                 for step in _stage_steps(ctx, name):
                     step()
                 ctx.timings[name] = time.perf_counter() - t
-    timings_file = ctx.root / "timings.json"
-    prev = read_json(timings_file) if timings_file.exists() else {}
-    write_json(timings_file, {**prev, **ctx.timings})
+        timings_file = ctx.root / "timings.json"
+        prev = read_json(timings_file) if timings_file.exists() else {}
+        write_json(timings_file, {**prev, **ctx.timings})
     return ctx.root
 
 

@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import logging
+import os
+import time
+from collections.abc import Iterator
 from pathlib import Path
+
+
+class RunDirBusy(RuntimeError):
+    """Another process holds the run directory's lock."""
 
 
 class RunDir:
@@ -31,3 +41,30 @@ class RunDir:
 
     def log(self, msg: str) -> None:
         self.logger.info(msg)
+
+    @contextlib.contextmanager
+    def lock(self, wait: float = 0.0) -> Iterator[None]:
+        """Hold the run directory for this process: a second ``thinkrec run`` on it waits up to ``wait`` seconds,
+        then fails naming the holder. The kernel drops the lock when its holder dies (even by SIGKILL), so a killed
+        run never leaves the directory locked."""
+        path = self.root / ".lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            deadline = time.monotonic() + wait
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError as exc:
+                    if exc.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() >= deadline:
+                        if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                            raise
+                        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+                        raise RunDirBusy(f"{self.root}: run directory in use by {holder}; wait for it to finish or "
+                                         "use another run.name / --run-dir") from None
+                    time.sleep(0.2)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode(), 0)
+            yield
+        finally:
+            os.close(fd)  # releases the lock

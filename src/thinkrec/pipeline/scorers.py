@@ -61,7 +61,7 @@ def _train_sasrec(ctx: Any, name: str, out: Path) -> dict[str, Any]:
 
     cfg = ctx.config.sasrec
     model, history = train_sasrec(ctx.get_split(), cfg, ctx.config.run.device, log=lambda m: ctx.log(f"sasrec: {m}"),
-                                  progress=ctx.stage_progress("sasrec"))
+                                  progress=ctx.stage_progress("sasrec"), checkpoint_dir=ctx.checkpoints("sasrec"))
     model.save_folder(out)
     write_json(out / "history.json", history)
     summary = {"epochs": len(history), "s_per_epoch": float(np.median([h["train_s"] for h in history])),
@@ -107,7 +107,11 @@ def _train_generative(ctx: Any, name: str, out: Path) -> dict[str, Any]:
     from thinkrec.tokenize.stage import load_tokenize
 
     if ctx.graph.marker(f"retrieval/{name}") is not None:  # finished for other inputs: its checkpoint is stale
-        (out / "last.pt").unlink(missing_ok=True)
+        import shutil
+
+        from thinkrec.retrieval.train import checkpoint_path
+
+        shutil.rmtree(checkpoint_path(out), ignore_errors=True)
     _, summary = train_one(name, ctx.get_split(), load_tokenize(ctx.root / "sids"), ctx.config.retrieval, out.parent,
                            ctx.config.run.device, log=lambda m: ctx.log(f"{name}: {m}"), progress=ctx.stage_progress(name))
     return summary

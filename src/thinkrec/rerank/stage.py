@@ -229,12 +229,14 @@ class FitResult:
 
 def fit_and_score(name: str, train: RerankLists, valid: RerankLists, test: RerankLists, model_config: RerankModelConfig,
                   config: RerankTrainConfig, evaluator: ListEvaluator | None, click_model: Any = None,
-                  device: str = "cpu", log: Callable[[str], None] = print, label: str | None = None) -> FitResult:
-    """Train re-ranker ``name`` (with ``model_config``; ablations pass their own) and score it on ``test``."""
+                  device: str = "cpu", log: Callable[[str], None] = print, label: str | None = None,
+                  checkpoint_dir: str | Path | None = None) -> FitResult:
+    """Train re-ranker ``name`` (with ``model_config``; ablations pass their own) and score it on ``test``;
+    ``checkpoint_dir``: where its training checkpoints (resume after a kill)."""
     label = label or name
     t = time.perf_counter()
     model, hist = train_reranker(name, train, valid, model_config, config, evaluator, device,
-                                 log=lambda m: log(f"{label}: {m}"))
+                                 log=lambda m: log(f"{label}: {m}"), checkpoint_dir=checkpoint_dir)
     train_s = time.perf_counter() - t
     orders = rerank_orders(model, test, device=device)
     per = evaluate_orders(test, orders, evaluator, reward_kind(config, train), click_model)

@@ -9,6 +9,7 @@ import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,9 @@ from thinkrec.eval.metrics import first_hit_ranks, list_metrics, rank_metrics
 from thinkrec.rerank.lists import RerankLists
 from thinkrec.rerank.models import RERANKERS, ListEvaluator, PointerGenerator, RerankBase, RerankModelConfig
 from thinkrec.utils import progress
+from thinkrec.utils.checkpoint import Checkpointer, generator_state, set_generator_state, subdir
+from thinkrec.utils.config import config_hash
+from thinkrec.utils.faults import check_finite, kill_point
 from thinkrec.utils.training import param_groups
 
 RERANK_MODELS = RERANKERS.names()
@@ -198,17 +202,19 @@ def _valid_ndcg5(model: RerankBase, valid: RerankLists, device: str) -> float:
 
 
 def _train_epoch(model: nn.Module, data: RerankLists, loss_fn: Callable[[dict[str, torch.Tensor]], torch.Tensor],
-                 opt: torch.optim.Optimizer, config: RerankTrainConfig, epoch: int, device: str) -> float:
+                 opt: torch.optim.Optimizer, config: RerankTrainConfig, epoch: int, device: str, stage: str = "") -> float:
     """One shuffled pass (seeded by epoch, so a rerun repeats it); returns the mean loss per list."""
     model.train()
     tot, n = 0.0, 0
-    for idx in _batches(len(data), config.batch_size, np.random.default_rng([config.seed, epoch])):
+    for step, idx in enumerate(_batches(len(data), config.batch_size, np.random.default_rng([config.seed, epoch]))):
         loss = loss_fn(data.tensors(idx, device))
+        check_finite(loss, f"rerank {stage}", f"{epoch}.{step}", "loss")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         opt.step()
         tot, n = tot + float(loss.detach()) * len(idx), n + len(idx)
+        kill_point()
     return tot / max(n, 1)
 
 
@@ -216,16 +222,42 @@ def _evaluator_loss(model: ListEvaluator, b: dict[str, torch.Tensor]) -> torch.T
     return F.binary_cross_entropy_with_logits(model.logits(b)[b["mask"]], b["labels"][b["mask"]])
 
 
+def _checkpointer(checkpoint_dir: str | Path | None, what: str, model_cfg: Any, config: RerankTrainConfig,
+                  lists: RerankLists, log: Callable[[str], None]) -> Checkpointer:
+    key = config_hash({"what": what, "model": model_cfg, "train": config, "lists": [len(lists), lists.list_len,
+                                                                                   lists.n_features]})
+    return Checkpointer(checkpoint_dir, key, log)
+
+
+def _resume(ckpt: Checkpointer, model: nn.Module, opt: torch.optim.Optimizer, device: str,
+            log: Callable[[str], None]) -> dict[str, Any] | None:
+    """Load model, optimizer and the torch RNG from ``ckpt`` when it holds a state; the state for the rest."""
+    if (state := ckpt.load(device)) is None:
+        return None
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["opt"])
+    torch.set_rng_state(state["torch_rng"])
+    log(f"resumed from {ckpt.directory} after epoch {state['epoch']}")
+    return state
+
+
 def train_evaluator(train: RerankLists, valid: RerankLists, cfg: RerankModelConfig, config: RerankTrainConfig,
-                    device: str = "cpu", log: Callable[[str], None] = print) -> tuple[ListEvaluator, list[dict]]:
-    """Log-loss on logged labels in the initial (displayed) order; the best epoch by validation log-loss."""
+                    device: str = "cpu", log: Callable[[str], None] = print,
+                    checkpoint_dir: str | Path | None = None) -> tuple[ListEvaluator, list[dict]]:
+    """Log-loss on logged labels in the initial (displayed) order; the best epoch by validation log-loss.
+    With ``checkpoint_dir`` each epoch ends with a checkpoint a killed run resumes from exactly."""
     torch.manual_seed(config.seed)
-    model = build_evaluator(train.item_category, train.list_len, replace(cfg, n_features=train.n_features)).to(device)
+    cfg = replace(cfg, n_features=train.n_features)
+    model = build_evaluator(train.item_category, train.list_len, cfg).to(device)
     opt = _optimizer(model, config.lr, config.weight_decay)
-    best, best_state, bad, history = float("inf"), None, 0, []
-    for epoch in range(1, config.evaluator_epochs + 1):
+    best, best_state, bad, history, start = float("inf"), None, 0, [], 1
+    ckpt = _checkpointer(checkpoint_dir, "evaluator", cfg, config, train, log)
+    if (state := _resume(ckpt, model, opt, device, log)) is not None:
+        best, best_state, bad, history = state["best"], state["best_state"], state["bad"], state["history"]
+        start = config.evaluator_epochs + 1 if state["finished"] else state["epoch"] + 1
+    for epoch in range(start, config.evaluator_epochs + 1):
         t0 = time.perf_counter()
-        loss = _train_epoch(model, train, lambda b: _evaluator_loss(model, b), opt, config, epoch, device)
+        loss = _train_epoch(model, train, lambda b: _evaluator_loss(model, b), opt, config, epoch, device, "evaluator")
         vloss = evaluator_logloss(model, valid, device)
         history.append({"epoch": epoch, "loss": loss, "valid_logloss": vloss, "train_s": time.perf_counter() - t0})
         log(f"evaluator epoch {epoch}: loss {loss:.4f} valid log-loss {vloss:.4f}")
@@ -234,8 +266,11 @@ def train_evaluator(train: RerankLists, valid: RerankLists, cfg: RerankModelConf
             best, best_state, bad = vloss, copy.deepcopy(model.state_dict()), 0
         else:
             bad += 1
-            if bad >= config.patience:
-                break
+        ckpt.save({"epoch": epoch, "model": model.state_dict(), "opt": opt.state_dict(), "torch_rng": torch.get_rng_state(),
+                   "best": best, "best_state": best_state, "bad": bad, "history": history,
+                   "finished": bad >= config.patience})
+        if bad >= config.patience:
+            break
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
@@ -273,17 +308,27 @@ def _calibrate(model: RerankBase, lists: RerankLists, device: str, n: int = 2048
 
 
 def train_supervised(model: RerankBase, train: RerankLists, valid: RerankLists, config: RerankTrainConfig,
-                     device: str = "cpu", log: Callable[[str], None] = print, tag: str = "") -> list[dict]:
-    """Supervised training with early stopping on validation NDCG@5; leaves the best weights in ``model``."""
+                     device: str = "cpu", log: Callable[[str], None] = print, tag: str = "",
+                     checkpoint_dir: str | Path | None = None) -> list[dict]:
+    """Supervised training with early stopping on validation NDCG@5; leaves the best weights in ``model``.
+    With ``checkpoint_dir`` each epoch ends with a checkpoint a killed run resumes from exactly."""
     torch.manual_seed(config.seed)
     every_list = getattr(model, "loss_kind", "listwise") == "pointwise" or (
         isinstance(model, PointerGenerator) and config.pointwise_weight > 0)
     data = train if every_list else train.with_positives()
     opt = _optimizer(model, config.lr, config.weight_decay)
-    best, best_state, bad, history, t_start = _valid_ndcg5(model, valid, device), None, 0, [], time.perf_counter()
-    for epoch in range(1, config.epochs + 1):
+    best, best_state, bad, history, start = _valid_ndcg5(model, valid, device), None, 0, [], 1
+    ckpt = _checkpointer(checkpoint_dir, f"supervised {type(model).__name__}", model.cfg, config, train, log)
+    spent = 0.0
+    if (state := _resume(ckpt, model, opt, device, log)) is not None:
+        best, best_state, bad, history = state["best"], state["best_state"], state["bad"], state["history"]
+        spent = state["spent"]
+        start = config.epochs + 1 if state["finished"] else state["epoch"] + 1
+    t_start = time.perf_counter() - spent
+    for epoch in range(start, config.epochs + 1):
         t0 = time.perf_counter()
-        loss = _train_epoch(model, data, lambda b: _supervised_loss(model, b, config), opt, config, epoch, device)
+        loss = _train_epoch(model, data, lambda b: _supervised_loss(model, b, config), opt, config, epoch, device,
+                            tag or "model")
         h_th = _calibrate(model, data, device)
         v = _valid_ndcg5(model, valid, device)
         history.append({"stage": "supervised", "h_th": h_th, "epoch": epoch, "loss": loss, "valid_ndcg@5": v,
@@ -294,9 +339,11 @@ def train_supervised(model: RerankBase, train: RerankLists, valid: RerankLists, 
             best, best_state, bad = max(v, best), copy.deepcopy(model.state_dict()), 0
         else:
             bad += 1
-            if bad >= config.patience:
-                break
-        if config.max_train_s and time.perf_counter() - t_start > config.max_train_s:
+        stop = bad >= config.patience or bool(config.max_train_s and time.perf_counter() - t_start > config.max_train_s)
+        ckpt.save({"epoch": epoch, "model": model.state_dict(), "opt": opt.state_dict(), "torch_rng": torch.get_rng_state(),
+                   "best": best, "best_state": best_state, "bad": bad, "history": history,
+                   "spent": time.perf_counter() - t_start, "finished": stop})
+        if stop:
             break
     if best_state is not None:
         model.load_state_dict(best_state)
@@ -304,7 +351,8 @@ def train_supervised(model: RerankBase, train: RerankLists, valid: RerankLists, 
 
 
 def train_rl(model: PointerGenerator, evaluator: ListEvaluator, train: RerankLists, valid: RerankLists,
-             config: RerankTrainConfig, device: str = "cpu", log: Callable[[str], None] = print, tag: str = "") -> list[dict]:
+             config: RerankTrainConfig, device: str = "cpu", log: Callable[[str], None] = print, tag: str = "",
+             checkpoint_dir: str | Path | None = None) -> list[dict]:
     """Policy gradient against the evaluator: ``rollouts`` sampled lists per request, advantages normalised within
     the group, PPO-clipped ratio of the new to the sampling policy (token level), an entropy bonus, and the
     supervised loss kept at ``sl_weight`` on lists with labels. Keeps the best epoch (the warm start included) by
@@ -327,7 +375,14 @@ def train_rl(model: PointerGenerator, evaluator: ListEvaluator, train: RerankLis
         return float(evaluator_scores(evaluator, valid, rerank_orders(model, valid, device=device), kind, device).mean())
 
     best = select_score(best)
-    for epoch in range(1, config.rl_epochs + 1):
+    ckpt = _checkpointer(checkpoint_dir, "rl", model.cfg, config, train, log)
+    start, spent = 1, 0.0
+    if (state := _resume(ckpt, model, opt, device, log)) is not None:
+        best, best_state, history, spent = state["best"], state["best_state"], state["history"], state["spent"]
+        set_generator_state(gen, state["gen"])
+        start = config.rl_epochs + 1 if state["finished"] else state["epoch"] + 1
+    t_start = time.perf_counter() - spent
+    for epoch in range(start, config.rl_epochs + 1):
         rng = np.random.default_rng([config.seed, 1000 + epoch])
         t0, sums, n = time.perf_counter(), {"reward": 0.0, "pg": 0.0}, 0
         reqs = _batches(len(train), config.rl_batch_requests, rng)
@@ -354,6 +409,7 @@ def train_rl(model: PointerGenerator, evaluator: ListEvaluator, train: RerankLis
                 if config.sl_weight > 0 and bool((b["labels"] > 0).any()):
                     keep = (b["labels"] > 0).any(1)
                     loss = loss + config.sl_weight * generator_supervised_loss(model, {k: v[keep] for k, v in b.items()})[0]
+                check_finite(loss, f"rerank {tag or 'model'} RL", epoch, "loss")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
@@ -361,6 +417,7 @@ def train_rl(model: PointerGenerator, evaluator: ListEvaluator, train: RerankLis
             sums["reward"] += float(reward.mean()) * len(idx)
             sums["pg"] += float(pg.detach()) * len(idx)
             n += len(idx)
+            kill_point()
         v = _valid_ndcg5(model, valid, device)
         sel = select_score(v)
         history.append({"stage": "rl", "epoch": epoch, "reward": sums["reward"] / max(n, 1), "pg": sums["pg"] / max(n, 1),
@@ -370,7 +427,11 @@ def train_rl(model: PointerGenerator, evaluator: ListEvaluator, train: RerankLis
         progress.report(f"rerank {tag or 'model'} RL epochs", epoch, config.rl_epochs)
         if sel > best + 1e-6:
             best, best_state = sel, copy.deepcopy(model.state_dict())
-        if config.max_train_s and time.perf_counter() - t_start > config.max_train_s:
+        stop = bool(config.max_train_s and time.perf_counter() - t_start > config.max_train_s)
+        ckpt.save({"epoch": epoch, "model": model.state_dict(), "opt": opt.state_dict(), "torch_rng": torch.get_rng_state(),
+                   "gen": generator_state(gen), "best": best, "best_state": best_state, "history": history,
+                   "spent": time.perf_counter() - t_start, "finished": stop})
+        if stop:
             break
     model.load_state_dict(best_state)
     return history
@@ -378,17 +439,21 @@ def train_rl(model: PointerGenerator, evaluator: ListEvaluator, train: RerankLis
 
 def train_reranker(name: str, train: RerankLists, valid: RerankLists, model_config: RerankModelConfig,
                    config: RerankTrainConfig, evaluator: ListEvaluator | None = None, device: str = "cpu",
-                   log: Callable[[str], None] = print) -> tuple[RerankBase | None, list[dict]]:
-    """Train one re-ranker by name (``initial`` returns ``None``: the initial order)."""
+                   log: Callable[[str], None] = print,
+                   checkpoint_dir: str | Path | None = None) -> tuple[RerankBase | None, list[dict]]:
+    """Train one re-ranker by name (``initial`` returns ``None``: the initial order); with ``checkpoint_dir`` a
+    killed run resumes where it stopped (supervised and RL phases checkpoint each epoch)."""
     spec = RERANKERS.get(name, "rerank.models")
     if spec.cls is None:
         return None, []
     torch.manual_seed(config.seed)
     model = build_model(name, train.item_category, train.list_len, model_config_for(name, model_config, train)).to(device)
-    history = train_supervised(model, train, valid, config, device, log, tag=name)
+    history = train_supervised(model, train, valid, config, device, log, tag=name,
+                               checkpoint_dir=subdir(checkpoint_dir, "supervised"))
     if spec.rl and config.rl_epochs > 0:
         if evaluator is None:
             raise ValueError(f"{name} trains against an evaluator: train one first (train_evaluator)")
-        history += train_rl(model, evaluator, train, valid, config, device, log, tag=name)
+        history += train_rl(model, evaluator, train, valid, config, device, log, tag=name,
+                            checkpoint_dir=subdir(checkpoint_dir, "rl"))
     model.eval()
     return model, history

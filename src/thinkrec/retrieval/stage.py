@@ -1,7 +1,7 @@
 """Stage 2 as one call: train TIGER and/or S²GR on a split's sequences over stage 1's SIDs, save to a folder.
 
-Each model lands in ``<out_dir>/<name>/``: ``model.safetensors`` + ``config.json`` (the model), ``last.pt``
-(the per-epoch checkpoint a killed run resumes from), ``history.json`` and ``train_metrics.json``.
+Each model lands in ``<out_dir>/<name>/``: ``model.safetensors`` + ``config.json`` (the model), ``checkpoint/``
+(the per-epoch checkpoint, safetensors + JSON, a killed run resumes from), ``history.json`` and ``train_metrics.json``.
 """
 
 from __future__ import annotations

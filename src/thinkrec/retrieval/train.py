@@ -7,7 +7,6 @@ seeded by ``(seed, epoch)``, and the checkpoint holds model, optimiser, schedule
 
 from __future__ import annotations
 
-import io
 import json
 import time
 from collections.abc import Callable
@@ -26,7 +25,9 @@ from thinkrec.eval.protocol import evaluate_full_ranking
 from thinkrec.retrieval.inference import GenerativeScorer
 from thinkrec.retrieval.model import GenerativeRetriever, RetrieverConfig
 from thinkrec.tokenize.sids import SIDMap
+from thinkrec.utils.checkpoint import Checkpointer
 from thinkrec.utils.config import config_hash, from_dict
+from thinkrec.utils.faults import check_finite, kill_point
 from thinkrec.utils.io import atomic_file, atomic_path
 from thinkrec.utils.training import EarlyStopping, length_bucketed_batches, lr_lambda, param_groups
 
@@ -121,11 +122,9 @@ def load_retriever(path: str | Path, device: str | torch.device = "cpu") -> Gene
     return model.to(device).eval()
 
 
-def _save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    buf = io.BytesIO()
-    torch.save(payload, buf)
-    with atomic_path(path) as tmp:
-        Path(tmp).write_bytes(buf.getvalue())
+def checkpoint_path(model_dir: str | Path) -> Path:
+    """The per-epoch training checkpoint inside a retriever's folder (safetensors + JSON)."""
+    return Path(model_dir) / "checkpoint"
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -142,7 +141,7 @@ def train_retriever(
     stop_after_epochs: int | None = None,
     codebooks: list[np.ndarray] | None = None,
 ) -> tuple[GenerativeRetriever, list[dict[str, Any]]]:
-    """Train (or resume from ``checkpoint_dir/last.pt``) and return the best model by validation N@10.
+    """Train (or resume from ``checkpoint_dir/checkpoint/``) and return the best model by validation N@10.
 
     ``stop_after_epochs`` ends this call early (as a kill would) — for tests and chunked runs.
     """
@@ -168,20 +167,17 @@ def train_retriever(
     scorer = GenerativeScorer(model, sidmap, config.eval_beam)
 
     key = config_hash({"model": model_config, "train": config, "radix": sidmap.radix, "n_items": sidmap.n_items})
-    ckpt = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
+    ckpt = Checkpointer(checkpoint_path(checkpoint_dir) if checkpoint_dir else None, key, log, strict=True)
     stopper = EarlyStopping(config.patience)
     start_epoch, history, train_time = 1, [], 0.0
-    if ckpt is not None and ckpt.exists():
-        state = torch.load(ckpt, map_location=device, weights_only=False)
-        if state["key"] != key:
-            raise ValueError(f"{ckpt}: checkpoint is from a different configuration; remove it or change the run")
+    if (state := ckpt.load(device)) is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
         start_epoch = state["epoch"] + 1
         stopper.load(state)
         history, train_time = state["history"], state["train_time"]
-        log(f"resumed from {ckpt} after epoch {state['epoch']}")
+        log(f"resumed from {ckpt.directory} after epoch {state['epoch']}")
         if state.get("finished"):
             start_epoch = config.epochs + 1
 
@@ -197,6 +193,7 @@ def train_retriever(
         for step, units in enumerate(batches):
             inp, tgt = data.tensors(units, device)
             parts = model.losses(inp, tgt)
+            check_finite(parts["loss"], "retrieval", f"{epoch}.{step}", "loss")
             opt.zero_grad(set_to_none=True)
             parts["loss"].backward()
             if config.grad_clip:
@@ -209,6 +206,7 @@ def train_retriever(
             n += w
             if progress:
                 progress(step + 1, len(batches))
+            kill_point()
         train_s = time.perf_counter() - t0
         train_time += train_s
         row: dict[str, Any] = {"epoch": epoch, **{k: v / max(1, n) for k, v in sums.items()}, "train_s": train_s,
@@ -223,10 +221,8 @@ def train_retriever(
         log(f"epoch {epoch}: loss {row['loss']:.4f} (rec {row['rec']:.4f}) train {train_s:.1f}s "
             f"{row['samples_per_s']:.0f} samples/s  valid N@10 {metrics['ndcg@10']:.4f} R@10 {metrics['recall@10']:.4f}")
         stop = stopper.exhausted or (config.max_train_s is not None and train_time >= config.max_train_s)
-        if ckpt is not None:
-            _save_checkpoint(ckpt, {"key": key, "epoch": epoch, "model": model.state_dict(), "opt": opt.state_dict(),
-                                    "sched": sched.state_dict(), **stopper.state(),
-                                    "history": history, "train_time": train_time, "finished": stop})
+        ckpt.save({"epoch": epoch, "model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                   **stopper.state(), "history": history, "train_time": train_time, "finished": stop})
         if stop:
             log(f"stopping after epoch {epoch} (best valid N@10 {stopper.best:.4f}, {train_time:.0f}s of training)")
             break

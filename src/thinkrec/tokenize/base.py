@@ -41,6 +41,7 @@ class FitContext:
     train_items: np.ndarray | None = None
     categories: list[str] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    checkpoint_dir: str | Path | None = None  # trained quantizers checkpoint each epoch here (resume after a kill)
 
 
 def save_artifact(path: str | Path, tensors: dict[str, np.ndarray], meta: dict[str, Any]) -> Path:

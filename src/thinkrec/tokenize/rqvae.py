@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,6 +54,9 @@ from torch import nn
 
 from thinkrec.tokenize.base import FitContext, Quantizer
 from thinkrec.tokenize.rqkmeans import balanced_kmeans, code_usage, faiss_kmeans, set_faiss_threads
+from thinkrec.utils.checkpoint import Checkpointer, generator_state, set_generator_state
+from thinkrec.utils.config import config_hash
+from thinkrec.utils.faults import NumericalError, kill_point
 
 
 @dataclass
@@ -180,9 +184,13 @@ class RQVAE(Quantizer):
                 self.net.x_scale.copy_((xt - mean).pow(2).mean().sqrt().clamp_min(1e-8))
             self.history, self._step, self._resets, self._groups = [], 0, 0, []
             self._gen = torch.Generator().manual_seed(cfg.seed + 1)
-            if cfg.kmeans_init:
+            ckpt = Checkpointer(context.checkpoint_dir if context is not None else None,
+                                config_hash({"method": self.name, "config": cfg, "input": hashlib.sha1(x.tobytes()).hexdigest()}),
+                                log=lambda m: None)
+            resuming = ckpt.load() is not None
+            if cfg.kmeans_init and not resuming:  # a resumed state replaces what k-means would set
                 self._kmeans_init(self._standardize(xt))
-            self._train(self._standardize(xt), cfg.epochs)
+            self._train(self._standardize(xt), cfg.epochs, ckpt)
             self.fit_codes_ = self._final_codes(x, raw)
         self.fit_seconds = time.perf_counter() - t0
         self.fit_stats = {**code_usage(self.fit_codes_, cfg.codebook_size), "fit_seconds": self.fit_seconds}
@@ -307,15 +315,28 @@ class RQVAE(Quantizer):
             net.ema_sum[lvl].copy_(book.data * net.ema_size[lvl, :, None])
             r = r - book[c]
 
-    def _train(self, xs: torch.Tensor, epochs: int) -> None:
-        cfg, net = self.config, self.net
+    def _train(self, xs: torch.Tensor, epochs: int, ckpt: Checkpointer | None = None) -> None:
+        """``epochs`` epochs; with ``ckpt`` each ends with a checkpoint (weights + EMA / CoBa statistics, optimizer,
+        the permutation generator, the torch RNG, step and reset counters, history) that a killed fit resumes from."""
+        cfg = self.config
+        state = ckpt.load(str(xs.device)) if ckpt is not None else None
+        if state is not None:  # before the optimizer: _restore builds a fresh network
+            self._restore({k: np.asarray(v) for k, v in state["tensors"].items()}, state["meta"])
+        net = self.net
         assert net is not None
         n = xs.shape[0]
         bs = n if cfg.batch_size <= 0 else min(cfg.batch_size, n)
         opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        first_epoch = 1
+        if state is not None:
+            opt.load_state_dict(state["opt"])
+            set_generator_state(self._gen, state["gen"])
+            torch.set_rng_state(state["torch_rng"])
+            self._resets, self._groups, self.history = state["resets"], list(state["groups"]), state["history"]
+            first_epoch = state["epoch"] + 1
         t0 = time.perf_counter()
         L, K = cfg.n_learned, cfg.codebook_size
-        for epoch in range(1, epochs + 1):
+        for epoch in range(first_epoch, epochs + 1):
             perm = torch.randperm(n, generator=self._gen).to(xs.device)
             sums: dict[str, float] = {}
             counts = torch.zeros(L, K, device=xs.device)
@@ -325,6 +346,9 @@ class RQVAE(Quantizer):
                 if idx.numel() < max(2, bs // 4) and start > 0:
                     continue  # drop a tiny last batch (noisy EMA / dead-code statistics)
                 logs, codes = self._train_step(xs[idx], opt)
+                if not math.isfinite(logs["loss"]):
+                    raise NumericalError(f"tokenize {self.name}", f"{epoch}.{start // bs}", "loss", f"loss {logs['loss']}")
+                kill_point()
                 for lvl in range(L):
                     counts[lvl] += torch.bincount(codes[:, lvl], minlength=K).float()
                 for k, v in logs.items():
@@ -338,6 +362,10 @@ class RQVAE(Quantizer):
                 rec["perplexity"] = torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum(1)).tolist()
                 rec["dead_code_resets"] = self._resets
                 self.history.append(rec)
+            if ckpt is not None:
+                ckpt.save({"epoch": epoch, "tensors": self._tensors(), "meta": self._meta(), "opt": opt.state_dict(),
+                           "gen": generator_state(self._gen), "torch_rng": torch.get_rng_state(),
+                           "resets": self._resets, "groups": list(self._groups), "history": self.history})
 
     def _train_step(self, xb: torch.Tensor, opt: torch.optim.Optimizer) -> tuple[dict[str, float], torch.Tensor]:
         cfg, net = self.config, self.net

@@ -57,7 +57,7 @@ def embed_config(cfg: TokenizeConfig) -> EmbedConfig:
 
 def run_tokenize(
     dataset: Dataset, split: SequenceSplit | None, cfg: TokenizeConfig, out_dir: str | Path | None = None,
-    log: Any = print,
+    log: Any = print, checkpoint_dir: str | Path | None = None,
 ) -> TokenizeArtifact:
     t0 = time.perf_counter()
     x = embed_items(dataset, embed_config(cfg))
@@ -69,6 +69,7 @@ def run_tokenize(
     context = FitContext(
         train_offsets=split.train_offsets if split is not None else None,
         train_items=split.train_items if split is not None else None,
+        checkpoint_dir=checkpoint_dir,
     )
     t1 = time.perf_counter()
     raw = np.asarray(quantizer.fit_encode(x, context), dtype=np.int64)
