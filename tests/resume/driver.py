@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -27,7 +28,7 @@ def _digest(state: dict[str, torch.Tensor]) -> str:
 
 def _clean(history: list[dict]) -> list[dict]:
     """History rows without wall-clock fields (the only thing that may differ between runs)."""
-    drop = ("train_s", "eval_s", "seconds", "samples_per_s", "spent")
+    drop = ("train_s", "eval_s", "seconds", "samples_per_s", "spent", "lists_per_s")
     return [{k: v for k, v in row.items() if k not in drop} for row in history]
 
 
@@ -82,8 +83,37 @@ def _rerank(ck: Path) -> tuple[dict, list]:
     return state, ev_hist + hist
 
 
+def _llm(ck: Path) -> tuple[dict, list]:
+    """The whole GR2 stage (alignment, SFT on target and reject traces, DAPO) on a tiny random Qwen3."""
+    from tests.llm import fixtures
+
+    from thinkrec.llm.stage import LLMStageConfig, LoraSettings, run_llm_stage
+    from thinkrec.llm.train import DAPOSettings, SFTSettings
+
+    cat = fixtures.catalogue()
+    train, test = fixtures.lists(40, seed=1), fixtures.lists(20, seed=2)
+    tok = fixtures.tokenizer(cat, train)
+    model = fixtures.qwen3(len(tok), seed=0)
+    cfg = LLMStageConfig(
+        model="tiny-qwen3", max_reasoning_tokens=6, n_history=3,
+        lora=LoraSettings(r=4, alpha=8, target_modules=["q_proj", "v_proj"]),
+        alignment=SFTSettings(steps=6, batch_size=4, lr=1e-3, max_len=256),
+        sampling=["target", "reject"], n_train_requests=16,
+        sft=SFTSettings(steps=4, batch_size=2, lr=1e-3, max_len=384),
+        rl=DAPOSettings(steps=4, prompts_per_step=1, num_generations=4, max_reasoning_tokens=6),
+        n_eval=6, eval_batch_size=3,
+    )
+    summary = run_llm_stage(cat, train, test, [np.arange(10)], cfg, ck.parent / "llm", model, tok,
+                            log=lambda *_: None, checkpoint_dir=ck)
+    state = {k: v for k, v in model.named_parameters() if v.requires_grad}
+    history = [{"phase": name, **{k: v for k, v in m.items() if k != "wall_s"}} for name, m in summary["metrics"].items()]
+    history += [{"phase": phase, "loss": r.get("loss")} for phase in ("alignment", "rl")
+                for r in summary["logs"][phase] if "loss" in r]
+    return state, history
+
+
 TRAINERS = {"sasrec": _sasrec, "rqvae": lambda ck: _quantizer("rqvae", ck), "coba": lambda ck: _quantizer("coba", ck),
-            "rerank": _rerank}
+            "rerank": _rerank, "llm": _llm}
 
 
 def main(trainer: str, workdir: str) -> None:
@@ -94,6 +124,10 @@ def main(trainer: str, workdir: str) -> None:
     ck = work / "checkpoints"
     had = any(ck.rglob("state.json")) if ck.exists() else False
     state, history = TRAINERS[trainer](ck)
+    if os.environ.get("THINKREC_RESUME_DUMP"):  # debugging a mismatch: the final weights themselves
+        from safetensors.torch import save_file
+
+        save_file({k: v.detach().contiguous().clone() for k, v in state.items()}, str(work / "state.safetensors"))
     (work / "result.json").write_text(json.dumps({
         "digest": _digest(state), "history": _clean(history), "steps": faults._steps, "had_checkpoint": had,
     }, default=str))

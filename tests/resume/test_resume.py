@@ -1,6 +1,11 @@
 """Every trainer resumes after SIGKILL to the result of an uninterrupted run: weights equal to the last byte and
 the same history. The kill lands at a seeded random training step in the second half of the run, so at least one
-checkpoint precedes it."""
+checkpoint precedes it.
+
+The LLM stage (alignment → SFT on target and reject traces → DAPO) checkpoints through transformers' Trainer
+about every quarter of a phase and records each finished phase. DAPO takes one optimizer step per generation, so
+its checkpoints fall on generation boundaries: TRL never has to regenerate a buffered batch after a resume, which
+is what makes the resumed DAPO phase replay exactly."""
 
 from __future__ import annotations
 
@@ -26,7 +31,7 @@ def _run(trainer: str, work: Path, kill_at: int | None = None) -> subprocess.Com
                           capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.parametrize("trainer", ["sasrec", "rqvae", "coba", "rerank"])
+@pytest.mark.parametrize("trainer", ["sasrec", "rqvae", "coba", "rerank", "llm"])
 def test_killed_training_resumes_to_the_uninterrupted_result(trainer, tmp_path):
     full = _run(trainer, tmp_path / "full")
     assert full.returncode == 0, full.stderr

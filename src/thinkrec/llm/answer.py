@@ -214,9 +214,14 @@ def constrained_generate(model: Any, tokens: AnswerTokens, max_reasoning_tokens:
         processors.append(RankingConstraint(tokens, max_reasoning_tokens))
         # Unmerged LoRA + trainable-token rows rebuild the 262k-row embedding on every decoding step (≈ 4× slower
         # generation on CPU); merging for the call and unmerging after gives the same outputs at plain speed.
+        # Unmerging subtracts B·A again, which leaves the base weights off by rounding (W + BA − BA ≠ W) and so
+        # makes every later step depend on how many generations came before (a resumed run would differ from an
+        # uninterrupted one); the LoRA layers' base weights are copied before the merge and put back exactly.
         merge = hasattr(model, "merge_adapter") and not getattr(model, "_thinkrec_merged", False)
         if merge:
             with torch.no_grad():
+                bases = _lora_base_weights(model)
+                saved = [w.detach().clone() for w in bases]
                 model.merge_adapter()
             model._thinkrec_merged = True
         try:
@@ -225,10 +230,21 @@ def constrained_generate(model: Any, tokens: AnswerTokens, max_reasoning_tokens:
             if merge:
                 with torch.no_grad():
                     model.unmerge_adapter()
+                    for w, copy in zip(bases, saved, strict=True):
+                        w.copy_(copy)
                 model._thinkrec_merged = False
 
     generate.__wrapped__ = original  # type: ignore[attr-defined]
     return generate
+
+
+def _lora_base_weights(model: Any) -> list[torch.Tensor]:
+    """The base weights that merging LoRA changes in place (trainable-token rows are restored by peft itself)."""
+    try:
+        from peft.tuners.lora import LoraLayer
+    except ImportError:
+        return []
+    return [m.get_base_layer().weight for m in model.modules() if isinstance(m, LoraLayer)]
 
 
 def max_answer_tokens(tokens: AnswerTokens, n_candidates: int, sid_len: int, max_reasoning_tokens: int) -> int:

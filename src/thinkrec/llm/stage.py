@@ -41,40 +41,57 @@ from thinkrec.llm.train import (
 )
 from thinkrec.rerank.lists import RerankLists
 from thinkrec.utils import progress
+from thinkrec.utils.checkpoint import Checkpointer, subdir
+from thinkrec.utils.config import config_hash, device_error, non_empty, spec
 from thinkrec.utils.io import write_json
+
+SAMPLING_MODES = ("target", "reject")
 
 
 @dataclass
 class TeacherSettings:
-    kind: str = "programmatic"  # programmatic | openai | hf
+    kind: str = spec("programmatic", choices=TEACHERS.names)  # programmatic | openai | hf
     base_url: str = "http://127.0.0.1:8000/v1"  # openai
     model: str = ""  # openai: served model name; hf: model path
     api_key_env: str = "OPENAI_API_KEY"
-    temperature: float = 1.0
-    max_tries: int = 4
+    temperature: float = spec(1.0, ge=0.0)
+    max_tries: int = spec(4, ge=1)
+
+    def _checks(self) -> list[tuple[str, str]]:
+        if self.kind in ("openai", "hf") and not self.model.strip():
+            what = "the served model's name" if self.kind == "openai" else "the path (or hub id) of the teacher model"
+            return [("model", f"the {self.kind} teacher needs {what}")]
+        return []
 
 
 @dataclass
 class LLMStageConfig:
-    model: str = "gemma3-270m"  # any HF causal-LM path, or the packaged Gemma 3 270M
-    device: str = "cpu"
-    dtype: str = "float32"  # bfloat16 on GPUs
+    model: str = spec("gemma3-270m", check=non_empty)  # any HF causal-LM path, or the packaged Gemma 3 270M
+    device: str = spec("cpu", check=device_error)
+    dtype: str = spec("float32", choices=("float32", "bfloat16", "float16"))  # bfloat16 on GPUs
     seed: int = 0
-    n_history: int = 5
-    max_candidates: int = 10  # the first K of each list's initial order are re-ranked (GR2: K = 10)
+    n_history: int = spec(5, ge=1)
+    max_candidates: int = spec(10, ge=2)  # the first K of each list's initial order are re-ranked (GR2: K = 10)
     with_titles: bool = True
-    max_reasoning_tokens: int = 48
+    max_reasoning_tokens: int = spec(48, ge=1)
     lora: LoraSettings = field(default_factory=LoraSettings)
     alignment: SFTSettings = field(default_factory=lambda: SFTSettings(steps=60, lr=5e-4, max_len=128))
-    alignment_plain_text_share: float = 0.1
+    alignment_plain_text_share: float = spec(0.1, ge=0.0, le=1.0)
     teacher: TeacherSettings = field(default_factory=TeacherSettings)
-    sampling: list[str] = field(default_factory=lambda: ["target", "reject"])
-    n_train_requests: int = 200  # training lists (with the true item among the candidates) sent to the teacher
+    sampling: list[str] = spec(default_factory=lambda: ["target", "reject"], choices=SAMPLING_MODES, min_len=1)
+    # training lists (with the true item among the candidates) sent to the teacher
+    n_train_requests: int = spec(200, ge=1)
     sft: SFTSettings = field(default_factory=SFTSettings)
     rl: DAPOSettings = field(default_factory=DAPOSettings)
-    rl_from: str = "target"  # which SFT model RL continues from
-    n_eval: int = 100  # test lists (with the true item among the candidates) to generate for
-    eval_batch_size: int = 8
+    rl_from: str = spec("target", choices=SAMPLING_MODES)  # which SFT model RL continues from
+    n_eval: int = spec(100, ge=1)  # test lists (with the true item among the candidates) to generate for
+    eval_batch_size: int = spec(8, ge=1)
+
+    def _checks(self) -> list[tuple[str, str]]:
+        if self.rl_from in SAMPLING_MODES and self.sampling and self.rl_from not in self.sampling:
+            return [("rl_from", f"must be one of llm.sampling {self.sampling} (RL continues from that SFT model; "
+                                f"got {self.rl_from!r})")]
+        return []
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
@@ -154,8 +171,13 @@ def select_requests(lists: RerankLists, n: int, seed: int, with_target: bool, pr
 
 def run_llm_stage(catalogue: Catalogue, train_lists: RerankLists, test_lists: RerankLists,
                   train_sequences: Sequence[np.ndarray], cfg: LLMStageConfig, out_dir: str | Path,
-                  model: Any = None, tokenizer: Any = None, teacher: Any = None, log: Any = print) -> dict[str, Any]:
-    """Runs the whole stage; ``model``/``tokenizer``/``teacher`` override the configured ones (tests, benchmarks)."""
+                  model: Any = None, tokenizer: Any = None, teacher: Any = None, log: Any = print,
+                  checkpoint_dir: str | Path | None = None) -> dict[str, Any]:
+    """Runs the whole stage; ``model``/``tokenizer``/``teacher`` override the configured ones (tests, benchmarks).
+
+    With ``checkpoint_dir`` a killed stage resumes: each finished phase (alignment, each SFT, DAPO) leaves a record
+    there (its trained weights as safetensors, its evaluation, logs and trace statistics as JSON) and is not redone;
+    the phase that was running resumes from its Trainer checkpoint."""
     if not cfg.sampling or any(m not in ("target", "reject") for m in cfg.sampling):
         raise ValueError(f"llm.sampling must list target and/or reject, got {cfg.sampling}")
     if cfg.rl_from not in cfg.sampling:
@@ -189,15 +211,42 @@ def run_llm_stage(catalogue: Catalogue, train_lists: RerankLists, test_lists: Re
         log(f"  {name}: R@1 {m['recall@1']:.3f} R@5 {m['recall@5']:.3f} N@5 {m['ndcg@5']:.3f} "
             f"({m['n']} lists, {m['wall_s']:.0f}s, malformed {m['malformed']})")
 
+    key = config_hash({"llm": cfg, "lists": [len(train_lists), len(test_lists)], "items": len(catalogue.titles),
+                       "parameters": n_total})
+
+    def record(name: str) -> Checkpointer:
+        return Checkpointer(subdir(checkpoint_dir, f"phase-{name}"), key, log)
+
+    def finished(name: str) -> dict[str, Any] | None:
+        """A finished phase's record, its weights put back into the model and its evaluation into the results."""
+        state = record(name).load()
+        if state is not None:
+            _restore(model, state["params"])
+            results[name] = state["results"]
+            timings.update(state["timings"])
+            progress.report("llm phases (alignment, SFT, RL)", phases.index(name) + 1, len(phases))
+            log(f"  {name}: finished earlier, weights and evaluation loaded from {record(name).directory}")
+        return state
+
+    def finish(name: str, train_log: list[dict], **extra: Any) -> None:
+        _eval(name)
+        record(name).save({"params": _snapshot(model), "results": results[name], "log": train_log,
+                           "timings": {k: v for k, v in timings.items() if k.startswith(name.replace("-", "_"))},
+                           **extra})
+
     # 1. alignment
-    t = time.perf_counter()
-    n_align = cfg.alignment.steps * cfg.alignment.batch_size * cfg.alignment.grad_accum
-    examples = alignment_examples(catalogue, train_sequences, n_align, cfg.seed, cfg.alignment_plain_text_share,
-                                  cfg.n_history)
-    align_log = train_lm(model, tokenizer, alignment_features(tokenizer, examples, cfg.alignment.max_len),
-                         cfg.alignment, out_dir / "trainer", cfg.device, bf16, log)
-    timings["alignment_s"] = time.perf_counter() - t
-    _eval("alignment")
+    if (done := finished("alignment")) is not None:
+        align_log = done["log"]
+    else:
+        t = time.perf_counter()
+        n_align = cfg.alignment.steps * cfg.alignment.batch_size * cfg.alignment.grad_accum
+        examples = alignment_examples(catalogue, train_sequences, n_align, cfg.seed, cfg.alignment_plain_text_share,
+                                      cfg.n_history)
+        align_log = train_lm(model, tokenizer, alignment_features(tokenizer, examples, cfg.alignment.max_len),
+                             cfg.alignment, out_dir / "trainer", cfg.device, bf16, log,
+                             checkpoint_dir=subdir(checkpoint_dir, "trainer-alignment"))
+        timings["alignment_s"] = time.perf_counter() - t
+        finish("alignment", align_log)
     aligned = _snapshot(model)
 
     # 2. traces + 3. SFT, per sampling mode (each SFT starts from the aligned model)
@@ -209,6 +258,11 @@ def run_llm_stage(catalogue: Catalogue, train_lists: RerankLists, test_lists: Re
     teacher = teacher if teacher is not None else make_teacher(cfg, catalogue, train_lists)
     trace_stats, sft_logs, states = {}, {}, {}
     for mode in cfg.sampling:
+        _restore(model, aligned)
+        if (done := finished(f"sft-{mode}")) is not None:
+            sft_logs[mode], trace_stats[mode] = done["log"], done["traces"]
+            states[mode] = _snapshot(model)
+            continue
         t = time.perf_counter()
         traces, stats = sample_traces(teacher, catalogue, train_reqs, mode, out_dir / f"traces_{mode}.jsonl",
                                       cfg.teacher.max_tries, cfg.teacher.temperature, cfg.n_history, cfg.with_titles)
@@ -216,24 +270,28 @@ def run_llm_stage(catalogue: Catalogue, train_lists: RerankLists, test_lists: Re
         log(f"traces ({mode}, {teacher.name}): {stats.accepted} accepted of {len(train_reqs) - stats.skipped_no_target}"
             f" (acceptance {stats.acceptance_rate:.2f}, tries/sample {stats.tries_per_sample:.2f}, "
             f"malformed {stats.malformed})")
-        _restore(model, aligned)
         feats = sft_features(tokens, traces, prompts, sids, cfg.sft)
-        sft_logs[mode] = train_lm(model, tokenizer, feats, cfg.sft, out_dir / "trainer", cfg.device, bf16, log)
+        sft_logs[mode] = train_lm(model, tokenizer, feats, cfg.sft, out_dir / "trainer", cfg.device, bf16, log,
+                                  checkpoint_dir=subdir(checkpoint_dir, f"trainer-sft-{mode}"))
         timings[f"sft_{mode}_s"] = time.perf_counter() - t
-        _eval(f"sft-{mode}")
+        finish(f"sft-{mode}", sft_logs[mode], traces=trace_stats[mode])
         states[mode] = _snapshot(model)
 
     # 4. DAPO from the chosen SFT model, on training lists that contain the true item
-    t = time.perf_counter()
     _restore(model, states[cfg.rl_from])
-    model.train()
-    rl_reqs = train_reqs
-    n_cand = max(len(r.candidates) for r in rl_reqs)
-    max_completion = max_answer_tokens(tokens, n_cand, catalogue.codes.shape[1], cfg.rl.max_reasoning_tokens)
-    rl_log = train_dapo(model, tokenizer, [prompts[r.request_id] for r in rl_reqs], [r.target for r in rl_reqs],
-                        cfg.rl, out_dir / "trainer", max_completion, cfg.device, bf16, log)
-    timings["rl_s"] = time.perf_counter() - t
-    _eval("rl")
+    if (done := finished("rl")) is not None:
+        rl_log = done["log"]
+    else:
+        t = time.perf_counter()
+        model.train()
+        rl_reqs = train_reqs
+        n_cand = max(len(r.candidates) for r in rl_reqs)
+        max_completion = max_answer_tokens(tokens, n_cand, catalogue.codes.shape[1], cfg.rl.max_reasoning_tokens)
+        rl_log = train_dapo(model, tokenizer, [prompts[r.request_id] for r in rl_reqs], [r.target for r in rl_reqs],
+                            cfg.rl, out_dir / "trainer", max_completion, cfg.device, bf16, log,
+                            checkpoint_dir=subdir(checkpoint_dir, "trainer-rl"))
+        timings["rl_s"] = time.perf_counter() - t
+        finish("rl", rl_log)
 
     # 5. save
     save_adapter(model, tokenizer, out_dir / "adapter")

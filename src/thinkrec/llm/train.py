@@ -8,6 +8,7 @@ vocabulary is most of the compute saved.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,33 +19,39 @@ import torch.nn.functional as F
 
 from thinkrec.llm.answer import AnswerTokens, constrained_generate, prompt_candidates
 from thinkrec.llm.rewards import rerank_reward
+from thinkrec.utils.config import spec
 
 
 @dataclass
 class SFTSettings:
-    steps: int = 100
-    batch_size: int = 4
-    grad_accum: int = 1
-    lr: float = 2e-4
-    warmup_ratio: float = 0.05
-    max_len: int = 512
-    reasoning_weight: float = 0.5  # λ_r
-    output_weight: float = 1.0  # λ_o
+    steps: int = spec(100, ge=1)
+    batch_size: int = spec(4, ge=1)
+    grad_accum: int = spec(1, ge=1)
+    lr: float = spec(2e-4, gt=0.0)
+    warmup_ratio: float = spec(0.05, ge=0.0, lt=1.0)
+    max_len: int = spec(512, ge=1)
+    reasoning_weight: float = spec(0.5, ge=0.0)  # λ_r
+    output_weight: float = spec(1.0, ge=0.0)  # λ_o
     seed: int = 0
 
 
 @dataclass
 class DAPOSettings:
-    steps: int = 10
-    prompts_per_step: int = 2
-    num_generations: int = 4  # G
-    lr: float = 5e-5
-    temperature: float = 1.0
-    epsilon: float = 0.2
-    epsilon_high: float = 0.28
-    format_weight: float = 0.1
-    max_reasoning_tokens: int = 48
+    steps: int = spec(10, ge=1)
+    prompts_per_step: int = spec(2, ge=1)
+    num_generations: int = spec(4, ge=2)  # G ≥ 2: advantages are relative within a prompt's group
+    lr: float = spec(5e-5, gt=0.0)
+    temperature: float = spec(1.0, gt=0.0)
+    epsilon: float = spec(0.2, ge=0.0)
+    epsilon_high: float = spec(0.28, ge=0.0)
+    format_weight: float = spec(0.1, ge=0.0)
+    max_reasoning_tokens: int = spec(48, ge=1)
     seed: int = 0
+
+    def _checks(self) -> list[tuple[str, str]]:
+        if self.epsilon_high < self.epsilon:
+            return [("epsilon_high", f"must be ≥ epsilon {self.epsilon} (DAPO's clip-higher; got {self.epsilon_high})")]
+        return []
 
 
 # ------------------------------------------------------------------------------------------------ SFT data
@@ -117,9 +124,25 @@ def weighted_lm_loss(model: Any, inputs: dict[str, torch.Tensor]) -> torch.Tenso
     return (ce * w.reshape(-1)).sum() / n
 
 
+def checkpointing(checkpoint_dir: str | Path | None, steps: int) -> tuple[dict[str, Any], str | None]:
+    """Trainer arguments that checkpoint into ``checkpoint_dir`` (about every quarter of the run, the last one kept)
+    and the checkpoint to resume from, if a killed run left one. transformers writes the adapter as safetensors and
+    reads optimizer, scheduler and RNG states back with ``torch.load(weights_only=True)`` (tensors only, no code)."""
+    if checkpoint_dir is None:
+        return {"save_strategy": "no"}, None
+    from transformers.trainer_utils import get_last_checkpoint
+
+    folder = Path(checkpoint_dir)
+    last = get_last_checkpoint(str(folder)) if folder.is_dir() else None
+    return {"output_dir": str(folder), "save_strategy": "steps", "save_steps": max(1, steps // 4),
+            "save_total_limit": 1}, last
+
+
 def train_lm(model: Any, tokenizer: Any, features: list[dict[str, list]], settings: SFTSettings, out_dir: str | Path,
-             device: str = "cpu", bf16: bool = False, log: Any = print) -> list[dict]:
-    """Weighted next-token training with transformers' Trainer (AdamW, warm-up, cosine decay). Returns the log."""
+             device: str = "cpu", bf16: bool = False, log: Any = print,
+             checkpoint_dir: str | Path | None = None) -> list[dict]:
+    """Weighted next-token training with transformers' Trainer (AdamW, warm-up, cosine decay). Returns the log.
+    With ``checkpoint_dir`` a killed run resumes from the Trainer's last checkpoint there (same data order)."""
     from datasets import Dataset as HFDataset
     from transformers import Trainer, TrainingArguments
 
@@ -130,19 +153,42 @@ def train_lm(model: Any, tokenizer: Any, features: list[dict[str, list]], settin
 
     if not features:
         raise ValueError("no training examples (did every trace get rejected?)")
-    args = TrainingArguments(
-        output_dir=str(out_dir), per_device_train_batch_size=settings.batch_size,
-        gradient_accumulation_steps=settings.grad_accum, learning_rate=settings.lr, max_steps=settings.steps,
-        lr_scheduler_type="cosine", warmup_steps=max(1, round(settings.warmup_ratio * settings.steps)), logging_steps=max(1, settings.steps // 10),
-        save_strategy="no", report_to=[], seed=settings.seed, remove_unused_columns=False, disable_tqdm=True,
-        use_cpu=device == "cpu", dataloader_num_workers=0, bf16=bf16,
-    )
+    saving, resume = checkpointing(checkpoint_dir, settings.steps)
+    args = TrainingArguments(**{
+        "output_dir": str(out_dir), "per_device_train_batch_size": settings.batch_size,
+        "gradient_accumulation_steps": settings.grad_accum, "learning_rate": settings.lr, "max_steps": settings.steps,
+        "lr_scheduler_type": "cosine", "warmup_steps": max(1, round(settings.warmup_ratio * settings.steps)),
+        "logging_steps": max(1, settings.steps // 10), "report_to": [], "seed": settings.seed,
+        "remove_unused_columns": False, "disable_tqdm": True, "use_cpu": device == "cpu", "dataloader_num_workers": 0,
+        "bf16": bf16, **saving,
+    })
     pin_device(args, device)
     trainer = WeightedTrainer(model=model, args=args, train_dataset=HFDataset.from_list(list(features)),
                               data_collator=LeftPadCollator(int(tokenizer.pad_token_id)))
     _route_logs(trainer, log)
-    trainer.train()
+    _watch_steps(trainer, "llm sft")
+    if resume:
+        log(f"    resuming from {resume}")
+    trainer.train(resume_from_checkpoint=resume)
     return [dict(r) for r in trainer.state.log_history]
+
+
+def _watch_steps(trainer: Any, stage: str) -> None:
+    """Each optimizer step: a non-finite loss stops the stage (naming it); the resume tests' kill point."""
+    from transformers.trainer_callback import TrainerCallback
+
+    from thinkrec.utils.faults import NumericalError, kill_point
+
+    class Watch(TrainerCallback):
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **_: Any) -> None:
+            loss = (logs or {}).get("loss")
+            if loss is not None and not math.isfinite(float(loss)):
+                raise NumericalError(stage, state.global_step, "loss", f"loss {loss}")
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+            kill_point()
+
+    trainer.add_callback(Watch())
 
 
 def pin_device(args: Any, device: str) -> None:
@@ -217,22 +263,27 @@ def dapo_trainer_class():
 
 def train_dapo(model: Any, tokenizer: Any, prompts: Sequence[str], targets: Sequence[int], settings: DAPOSettings,
                out_dir: str | Path, max_completion_length: int, device: str = "cpu", bf16: bool = False,
-               log: Any = print) -> list[dict]:
+               log: Any = print, checkpoint_dir: str | Path | None = None) -> list[dict]:
     """DAPO (token-level loss, clip-higher, overlong masking, no KL) on re-ranking prompts with rank and format
-    rewards; rollouts are constrained to permutations of each prompt's candidates."""
+    rewards; rollouts are constrained to permutations of each prompt's candidates.
+
+    With ``checkpoint_dir`` a killed run resumes from the last checkpoint there. One optimizer step per generation
+    (``steps_per_generation`` = gradient accumulation = 1), so every checkpoint falls on a generation boundary:
+    no buffered completions are lost or regenerated differently on resume."""
     from datasets import Dataset as HFDataset
     from trl import GRPOConfig
 
     G = settings.num_generations
-    args = GRPOConfig(
-        output_dir=str(out_dir), loss_type="dapo", epsilon=settings.epsilon, epsilon_high=settings.epsilon_high,
-        mask_truncated_completions=True, beta=0.0, num_generations=G,
-        per_device_train_batch_size=G * settings.prompts_per_step, gradient_accumulation_steps=1,
-        max_completion_length=max_completion_length, max_steps=settings.steps, learning_rate=settings.lr,
-        temperature=settings.temperature, top_k=0, top_p=1.0, logging_steps=1, save_strategy="no", report_to=[],
-        seed=settings.seed, use_cpu=device == "cpu", disable_tqdm=True, shuffle_dataset=True,
-        scale_rewards="group", bf16=bf16,
-    )
+    saving, resume = checkpointing(checkpoint_dir, settings.steps)
+    args = GRPOConfig(**{
+        "output_dir": str(out_dir), "loss_type": "dapo", "epsilon": settings.epsilon,
+        "epsilon_high": settings.epsilon_high, "mask_truncated_completions": True, "beta": 0.0, "num_generations": G,
+        "per_device_train_batch_size": G * settings.prompts_per_step, "gradient_accumulation_steps": 1,
+        "steps_per_generation": 1, "max_completion_length": max_completion_length, "max_steps": settings.steps,
+        "learning_rate": settings.lr, "temperature": settings.temperature, "top_k": 0, "top_p": 1.0,
+        "logging_steps": 1, "report_to": [], "seed": settings.seed, "use_cpu": device == "cpu", "disable_tqdm": True,
+        "shuffle_dataset": True, "scale_rewards": "group", "bf16": bf16, **saving,
+    })
     pin_device(args, device)
     data = HFDataset.from_dict({"prompt": list(prompts), "target": [int(t) for t in targets]})
     trainer = dapo_trainer_class()(model=model, reward_funcs=[reward_function(settings.format_weight)], args=args,
@@ -240,8 +291,11 @@ def train_dapo(model: Any, tokenizer: Any, prompts: Sequence[str], targets: Sequ
     unwrapped = trainer.accelerator.unwrap_model(trainer.model)
     unwrapped.generate = constrained_generate(unwrapped, AnswerTokens(tokenizer), settings.max_reasoning_tokens)
     _route_logs(trainer, log)
+    _watch_steps(trainer, "llm dapo")
+    if resume:
+        log(f"    resuming from {resume}")
     try:
-        trainer.train()
+        trainer.train(resume_from_checkpoint=resume)
     finally:
         del unwrapped.generate  # back to the class method
     return [dict(r) for r in trainer.state.log_history]

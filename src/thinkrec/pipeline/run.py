@@ -25,7 +25,7 @@ from thinkrec.data.splits import SequenceSplit, make_split
 from thinkrec.eval.metrics import mean_metrics, rank_metrics
 from thinkrec.eval.protocol import compute_ranks
 from thinkrec.eval.stats import bootstrap_ci, paired_test
-from thinkrec.pipeline.config import RunConfig, dump_run_config, resolve
+from thinkrec.pipeline.config import RunConfig, check_run_config, dump_run_config, resolve
 from thinkrec.pipeline.graph import Graph, Node
 from thinkrec.pipeline.rundir import RunDir
 from thinkrec.pipeline.scorers import SCORERS, active_scorers, candidate_sources
@@ -49,6 +49,7 @@ class Context:
     scorers: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     graph: Graph | None = None
+    data_checked: bool = False  # the data pre-flight ran (thinkrec.pipeline.preflight)
 
     @property
     def root(self) -> Path:
@@ -57,8 +58,21 @@ class Context:
     def get_dataset(self) -> Dataset:
         if self.dataset is None:
             self.graph.ensure("data")
-            self.dataset = Dataset.load(self.root / "data")
+            if self.dataset is None:  # up to date: read back, not rebuilt
+                dataset = Dataset.load(self.root / "data")
+                self.check_data(dataset)
+                self.dataset = dataset
         return self.dataset
+
+    def check_data(self, dataset: Dataset) -> None:
+        """Once per invocation, before any model trains: what the requested stages need of the data
+        (:func:`thinkrec.pipeline.preflight.check_data`); keeps the split it computes."""
+        if not self.data_checked:
+            from thinkrec.pipeline.preflight import check_data
+
+            split = split_of(dataset, self.config)
+            check_data(dataset, self.config, self.requested, split)
+            self.split, self.data_checked = split, True
 
     def get_split(self) -> SequenceSplit:
         if self.split is None:
@@ -114,8 +128,10 @@ def run_data(ctx: Context) -> dict[str, Any]:
 
     d = ctx.config.data
     dataset = load_dataset(d.dataset, d.data_root, format=d.format, **d.options)
+    ctx.split, ctx.data_checked = None, False
+    ctx.check_data(dataset)  # before it is saved and anything trains on it
     dataset.save(ctx.root / "data")
-    ctx.dataset, ctx.split = dataset, None
+    ctx.dataset = dataset
     ctx.log(f"data: {d.dataset} → {dataset.n_users} users, {dataset.n_items} items, {dataset.n_interactions} interactions")
     return {"stats": dataset.stats()}
 
@@ -430,7 +446,7 @@ def run_llm(ctx: Context) -> dict[str, Any]:
     sequences = [split.train_sequence(u) for u in range(split.n_users)]
     train, test = _load_lists(ctx, "train", "test")
     summary = run_llm_stage(catalogue, train, test, sequences, ctx.config.llm, ctx.root / "llm",
-                            log=lambda m: ctx.log(f"llm: {m}"))
+                            log=lambda m: ctx.log(f"llm: {m}"), checkpoint_dir=ctx.checkpoints("stage"))
     return {f"{name}_ndcg@5": m["ndcg@5"] for name, m in summary["metrics"].items()}
 
 
@@ -656,9 +672,7 @@ def run_pipeline(
     The run directory is locked for the call (:meth:`RunDir.lock`): a second run on it waits ``lock_wait``
     seconds, then fails with :class:`RunDirBusy`."""
     wanted = list(stages or config.stages)
-    unknown = [s for s in wanted if s not in STAGE_NAMES]
-    if unknown:
-        raise ValueError(f"unknown stage(s) {unknown}; known: {list(STAGE_NAMES)}")
+    check_run_config(resolve(config), wanted)  # every config error at once, before anything is written
     if config.run.threads:
         torch.set_num_threads(config.run.threads)
     torch.manual_seed(config.run.seed)
