@@ -10,6 +10,7 @@ import torch
 from thinkrec.data.batching import pad_histories
 from thinkrec.data.splits import EvalExamples
 from thinkrec.eval.metrics import mean_metrics, rank_metrics, ranks_from_scores
+from thinkrec.utils.faults import check_finite
 
 # score_fn(users [B], padded history tokens [B, L] (item + 1, 0 = pad)) -> scores [B, n_items]
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -33,6 +34,7 @@ def compute_ranks(
         tokens = torch.from_numpy(pad_histories(examples.offsets, examples.items, rows, max_len)).to(device)
         users = torch.from_numpy(examples.users[rows]).to(device)
         scores = score_fn(users, tokens).float()
+        check_finite(scores, "evaluate", f"batch {start // batch_size}", "scores", allow_neg_inf=True)
         if mask_history:
             scores = _mask_full_history(scores, examples, rows, device)
         targets = torch.from_numpy(examples.targets[rows]).to(device)

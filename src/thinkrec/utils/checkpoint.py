@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from thinkrec.utils.io import atomic_dir
@@ -86,9 +87,9 @@ def load_state(directory: str | Path, device: str = "cpu") -> dict[str, Any]:
     try:
         skeleton = json.loads((directory / "state.json").read_text())
         tensors = load_file(str(directory / "state.safetensors"), device=device)
-    except (OSError, ValueError) as exc:  # truncated / foreign files: a clear error, not a half-loaded state
+        return _decode(skeleton, tensors)
+    except (OSError, ValueError, KeyError, SafetensorError) as exc:  # truncated / foreign files: a clear error, not a half-loaded state
         raise ValueError(f"{directory}: unreadable checkpoint ({exc}); remove it to start the stage over") from None
-    return _decode(skeleton, tensors)
 
 
 # ------------------------------------------------------------------------------------------------------ RNG states

@@ -25,9 +25,13 @@ class NumericalError(RuntimeError):
         self.stage, self.step, self.name = stage, step, name
 
 
-def check_finite(t: torch.Tensor, stage: str, step: int | str, name: str) -> None:
-    """Raise :class:`NumericalError` when ``t`` holds a NaN or an inf."""
-    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+def check_finite(t: torch.Tensor, stage: str, step: int | str, name: str, allow_neg_inf: bool = False) -> None:
+    """Raise :class:`NumericalError` when ``t`` holds a NaN or an inf (``allow_neg_inf``: −inf is allowed, as
+    scores use it for items a scorer excludes)."""
+    if not t.is_floating_point():
+        return
+    bad = torch.isnan(t) | (torch.isposinf(t) if allow_neg_inf else torch.isinf(t))
+    if bool(bad.any()):
         nan, inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
         raise NumericalError(stage, step, name, f"{nan} NaN, {inf} inf of {t.numel()} values")
 
