@@ -126,3 +126,54 @@ def test_nan_scores_stop_evaluation_but_minus_inf_exclusions_do_not():
     evaluate_full_ranking(masked, split.test, ks=(10,))
     with pytest.raises(NumericalError, match="evaluate: non-finite scores at step batch 0"):
         evaluate_full_ranking(lambda u, t: torch.full((len(u), split.n_items), float("nan")), split.test, ks=(10,))
+
+
+# ------------------------------------------------------------------------------------------------ storage faults
+def test_a_full_disk_mid_run_is_one_clear_error_and_earlier_artifacts_stay(tmp_path, monkeypatch):
+    """The data stage finishes; then every write fails as on a full disk: the run stops with a StorageError naming
+    the file, the data stage's artifacts and marker are untouched, and nothing half-written is left."""
+    import errno
+
+    import thinkrec.utils.io as io
+    from thinkrec.errors import StorageError, UserError
+    from thinkrec.pipeline.config import RunConfig
+    from thinkrec.pipeline.run import run_pipeline
+
+    cfg = RunConfig()
+    cfg.data.options = {"n_users": 80, "n_items": 200, "n_impressions": 20}
+    root = run_pipeline(cfg, ["data"], log=lambda m: None, run_dir=tmp_path / "run")
+    before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file() and p.name not in ("log.txt", ".lock")}
+    real_replace = io.os.replace
+
+    def full(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+
+    monkeypatch.setattr(io.os, "replace", full)
+    with pytest.raises(StorageError, match=r"cannot write \(No space left on device\); artifacts written before are intact") as err:
+        run_pipeline(cfg, ["data", "popularity"], log=lambda m: None, run_dir=root)
+    assert isinstance(err.value, UserError)
+    monkeypatch.setattr(io.os, "replace", real_replace)
+    after = {p: p.read_bytes() for p in root.rglob("*") if p.is_file() and p.name not in ("log.txt", ".lock")}
+    assert {p: b for p, b in after.items() if p in before} == before
+    assert not [p for p in root.rglob("*") if ".tmp" in p.name]
+
+
+def test_an_unwritable_run_directory_fails_before_any_work(tmp_path, monkeypatch):
+    import errno
+
+    import thinkrec.pipeline.rundir as rundir
+    from thinkrec.errors import StorageError
+    from thinkrec.pipeline.config import RunConfig
+    from thinkrec.pipeline.run import run_pipeline
+
+    real_open = rundir.os.open
+
+    def read_only(path, *a, **k):
+        if str(path).endswith(".lock"):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr(rundir.os, "open", read_only)
+    with pytest.raises(StorageError, match="Read-only file system"):
+        run_pipeline(RunConfig(), ["data"], log=lambda m: None, run_dir=tmp_path / "run")
+    assert not (tmp_path / "run" / "data").exists()

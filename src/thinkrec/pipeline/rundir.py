@@ -11,15 +11,32 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from thinkrec.errors import BusyError, StorageError
 
-class RunDirBusy(RuntimeError):
+#: errno values that mean "this directory cannot take more writes" rather than a bug
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT}
+
+
+class RunDirBusy(BusyError):
     """Another process holds the run directory's lock."""
+
+
+def storage_error(exc: OSError, root: Path) -> StorageError:
+    """A clear one-line error for a write that failed for lack of space or permission."""
+    where = exc.filename or root
+    return StorageError(f"{where}: cannot write ({exc.strerror or exc}); artifacts written before are intact "
+                        "(every write is atomic) — free space or fix permissions and rerun: finished stages are reused")
 
 
 class RunDir:
     def __init__(self, root: str | Path):
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            if exc.errno in STORAGE_ERRNOS:
+                raise storage_error(exc, self.root) from exc
+            raise
         self.logger = logging.getLogger(f"thinkrec.run.{self.root.resolve()}")  # one logger per folder, not per name
         self.logger.setLevel(logging.INFO)
         self.logger.propagate = False
@@ -48,7 +65,12 @@ class RunDir:
         then fails naming the holder. The kernel drops the lock when its holder dies (even by SIGKILL), so a killed
         run never leaves the directory locked."""
         path = self.root / ".lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            if exc.errno in STORAGE_ERRNOS:
+                raise storage_error(exc, self.root) from exc
+            raise
         try:
             deadline = time.monotonic() + wait
             while True:

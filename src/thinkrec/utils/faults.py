@@ -15,8 +15,10 @@ import signal
 
 import torch
 
+from thinkrec.errors import UserError
 
-class NumericalError(RuntimeError):
+
+class NumericalError(UserError, RuntimeError):
     """A NaN / inf where training or scoring needs finite numbers; names the stage, step and tensor."""
 
     def __init__(self, stage: str, step: int | str, name: str, detail: str):
