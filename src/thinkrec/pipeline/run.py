@@ -424,7 +424,7 @@ def summarize_rerank(ctx: Context) -> None:
         results["models"][name], results["valid"][name] = m["test"], m["valid"]
         if m.get("profile"):
             results["profiles"][name] = m["profile"]
-        per_list[name] = np.load(out / name / "per_list.npz")["ndcg5"]
+        per_list[name] = np.load(out / name / "per_list.npz", allow_pickle=False)["ndcg5"]
     if "eglr" in per_list:
         results["paired_tests_ndcg@5"] = {
             f"eglr_vs_{o}": paired_test(per_list["eglr"], v, ctx.config.eval.bootstrap, seed=ctx.config.run.seed)
@@ -534,7 +534,7 @@ def funnel_test_ranks(ctx: Context) -> dict[str, np.ndarray]:
         f = ctx.root / "rerank" / name / "per_list.npz"
         if name == "initial" or not f.exists():
             continue
-        orders = np.load(f)["orders"].astype(np.int64)
+        orders = np.load(f, allow_pickle=False)["orders"].astype(np.int64)
         shown = np.take_along_axis(test.labels, orders, 1) * np.take_along_axis(test.mask, orders, 1)
         out[name] = first_hit_ranks(shown)
     return out
