@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console, ConsoleDimensions
@@ -68,6 +69,7 @@ def _terminal_width() -> int:
 
 
 console = CliConsole()
+P, R = ParamSpec("P"), TypeVar("R")
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML preset (configs/*.yaml).")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a config value: key.sub=value (repeatable).")]
@@ -84,9 +86,47 @@ def _fail(msg: str) -> None:
     raise typer.Exit(2)
 
 
+#: Printed under the traceback of an internal error (exit code 1).
+BUG_HINT = ("This is a bug in thinkrec, not a mistake in your config or data. Please report it with the traceback "
+            "above, the command you ran and its config.yaml.")
+
+
+@contextlib.contextmanager
+def _reported() -> Iterator[None]:
+    """User errors (:class:`thinkrec.errors.UserError`: a bad config value, bad or insufficient data, a missing
+    file or an unknown name the user gave) print their one-line message and exit with code 2; any other
+    exception is an internal error: its traceback and :data:`BUG_HINT` go to stderr, exit code 1."""
+    import sys
+    import traceback
+
+    from thinkrec.errors import UserError
+
+    try:
+        yield
+    except (typer.Exit, typer.Abort, KeyboardInterrupt):
+        raise
+    except UserError as exc:
+        _fail(str(exc))
+    except Exception as exc:
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        print(tb, end="", file=sys.stderr)
+        print(f"internal error: {type(exc).__name__}: {exc}\n{BUG_HINT}", file=sys.stderr)
+        raise typer.Exit(1) from None
+
+
+def _reported_command(fn: Callable[P, R]) -> Callable[P, R]:
+    """A command whose whole body runs under :func:`_reported` (typer reads the signature through ``wraps``)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        with _reported():
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
 def _load_config(config: Path | None, sets: list[str] | None, dataset: str | None = None, data_root: str | None = None, name: str | None = None):
     from thinkrec.pipeline.config import load_run_config
-    from thinkrec.utils.config import ConfigError
 
     overrides = list(sets or [])
     if dataset:
@@ -95,10 +135,7 @@ def _load_config(config: Path | None, sets: list[str] | None, dataset: str | Non
         overrides.append(f"data.data_root={data_root}")
     if name:
         overrides.append(f"run.name={name}")
-    try:
-        cfg = load_run_config(config, overrides)
-    except ConfigError as exc:
-        _fail(str(exc))
+    cfg = load_run_config(config, overrides)
     if cfg.run.name == "default" and not name:
         cfg.run.name = Path(cfg.data.dataset).name
     return cfg
@@ -133,16 +170,14 @@ def _progress() -> Iterator:
             yield update
 
 
-def _run(cfg, stages: list[str] | None = None, run_dir: Path | None = None) -> Path:
-    from thinkrec.data.dataset import DataFormatError
+def _run(cfg, stages: list[str] | None = None, run_dir: Path | None = None, lock_wait: float = 0.0) -> Path:
+    """The pipeline: the whole config is checked before any work starts, the data right after it loads (the
+    commands run under :func:`_reported`: user errors print one line, internal ones their traceback)."""
     from thinkrec.pipeline.run import run_pipeline
 
-    try:
-        with _progress() as update:
-            return run_pipeline(cfg, stages, log=lambda m: console.print(m, highlight=False), progress=update, run_dir=run_dir)
-    except (DataFormatError, FileNotFoundError, KeyError, ValueError) as exc:
-        _fail(str(exc).strip("'\""))
-    raise AssertionError  # unreachable
+    with _progress() as update:
+        return run_pipeline(cfg, stages, log=lambda m: console.print(m, highlight=False), progress=update, run_dir=run_dir,
+                            lock_wait=lock_wait)
 
 
 def _fmt4(v: object) -> str:
@@ -188,6 +223,8 @@ def _short_metric(k: str) -> str:
 def _print_metrics(root: Path) -> None:
     from thinkrec.utils.io import read_json
 
+    if not (root / "metrics.json").exists():  # a run without the evaluate stage
+        return
     m = read_json(root / "metrics.json")["test"]
     models = [k for k in m if k not in ("paired_tests", "funnel")]
     if not models:
@@ -220,20 +257,19 @@ def _print_paired(title: str, tests: dict, p_key: str) -> None:
 
 
 @data_app.command("stats")
+@_reported_command
 def data_stats(dataset: DatasetOpt = "synthetic", data_root: RootOpt = None, format_: FormatOpt = None) -> None:
     """Print users, items, interactions and sequence statistics of a dataset."""
-    from thinkrec.data import DataFormatError, load_dataset
+    from thinkrec.data import load_dataset
 
-    try:
-        ds = load_dataset(dataset or "synthetic", data_root, format=format_)
-    except (DataFormatError, FileNotFoundError, KeyError, ValueError) as exc:
-        _fail(str(exc).strip("'\""))
+    ds = load_dataset(dataset or "synthetic", data_root, format=format_)
     stats = ds.stats()
     print_table(f"dataset {ds.name}", "statistic", ["value"], [
         (k, [f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else _fmt4(v)], None) for k, v in stats.items()])
 
 
 @data_app.command("prepare")
+@_reported_command
 def data_prepare(
     dataset: DatasetOpt = "synthetic",
     data_root: RootOpt = None,
@@ -241,18 +277,16 @@ def data_prepare(
     out: Annotated[Path | None, typer.Option(help="Output folder (default runs/<dataset>/data).")] = None,
 ) -> None:
     """Load a dataset and write it as parquet (interactions, items, users[, impressions]) + meta.json."""
-    from thinkrec.data import DataFormatError, load_dataset
+    from thinkrec.data import load_dataset
 
-    try:
-        ds = load_dataset(dataset or "synthetic", data_root, format=format_)
-    except (DataFormatError, FileNotFoundError, KeyError, ValueError) as exc:
-        _fail(str(exc).strip("'\""))
+    ds = load_dataset(dataset or "synthetic", data_root, format=format_)
     target = out or Path("runs") / Path(dataset or "synthetic").name / "data"
     ds.save(target)
     console.print(f"wrote {target} ({ds.n_users:,} users, {ds.n_items:,} items, {ds.n_interactions:,} interactions)")
 
 
 @train_app.command("sasrec")
+@_reported_command
 def train_sasrec_cmd(
     config: ConfigOpt = None, set_: SetOpt = None, dataset: DatasetOpt = None, data_root: RootOpt = None,
     name: Annotated[str | None, typer.Option(help="Run name (folder under run.out_dir).")] = None,
@@ -264,6 +298,7 @@ def train_sasrec_cmd(
 
 
 @train_app.command("retriever")
+@_reported_command
 def train_retriever_cmd(
     config: ConfigOpt = None, set_: SetOpt = None, dataset: DatasetOpt = None, data_root: RootOpt = None,
     model: Annotated[str, typer.Option("--model", "-m", help="tiger | s2gr (`thinkrec models`)")] = "s2gr",
@@ -298,6 +333,7 @@ def _print_rerank(root: Path) -> None:
 
 
 @train_app.command("reranker")
+@_reported_command
 def train_reranker_cmd(
     config: ConfigOpt = None, set_: SetOpt = None, dataset: DatasetOpt = None, data_root: RootOpt = None,
     model: Annotated[str, typer.Option("--model", "-m", help="eglr | prm | dlcm | seq2slate | egrerank | dnn")] = "eglr",
@@ -332,6 +368,7 @@ def _print_llm(root: Path) -> None:
 
 
 @train_app.command("llm-reranker")
+@_reported_command
 def train_llm_reranker_cmd(
     config: ConfigOpt = None, set_: SetOpt = None, dataset: DatasetOpt = None, data_root: RootOpt = None,
     name: Annotated[str | None, typer.Option(help="Run name (folder under run.out_dir).")] = None,
@@ -346,6 +383,7 @@ def train_llm_reranker_cmd(
 
 
 @app.command("serve-teacher")
+@_reported_command
 def serve_teacher_cmd(
     model: Annotated[str, typer.Option("--model", "-m", help="Hugging Face causal-LM path (or gemma3-270m).")],
     radix: Annotated[str, typer.Option(help="SID codes per level, comma-separated (adds the SID tokens).")] = "256,256,256",
@@ -377,6 +415,7 @@ def _read_users(spec: str, funnel) -> list[str]:
 
 
 @app.command("recommend")
+@_reported_command
 def recommend_cmd(
     run: Annotated[Path, typer.Option("--run", "-r", help="Trained run directory.")],
     user: Annotated[list[str] | None, typer.Option("--user", "-u", help="User id as in the dataset (repeatable).")] = None,
@@ -396,24 +435,18 @@ def recommend_cmd(
 
     import thinkrec
 
-    try:
-        funnel = thinkrec.load(run, device)
-    except FileNotFoundError as exc:
-        _fail(str(exc))
+    funnel = thinkrec.load(run, device)
     ids = list(user or []) + (_read_users(users, funnel) if users else [])
     if not ids:
         _fail("give --user ID (repeatable) or --users FILE|all")
     rerank = None if no_rerank else True
     results = []
     t0 = time.perf_counter()
-    try:
-        with _progress() as update:
-            for lo in range(0, len(ids), batch_size):
-                results += funnel.recommend(users=ids[lo: lo + batch_size], k=k, explain=explain, exclude_seen=exclude_seen,
-                                            as_of=as_of, retriever=retriever, reranker=rerank, batch_size=batch_size)
-                update("recommend", min(lo + batch_size, len(ids)), len(ids))
-    except (KeyError, ValueError) as exc:
-        _fail(str(exc).strip("'\""))
+    with _progress() as update:
+        for lo in range(0, len(ids), batch_size):
+            results += funnel.recommend(users=ids[lo: lo + batch_size], k=k, explain=explain, exclude_seen=exclude_seen,
+                                        as_of=as_of, retriever=retriever, reranker=rerank, batch_size=batch_size)
+            update("recommend", min(lo + batch_size, len(ids)), len(ids))
     wall = time.perf_counter() - t0
     if out is not None:
         import polars as pl
@@ -455,6 +488,7 @@ def recommend_cmd(
 
 
 @app.command("models")
+@_reported_command
 def models_cmd() -> None:
     """List every registered model family and dataset format, one line each."""
     from thinkrec.data.registry import DATASETS, FORMATS
@@ -476,6 +510,7 @@ def models_cmd() -> None:
 
 
 @app.command("tokenize")
+@_reported_command
 def tokenize_cmd(
     config: ConfigOpt = None, set_: SetOpt = None, dataset: DatasetOpt = None, data_root: RootOpt = None,
     method: Annotated[str | None, typer.Option("--method", "-m", help="rqkmeans | rqkmeans_balanced | rqvae | coba")] = None,
@@ -492,6 +527,7 @@ def tokenize_cmd(
 
 
 @app.command("evaluate")
+@_reported_command
 def evaluate_cmd(
     run: Annotated[Path, typer.Option("--run", "-r", help="Run directory to evaluate.")],
     set_: SetOpt = None,
@@ -505,25 +541,29 @@ def evaluate_cmd(
 
 
 @app.command("run")
+@_reported_command
 def run_cmd(
     config: ConfigOpt = None, set_: SetOpt = None, dataset: DatasetOpt = None, data_root: RootOpt = None,
     name: Annotated[str | None, typer.Option(help="Run name (folder under run.out_dir).")] = None,
     with_llm: Annotated[bool, typer.Option("--with-llm", help="Also run stage 4, the GR2 LLM re-ranker (needs the llm extra).")] = False,
+    wait: Annotated[float, typer.Option("--wait", help="Seconds to wait while another run holds the run directory.")] = 0.0,
 ) -> None:
     """Run the whole funnel: data → baselines → Semantic IDs → retrieval → re-ranking (→ LLM re-ranking) →
-    evaluation → report."""
+    evaluation → report. A killed run resumes where it stopped when rerun (every trainer checkpoints)."""
     cfg = _load_config(config, set_, dataset, data_root, name)
     stages = list(cfg.stages)
     if with_llm and "llm" not in stages:
         stages.insert(stages.index("rerank") + 1 if "rerank" in stages else len(stages), "llm")
-    root = _run(cfg, stages)
+    root = _run(cfg, stages, lock_wait=wait)
     _print_metrics(root)
     _print_rerank(root)
     _print_llm(root)
-    console.print(f"report: {root / 'report.md'}, {root / 'report.html'}")
+    if (root / "report.md").exists():
+        console.print(f"report: {root / 'report.md'}, {root / 'report.html'}")
 
 
 @app.command("serve")
+@_reported_command
 def serve_cmd(
     run: Annotated[Path, typer.Option("--run", "-r", help="Trained run directory (thinkrec run wrote it).")],
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
@@ -543,15 +583,12 @@ def serve_cmd(
         _fail(f"serving needs the serve extra: pip install -e '.[serve]' ({e})")
     if not (run / "config.yaml").exists():
         _fail(f"{run}: not a run directory (no config.yaml); train one with `thinkrec run`")
-    try:
-        batching = BatcherConfig(window_ms=window_ms, max_batch=max_batch, max_queue=max_queue)
-        batching.check()
-    except ValueError as e:
-        _fail(str(e))
+    from thinkrec.utils.config import check_valid
+
+    batching = BatcherConfig(window_ms=window_ms, max_batch=max_batch, max_queue=max_queue)
+    config = check_valid(ServeConfig(batching=batching, per_source=per_source), "serve")
     console.print(f"serving {run} at http://{host}:{port}/ (API docs at /docs; Ctrl-C to stop)")
-    if per_source is not None and per_source < 1:
-        _fail(f"--per-source must be ≥ 1, got {per_source}")
-    serve(run, host, port, ServeConfig(batching=batching, per_source=per_source), device=device, log_level=log_level)
+    serve(run, host, port, config, device=device, log_level=log_level)
 
 
 def main() -> None:

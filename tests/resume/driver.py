@@ -34,7 +34,6 @@ def _clean(history: list[dict]) -> list[dict]:
 
 def _sasrec(ck: Path) -> tuple[dict, list]:
     from tests.baselines.test_sasrec import _planted
-
     from thinkrec.baselines.sasrec import SASRecConfig, train_sasrec
     from thinkrec.data.splits import leave_one_out
 
@@ -46,7 +45,6 @@ def _sasrec(ck: Path) -> tuple[dict, list]:
 
 def _quantizer(method: str, ck: Path) -> tuple[dict, list]:
     from tests.tokenize.test_quantizers import _sequences, planted
-
     from thinkrec.tokenize.coba import CoBa
     from thinkrec.tokenize.rqvae import RQVAE
 
@@ -69,8 +67,14 @@ def _quantizer(method: str, ck: Path) -> tuple[dict, list]:
 
 def _rerank(ck: Path) -> tuple[dict, list]:
     from thinkrec.data.synthetic import SyntheticConfig, generate
-    from thinkrec.rerank import RerankModelConfig, RerankTrainConfig, impression_lists, temporal_thirds, train_evaluator
-    from thinkrec.rerank import train_reranker
+    from thinkrec.rerank import (
+        RerankModelConfig,
+        RerankTrainConfig,
+        impression_lists,
+        temporal_thirds,
+        train_evaluator,
+        train_reranker,
+    )
 
     lists, _ = impression_lists(generate(SyntheticConfig(n_users=120, n_items=100, n_impressions=240, seed=3)))
     tr, va, _ = temporal_thirds(lists)
@@ -86,7 +90,6 @@ def _rerank(ck: Path) -> tuple[dict, list]:
 def _llm(ck: Path) -> tuple[dict, list]:
     """The whole GR2 stage (alignment, SFT on target and reject traces, DAPO) on a tiny random Qwen3."""
     from tests.llm import fixtures
-
     from thinkrec.llm.stage import LLMStageConfig, LoraSettings, run_llm_stage
     from thinkrec.llm.train import DAPOSettings, SFTSettings
 

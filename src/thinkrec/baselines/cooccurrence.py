@@ -18,16 +18,16 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 from thinkrec.data.splits import SequenceSplit
-from thinkrec.utils.config import from_dict
+from thinkrec.utils.config import from_dict, spec
 from thinkrec.utils.io import atomic_path, read_json, write_json
 
 
 @dataclass
 class CooccurrenceConfig:
-    window: int = 3  # pairs up to this many steps apart count
-    backward: float = 0.5  # weight of the reverse direction (j before i)
-    history: int = 5  # most recent history items whose rows are summed
-    decay: float = 0.6  # weight of a history item = decay ** age
+    window: int = spec(3, ge=1)  # pairs up to this many steps apart count
+    backward: float = spec(0.5, ge=0.0)  # weight of the reverse direction (j before i)
+    history: int = spec(5, ge=1)  # most recent history items whose rows are summed
+    decay: float = spec(0.6, ge=0.0, le=1.0)  # weight of a history item = decay ** age
 
 
 class Cooccurrence:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from thinkrec.errors import DataFormatError  # noqa: F401  (re-exported: loaders import it from here)
 from thinkrec.utils.io import atomic_dir, write_json
 
 INTERACTION_SCHEMA: dict[str, pl.DataType] = {
@@ -54,18 +55,6 @@ IMPRESSION_SCHEMA: dict[str, pl.DataType] = {
     "clicks": pl.List(pl.Int8),
 }
 
-
-class DataFormatError(ValueError):
-    """Bad input data; the message names the file, and the line and field where known."""
-
-    def __init__(self, path: str | Path, message: str, line: int | None = None, field: str | None = None):
-        where = str(path)
-        if line is not None:
-            where += f", line {line}"
-        if field is not None:
-            where += f", field '{field}'"
-        super().__init__(f"{where}: {message}")
-        self.path, self.line, self.field = str(path), line, field
 
 
 @dataclass
@@ -166,6 +155,83 @@ class Dataset:
         offsets = np.zeros(self.n_users + 1, dtype=np.int64)
         np.cumsum(per_user, out=offsets[1:])
         return offsets, self.interactions["item"].to_numpy().astype(np.int64)
+
+    def validate(self) -> Dataset:
+        """Check the invariants every stage relies on; returns ``self``, raises :class:`DataFormatError` naming the
+        dataset's source and the frame / column otherwise.
+
+        * ``interactions`` has exactly :data:`INTERACTION_SCHEMA`, at least one row, no missing user / item / ts,
+          ids in range, and is sorted by (user, ts); ratings are finite where given;
+        * ``users`` / ``items`` number their rows ``0..n-1`` with distinct, non-missing original ids;
+          ``items`` has the :data:`CATALOG_COLUMNS` with their dtypes, ``title`` / ``brand`` / ``description`` /
+          ``categories`` never missing, prices finite where given;
+        * ``impressions`` (when present) has :data:`IMPRESSION_SCHEMA`, known users and items, as many 0/1 click
+          labels as items and at least one item per impression.
+        """
+        src = str(self.meta.get("source") or self.name)
+
+        def fail(what: str, frame: str, col: str | None = None) -> None:
+            raise DataFormatError(src, f"invalid dataset: {what}", field=f"{frame}.{col}" if col else frame)
+
+        inter, n_users, n_items = self.interactions, self.n_users, self.n_items
+        if dict(inter.schema) != INTERACTION_SCHEMA:
+            fail(f"schema {dict(inter.schema)} != {INTERACTION_SCHEMA}", "interactions")
+        if inter.height == 0:
+            fail("no interactions", "interactions")
+        for col in ("user", "item", "ts"):
+            if inter[col].null_count():
+                fail("missing values", "interactions", col)
+        for col, n in (("user", n_users), ("item", n_items)):
+            lo, hi = inter[col].min(), inter[col].max()
+            if lo < 0 or hi >= n:  # type: ignore[operator]
+                fail(f"ids outside 0..{n - 1} (min {lo}, max {hi})", "interactions", col)
+        rating = inter["rating"].drop_nulls()
+        if rating.len() and not rating.is_finite().all():
+            fail("non-finite rating", "interactions", "rating")
+        u, t = pl.col("user"), pl.col("ts")  # compared, not subtracted: ts may span the whole 64-bit range
+        order = inter.select((u > u.shift(1)) | ((u == u.shift(1)) & (t >= t.shift(1))))
+        if not order.to_series()[1:].all():
+            fail("not sorted by (user, ts)", "interactions")
+        for frame, key, idcol, n in (("users", "user", "user_id", n_users), ("items", "item", "item_id", n_items)):
+            table: pl.DataFrame = getattr(self, frame)
+            if key not in table.columns or idcol not in table.columns:
+                fail(f"needs columns {key!r} and {idcol!r}", frame)
+            if table.schema[key] != pl.Int32 or table.schema[idcol] != pl.Utf8:
+                fail(f"dtypes {table.schema[key]} / {table.schema[idcol]}, expected Int32 / Utf8", frame)
+            if not table[key].equals(pl.Series(key, range(n), dtype=pl.Int32)):
+                fail(f"rows are not numbered 0..{n - 1}", frame, key)
+            if table[idcol].null_count() or table[idcol].n_unique() != n:
+                fail("original ids missing or repeated", frame, idcol)
+        for col, dtype in CATALOG_COLUMNS.items():
+            if col not in self.items.columns or self.items.schema[col] != dtype:
+                fail(f"expected dtype {dtype}", "items", col)
+            if col in ("title", "brand", "description", "categories") and self.items[col].null_count():
+                fail("missing values", "items", col)
+        price = self.items["price"].drop_nulls()
+        if price.len() and not price.is_finite().all():
+            fail("non-finite price", "items", "price")
+        imps = self.impressions
+        if imps is not None:
+            if dict(imps.schema) != IMPRESSION_SCHEMA:
+                fail(f"schema {dict(imps.schema)} != {IMPRESSION_SCHEMA}", "impressions")
+            for col in IMPRESSION_SCHEMA:
+                if imps[col].null_count():
+                    fail("missing values", "impressions", col)
+            if imps.height:
+                if imps["user"].min() < 0 or imps["user"].max() >= n_users:  # type: ignore[operator]
+                    fail("unknown users", "impressions", "user")
+                for col in ("items", "history"):
+                    flat = imps[col].explode().drop_nulls()
+                    if flat.len() and (flat.min() < 0 or flat.max() >= n_items):  # type: ignore[operator]
+                        fail("unknown items", "impressions", col)
+                if (imps["items"].list.len() == 0).any():
+                    fail("an impression without items", "impressions", "items")
+                if not (imps["items"].list.len() == imps["clicks"].list.len()).all():
+                    fail("as many click labels as items expected", "impressions", "clicks")
+                labels = imps["clicks"].explode()
+                if not labels.is_in([0, 1]).all():
+                    fail("click labels must be 0 or 1", "impressions", "clicks")
+        return self
 
     def stats(self) -> dict[str, Any]:
         lengths = self.interactions.group_by("user").len()["len"]

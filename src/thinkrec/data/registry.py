@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from thinkrec.data.dataset import Dataset
+from thinkrec.errors import DataFormatError, MissingInputError, UnknownNameError, UserError
 from thinkrec.utils.registry import Registry
 
 __all__ = [
@@ -150,7 +151,7 @@ def detect_format(path: str | Path) -> str:
     for entry in FORMATS.entries():
         if entry.obj.detect(p):
             return entry.name
-    raise ValueError(f"{p}: cannot tell the dataset format; pass format= one of {', '.join(FORMATS)}")
+    raise DataFormatError(p, f"cannot tell the dataset format; pass format= one of {', '.join(FORMATS)}")
 
 
 # ---------------------------------------------------------------------------------------------- named datasets
@@ -269,7 +270,20 @@ def load_dataset(
     loaded by that format's loader; otherwise a prepared folder, then a named dataset, then an existing path
     whose format is detected. ``options`` go to the loader (e.g. ``user_col=`` for ``format="csv"``,
     ``keep_all_items=True`` for MovieLens/MIND, generator settings for ``synthetic``).
+
+    A name that resolves to nothing raises :class:`~thinkrec.errors.UnknownNameError`; a file the loader needs
+    and cannot find, :class:`~thinkrec.errors.MissingInputError` (both user errors, and a ``KeyError`` /
+    ``FileNotFoundError`` as before).
     """
+    try:
+        return _load_dataset(name, data_root, format, **options)
+    except FileNotFoundError as exc:
+        if isinstance(exc, UserError):
+            raise
+        raise MissingInputError(str(exc)) from exc
+
+
+def _load_dataset(name: str | Path, data_root: str | Path | None, format: str | None, **options: Any) -> Dataset:
     as_path = Path(name)
     if format is not None:
         fmt = FORMATS.get(format)
@@ -288,7 +302,7 @@ def load_dataset(
         return DATASETS.get(name)(resolve_data_root(data_root), **options)
     if as_path.exists():
         return FORMATS.get(detect_format(as_path)).load(as_path, **options)
-    raise KeyError(
+    raise UnknownNameError(
         f"unknown dataset {str(name)!r}; known: {', '.join(sorted(DATASETS))}, "
         "a prepared folder, or a path (with format= one of " + ", ".join(FORMATS) + ")"
     )

@@ -10,24 +10,26 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from thinkrec.llm.sid_tokens import sid_vocabulary
+from thinkrec.utils.config import spec
 
 GEMMA_GGUF_NAME = "gemma3-270m-q4_k_m.gguf"
 
 
 @dataclass
 class LoraSettings:
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.0
-    target_modules: list[str] | str = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj",
-                                                                      "gate_proj", "up_proj", "down_proj"])
+    r: int = spec(16, ge=1)
+    alpha: int = spec(32, ge=1)
+    dropout: float = spec(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] | str = spec(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj",
+                                                                     "gate_proj", "up_proj", "down_proj"], min_len=1,
+                                           check=lambda v: None if v else "must name at least one module")
     train_new_embeddings: bool = True  # the SID token rows of the (tied) embedding train alongside the adapters
 
 

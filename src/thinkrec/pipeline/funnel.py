@@ -18,6 +18,7 @@ import torch
 
 from thinkrec.data.batching import pad_histories
 from thinkrec.data.dataset import Dataset
+from thinkrec.errors import InvalidArgumentError, MissingInputError, UnknownNameError
 from thinkrec.eval.metrics import mean_metrics, rank_metrics
 from thinkrec.eval.protocol import compute_ranks
 from thinkrec.pipeline.config import RunConfig, load_run_config, resolve
@@ -165,7 +166,7 @@ class Funnel:
     def __init__(self, run_dir: str | Path, device: str | None = None):
         self.root = Path(run_dir)
         if not (self.root / "config.yaml").exists():
-            raise FileNotFoundError(f"{self.root}: not a run directory (no config.yaml)")
+            raise MissingInputError(f"{self.root}: not a run directory (no config.yaml)")
         cfg = load_run_config(self.root / "config.yaml")
         if device is not None:
             cfg.run.device = device
@@ -212,7 +213,7 @@ class Funnel:
             spec = SCORERS.get(name)
             folder = self.root / spec.folder(name)
             if not (folder / "config.json").exists():
-                raise ValueError(f"{folder}: no trained {name} in this run (trained: {', '.join(self.models['scorers'])})")
+                raise InvalidArgumentError(f"{folder}: no trained {name} in this run (trained: {', '.join(self.models['scorers'])})")
             self._scorers[name] = spec.load(folder, self.device)
         return self._scorers[name]
 
@@ -222,7 +223,7 @@ class Funnel:
         if name not in self._rerankers:
             folder = self.root / "rerank" / name
             if not (folder / "config.json").exists():
-                raise ValueError(f"{folder}: no trained re-ranker {name!r} (trained: {', '.join(self.models['rerankers'])})")
+                raise InvalidArgumentError(f"{folder}: no trained re-ranker {name!r} (trained: {', '.join(self.models['rerankers'])})")
             self._rerankers[name] = load_reranker(folder, self.device)[1]
         return self._rerankers[name]
 
@@ -238,13 +239,13 @@ class Funnel:
     def user_index(self, user: str | int) -> int:
         key = str(user)
         if key not in self._user_index:
-            raise KeyError(f"unknown user {user!r} in {self.root / 'data'} ({len(self._user_index)} users)")
+            raise UnknownNameError(f"unknown user {user!r} in {self.root / 'data'} ({len(self._user_index)} users)")
         return self._user_index[key]
 
     def item_indices(self, item_ids: list[str | int]) -> np.ndarray:
         unknown = [i for i in item_ids if str(i) not in self._item_index]
         if unknown:
-            raise KeyError(f"unknown item id(s) {unknown[:20]} in {self.root / 'data'}")
+            raise UnknownNameError(f"unknown item id(s) {unknown[:20]} in {self.root / 'data'}")
         return np.array([self._item_index[str(i)] for i in item_ids], dtype=np.int64)
 
     def history_of(self, user: int, as_of: str | None = None) -> np.ndarray:
@@ -252,11 +253,11 @@ class Funnel:
         if as_of is None:
             return self._seq[self._offsets[user]: self._offsets[user + 1]]
         if as_of not in ("test", "valid"):
-            raise ValueError(f"as_of must be None, 'test' or 'valid', got {as_of!r}")
+            raise InvalidArgumentError(f"as_of must be None, 'test' or 'valid', got {as_of!r}")
         ex = getattr(self.split, as_of)
         index = self._example_index.setdefault(as_of, {int(u): i for i, u in enumerate(ex.users)})
         if user not in index:
-            raise KeyError(f"user {self._user_ids[user]!r} has no {as_of} example")
+            raise UnknownNameError(f"user {self._user_ids[user]!r} has no {as_of} example")
         return ex.history(index[user])
 
     # -- the funnel
@@ -288,12 +289,12 @@ class Funnel:
         exclude_seen = self.config.eval.mask_history if exclude_seen is None else exclude_seen
         retriever = retriever or self.record.get("retriever")
         if retriever is None:
-            raise ValueError(f"{self.root}: no trained retriever")
+            raise InvalidArgumentError(f"{self.root}: no trained retriever")
         if reranker is True:
             reranker = self.record.get("reranker")
         reranker = reranker or None
         if k < 1:
-            raise ValueError(f"k must be ≥ 1, got {k}")
+            raise InvalidArgumentError(f"k must be ≥ 1, got {k}")
         n_cand = max(k, self.config.rerank.k) if reranker else k
         timings = {} if timings is None else timings
         out: list[UserRecommendations] = []
@@ -306,12 +307,12 @@ class Funnel:
         """Resolve original user ids (their history, see :meth:`recommend`) or original-id histories; raises
         ``KeyError`` naming unknown users / items."""
         if (users is None) == (histories is None):
-            raise ValueError("give exactly one of users= or histories=")
+            raise InvalidArgumentError("give exactly one of users= or histories=")
         if users is not None:
             idx = np.array([self.user_index(u) for u in users], dtype=np.int64)
             return Requests(idx, [self.history_of(int(u), as_of) for u in idx])
         if as_of is not None:
-            raise ValueError("as_of applies to users=, not to histories=")
+            raise InvalidArgumentError("as_of applies to users=, not to histories=")
         return Requests(np.full(len(histories), -1, np.int64), [self.item_indices(list(h)) for h in histories])
 
     @property

@@ -23,6 +23,7 @@ from safetensors.numpy import load_file, save_file
 
 from thinkrec.data.dataset import Dataset
 from thinkrec.data.splits import EvalExamples, SequenceSplit
+from thinkrec.errors import DataRequirementError
 from thinkrec.utils.io import atomic_dir
 
 FEATURES = (
@@ -318,7 +319,7 @@ def impression_requests(dataset: Dataset, max_len: int = 50) -> ImpressionReques
     """Every logged impression (display order = initial order), truncated to ``max_len`` shown items."""
     imps = dataset.impressions
     if imps is None or imps.height == 0:
-        raise ValueError(f"dataset {dataset.name!r} has no impressions")
+        raise DataRequirementError(f"dataset {dataset.name!r} has no impressions")
     imps = imps.sort(["ts", "impression"])
     lists = [np.asarray(x, dtype=np.int64)[:max_len] for x in imps["items"].to_list()]
     clicks = [np.asarray(x, dtype=np.float32)[:max_len] for x in imps["clicks"].to_list()]

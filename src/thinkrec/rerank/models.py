@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from thinkrec.rerank.lists import N_FEATURES
+from thinkrec.utils.config import spec
 from thinkrec.utils.registry import Registry
 
 NEG = -1e9
@@ -21,27 +22,32 @@ NEG = -1e9
 
 @dataclass
 class RerankModelConfig:
-    d_model: int = 64
-    n_heads: int = 2
-    n_layers: int = 1
-    dropout: float = 0.3
+    d_model: int = spec(64, ge=1)
+    n_heads: int = spec(2, ge=1)
+    n_layers: int = spec(1, ge=1)
+    dropout: float = spec(0.3, ge=0.0, lt=1.0)
     item_embedding: bool = False  # learned item-id embedding (off: category + features only; ids overfit small logs)
     # EGLR (generator only)
-    s_max: int = 3  # most latent reasoning steps per list position (0 = Seq2Slate / EG-Rerank)
-    entropy_threshold: float = 1.5  # H_th in nats: reason while H_k > H_th ...
-    entropy_quantile: float | None = 0.6  # ... or, when set, H_th is re-calibrated after each training epoch to this
+    s_max: int = spec(3, ge=0)  # most latent reasoning steps per list position (0 = Seq2Slate / EG-Rerank)
+    entropy_threshold: float = spec(1.5, ge=0.0)  # H_th in nats: reason while H_k > H_th ...
+    entropy_quantile: float | None = spec(0.6, ge=0.0, le=1.0)  # ... or, when set, H_th is re-calibrated after each training epoch to this
     #   quantile of the pre-reasoning entropies on training lists (reason at the most uncertain 40 % of positions)
     always_reason: bool = False  # ablation: S_max steps at every position, no gate
     dynamic_temperature: bool = True
-    temperature: float = 1.0  # base temperature τ0
-    reason_temp_gain: float = 1.0  # τ_reason = τ0 (1 + gain · H/log n): explore on reasoning steps
-    select_temp_gain: float = 1.0  # τ_select = τ0 / (1 + gain · H/log n): exploit on selection
-    max_decode: int = 10  # positions decoded step by step; the rest follow the last step's scores
+    temperature: float = spec(1.0, gt=0.0)  # base temperature τ0
+    reason_temp_gain: float = spec(1.0, ge=0.0)  # τ_reason = τ0 (1 + gain · H/log n): explore on reasoning steps
+    select_temp_gain: float = spec(1.0, ge=0.0)  # τ_select = τ0 / (1 + gain · H/log n): exploit on selection
+    max_decode: int = spec(10, ge=1)  # positions decoded step by step; the rest follow the last step's scores
     static_score: bool = False  # generator logits = a static per-candidate score + the state-dependent pointer
     # A reasoning step moves the state by a learned fraction of the GRU's update, starting at 0 (ReZero-style): the
     # untrained reasoning path leaves the pointer exactly as without reasoning, so training can only add to it.
     reason_residual: bool = False
-    n_features: int = 0  # width of the lists' candidate features (0 = FEATURES; merged candidates add per-source ones)
+    n_features: int = spec(0, ge=0)  # width of the lists' candidate features (0 = FEATURES; merged candidates add per-source ones)
+
+    def _checks(self) -> list[tuple[str, str]]:
+        if self.d_model % self.n_heads:
+            return [("n_heads", f"must divide d_model {self.d_model} (got {self.n_heads})")]
+        return []
 
 
 class CandidateEncoder(nn.Module):

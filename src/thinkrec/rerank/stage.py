@@ -46,23 +46,38 @@ from thinkrec.retrieval.candidates import (
     CandidateSet,
     scorer_top_k,  # noqa: F401  (re-exported: the stage's callers use it)
 )
-from thinkrec.utils.config import from_dict
+from thinkrec.utils.config import from_dict, spec
 from thinkrec.utils.io import atomic_dir
 
 
 @dataclass
 class RerankStageConfig:
-    models: list[str] = field(default_factory=lambda: list(RERANK_MODELS))
-    source: str = "auto"  # impressions | funnel | auto (impressions when the dataset logs them, else funnel)
-    candidates: str = "auto"  # funnel lists: the retriever whose top-K is re-ranked (s2gr | tiger | sasrec | auto)
-    k: int = 10  # funnel list length (up to 50)
-    max_len: int = 50  # impression lists are cut to the first max_len shown items
-    history_len: int = 50
-    holdout_frac: float = 0.1  # share of training lists held out for early stopping
-    compare_frac: float = 0.1  # merged candidates: share of validation lists on which stages are compared (disjoint)
+    models: list[str] = spec(default_factory=lambda: list(RERANK_MODELS), choices=lambda: RERANK_MODELS)
+    # impressions | funnel | auto (impressions when the dataset logs them, else funnel)
+    source: str = spec("auto", choices=("auto", "impressions", "funnel"))
+    # funnel lists: the retriever whose top-K is re-ranked (s2gr | tiger | sasrec | auto)
+    candidates: str = spec("auto", choices=lambda: ("auto", *_scorer_names()))
+    k: int = spec(10, ge=1)  # funnel list length (up to 50)
+    max_len: int = spec(50, ge=1)  # impression lists are cut to the first max_len shown items
+    history_len: int = spec(50, ge=1)
+    holdout_frac: float = spec(0.1, gt=0.0, lt=1.0)  # share of training lists held out for early stopping
+    # merged candidates: share of validation lists on which stages are compared (disjoint)
+    compare_frac: float = spec(0.1, gt=0.0, lt=1.0)
     source_features: bool = True  # merged candidates: each source's rank and score as candidate features
     model: RerankModelConfig = field(default_factory=RerankModelConfig)
     train: RerankTrainConfig = field(default_factory=RerankTrainConfig)
+
+    def _checks(self) -> list[tuple[str, str]]:
+        if self.holdout_frac + self.compare_frac >= 1:
+            return [("compare_frac", f"holdout_frac + compare_frac must be below 1, leaving lists to train on "
+                                     f"(got {self.holdout_frac} + {self.compare_frac})")]
+        return []
+
+
+def _scorer_names() -> tuple[str, ...]:
+    from thinkrec.pipeline.scorers import SCORERS
+
+    return SCORERS.names()
 
 
 # ---------------------------------------------------------------------------------------------- lists

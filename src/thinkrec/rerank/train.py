@@ -22,7 +22,7 @@ from thinkrec.rerank.lists import RerankLists
 from thinkrec.rerank.models import RERANKERS, ListEvaluator, PointerGenerator, RerankBase, RerankModelConfig
 from thinkrec.utils import progress
 from thinkrec.utils.checkpoint import Checkpointer, generator_state, set_generator_state, subdir
-from thinkrec.utils.config import config_hash
+from thinkrec.utils.config import config_hash, spec
 from thinkrec.utils.faults import check_finite, kill_point
 from thinkrec.utils.training import param_groups
 
@@ -31,29 +31,30 @@ RERANK_MODELS = RERANKERS.names()
 
 @dataclass
 class RerankTrainConfig:
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    epochs: int = 30  # supervised epochs (scorers, generator warm start)
-    pointwise_weight: float = 3.0  # generators: + this × log-loss of the first step's scores on every list (lists
+    batch_size: int = spec(128, ge=1)
+    lr: float = spec(1e-3, gt=0.0)
+    weight_decay: float = spec(0.01, ge=0.0)
+    epochs: int = spec(30, ge=1)  # supervised epochs (scorers, generator warm start)
+    pointwise_weight: float = spec(3.0, ge=0.0)  # generators: + this × log-loss of the first step's scores on every list (lists
     #   without a positive then also teach the generator, as they teach the pointwise DNN)
-    patience: int = 4  # epochs without validation NDCG@5 gain
-    evaluator_epochs: int = 30
+    patience: int = spec(4, ge=0)  # epochs without validation NDCG@5 gain
+    evaluator_epochs: int = spec(30, ge=1)
     # RL (egrerank, eglr): group-normalised advantages over `rollouts` samples per request, PPO clip
-    rl_epochs: int = 6
-    rollouts: int = 8
-    rl_batch_requests: int = 64  # requests per RL batch (× rollouts rows)
-    rl_requests_per_epoch: int | None = None  # a random subset of training requests per RL epoch (None = all)
-    ppo_clip: float = 0.1
-    ppo_updates: int = 2  # gradient steps per batch of rollouts
-    entropy_bonus: float = 0.001
-    rl_lr: float = 5e-4
-    sl_weight: float = 0.5  # supervised loss kept during RL (anchors the policy to the logged labels)
-    rl_select: str = "auto"  # RL epoch kept by validation evaluator score ("evaluator") or label NDCG@5 ("ndcg");
+    rl_epochs: int = spec(6, ge=0)
+    rollouts: int = spec(8, ge=2)  # ≥ 2: advantages are normalised within each request's group
+    rl_batch_requests: int = spec(64, ge=1)  # requests per RL batch (× rollouts rows)
+    # a random subset of training requests per RL epoch (None = all)
+    rl_requests_per_epoch: int | None = spec(None, ge=1)
+    ppo_clip: float = spec(0.1, gt=0.0)
+    ppo_updates: int = spec(2, ge=1)  # gradient steps per batch of rollouts
+    entropy_bonus: float = spec(0.001, ge=0.0)
+    rl_lr: float = spec(5e-4, gt=0.0)
+    sl_weight: float = spec(0.5, ge=0.0)  # supervised loss kept during RL (anchors the policy to the logged labels)
+    rl_select: str = spec("auto", choices=("auto", "evaluator", "ndcg"))  # RL epoch kept by validation evaluator score ("evaluator") or label NDCG@5 ("ndcg");
     #   auto: evaluator on impression lists (its click model is the objective), ndcg on funnel lists (exact labels)
-    reward: str = "auto"  # clicks (Σ evaluator click probabilities) | dcg (Σ p_k / log2(k + 2)); auto: dcg for funnel lists
-    grad_clip: float = 1.0
-    max_train_s: float | None = None
+    reward: str = spec("auto", choices=("auto", "clicks", "dcg"))  # clicks (Σ evaluator click probabilities) | dcg (Σ p_k / log2(k + 2)); auto: dcg for funnel lists
+    grad_clip: float = spec(1.0, gt=0.0)
+    max_train_s: float | None = spec(None, gt=0.0)
     seed: int = 0
 
 

@@ -26,26 +26,31 @@ from safetensors.numpy import load_file, save_file
 from thinkrec.baselines.cooccurrence import CooccurrenceConfig
 from thinkrec.data.batching import pad_histories
 from thinkrec.data.splits import EvalExamples
+from thinkrec.utils.config import check_valid, spec
 from thinkrec.utils.io import atomic_dir
+
+
+def _scorer_names() -> tuple[str, ...]:
+    from thinkrec.pipeline.scorers import SCORERS
+
+    return SCORERS.names()
 
 
 @dataclass
 class CandidateConfig:
-    sources: list[str] | None = None  # None: every trained scorer (SASRec, the retrievers, cooc, popularity); [] = off
-    k: int = 50  # merged set size (10–200)
-    per_source: int = 0  # how many each source returns (0 = k)
-    quotas: dict[str, float] | None = None  # source → weight in the interleave (None: equal; 0 = fallback only)
-    fallback: list[str] = field(default_factory=lambda: ["popularity"])  # sources with quota 0 unless quotas say
+    # None: every trained scorer (SASRec, the retrievers, cooc, popularity); [] = off
+    sources: list[str] | None = spec(None, choices=_scorer_names)
+    k: int = spec(50, ge=1, le=1000)  # merged set size (10–200)
+    per_source: int = spec(0, ge=0)  # how many each source returns (0 = k)
+    # source → weight in the interleave (None: equal; 0 = fallback only)
+    quotas: dict[str, float] | None = spec(None, ge=0.0)
+    # sources with quota 0 unless quotas say
+    fallback: list[str] = spec(default_factory=lambda: ["popularity"], choices=_scorer_names)
     cooc: CooccurrenceConfig = field(default_factory=CooccurrenceConfig)  # the co-occurrence source
 
     def check(self) -> None:
-        if not 1 <= self.k <= 1000:
-            raise ValueError(f"candidates.k: must be in [1, 1000], got {self.k}")
-        if self.per_source < 0:
-            raise ValueError(f"candidates.per_source: must be ≥ 0, got {self.per_source}")
-        for name, q in (self.quotas or {}).items():
-            if not q >= 0:
-                raise ValueError(f"candidates.quotas.{name}: must be ≥ 0 (0 = fallback), got {q}")
+        """Every range error at once, as a :class:`~thinkrec.utils.config.ConfigError` naming ``candidates.<field>``."""
+        check_valid(self, "candidates")
 
     def quotas_for(self, sources: list[str]) -> dict[str, float]:
         """Every source's interleave weight: ``quotas``, else 0 for the ``fallback`` sources and 1 for the rest."""

@@ -33,6 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from thinkrec.tokenize.sids import SIDTrie
+from thinkrec.utils.config import spec
 from thinkrec.utils.nn import normal_init
 
 INPUT_MODES = ("code", "item")
@@ -40,23 +41,23 @@ INPUT_MODES = ("code", "item")
 
 @dataclass
 class RetrieverConfig:
-    d_model: int = 128
-    n_enc_layers: int = 2
-    n_dec_layers: int = 2
-    n_heads: int = 4
-    head_dim: int | None = None  # None: d_model / n_heads (T5, the paper's model: 6 heads × 64 at d_model 128)
-    ffn: int = 512
-    dropout: float = 0.1
+    d_model: int = spec(128, ge=1)
+    n_enc_layers: int = spec(2, ge=1)
+    n_dec_layers: int = spec(2, ge=1)
+    n_heads: int = spec(4, ge=1)
+    head_dim: int | None = spec(None, ge=1)  # None: d_model / n_heads (T5, the paper's model: 6 heads × 64 at d_model 128)
+    ffn: int = spec(512, ge=1)
+    dropout: float = spec(0.1, ge=0.0, lt=1.0)
     # Dropout on attention weights: the decoder's cross-attention weights are [users, heads, positions × tokens,
     # history] — drawing their mask was a fifth of a training step on CPU; None = ``dropout``.
-    attn_dropout: float | None = 0.0
-    max_len: int = 50  # history items kept (the last ones)
-    input_mode: str = "item"  # "code": one token per SID code (TIGER) | "item": one token per item
+    attn_dropout: float | None = spec(0.0, ge=0.0, lt=1.0)
+    max_len: int = spec(50, ge=1)  # history items kept (the last ones)
+    input_mode: str = spec("item", choices=INPUT_MODES)  # "code": one token per SID code (TIGER) | "item": one token per item
     item_embedding: bool = True  # item mode: add a learned per-item embedding to the summed code embeddings
     causal_encoder: bool = True  # True: every position of a sequence is a training target in one pass
     state_bos: bool = True  # decoder's first input = BOS + projection of the encoder state at the last history item
     constrained_softmax: bool = True  # normalise each level over the trie's valid children (training and decoding)
-    item_loss_weight: float = 1.0  # >0: auxiliary full-softmax next-item CE on the encoder state (tied item table)
+    item_loss_weight: float = spec(1.0, ge=0.0)  # >0: auxiliary full-softmax next-item CE on the encoder state (tied item table)
     tie_heads: bool = False  # output head of level l shares weights with the decoder's level-l code embeddings
     codebook_init: bool = False  # initialise code embeddings from the quantizer's codewords (PCA to d_model)
     # S²GR
@@ -65,15 +66,20 @@ class RetrieverConfig:
     # (std 0.02 at init); a learned scalar, initialised to the embeddings' scale, keeps a thinking token's input on
     # the scale of the tokens around it (T5, the paper's backbone, has both on one scale). None: no scaling
     # (the default: 0.02 gave no gain on Beauty, BENCHMARKS.md).
-    think_scale_init: float | None = None
+    think_scale_init: float | None = spec(None, gt=0.0)
     align: bool = True  # cluster-alignment loss on thinking tokens
-    n_clusters: int = 16  # K_c per level
-    align_tau: float = 0.1
-    align_weight: float = 1.0
+    n_clusters: int = spec(16, ge=1)  # K_c per level
+    align_tau: float = spec(0.1, gt=0.0)
+    align_weight: float = spec(1.0, ge=0.0)
     aux_decoder: bool = True  # half-depth decoder, InfoNCE, L_reg on t_1
-    nce_tau: float = 0.1
-    nce_weight: float = 1.0
-    reg_weight: float = 0.1  # λ
+    nce_tau: float = spec(0.1, gt=0.0)
+    nce_weight: float = spec(1.0, ge=0.0)
+    reg_weight: float = spec(0.1, ge=0.0)  # λ
+
+    def _checks(self) -> list[tuple[str, str]]:
+        if self.head_dim is None and self.d_model % self.n_heads:
+            return [("n_heads", f"must divide d_model {self.d_model} unless head_dim is set (got {self.n_heads})")]
+        return []
 
     @classmethod
     def paper(cls, **overrides: Any) -> RetrieverConfig:

@@ -21,6 +21,7 @@ from thinkrec.retrieval.model import GenerativeRetriever, RetrieverConfig
 from thinkrec.retrieval.train import RetrieverTrainConfig, load_retriever, save_retriever, train_retriever
 from thinkrec.tokenize.sids import SIDMap
 from thinkrec.tokenize.stage import TokenizeArtifact
+from thinkrec.utils.config import spec
 from thinkrec.utils.io import read_json, write_json
 from thinkrec.utils.registry import Registry
 
@@ -36,14 +37,21 @@ RESCORE_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 
 @dataclass
 class RetrievalConfig:
-    models: list[str] = field(default_factory=lambda: ["tiger", "s2gr"])  # TIGER = S²GR with thinking off
+    # TIGER = S²GR with thinking off
+    models: list[str] = spec(default_factory=lambda: ["tiger", "s2gr"], choices=RETRIEVERS.names)
     model: RetrieverConfig = field(default_factory=RetrieverConfig)
     train: RetrieverTrainConfig = field(default_factory=RetrieverTrainConfig)
-    beam: int = 20  # beam size at evaluation / recommendation (the ranked list's length)
+    beam: int = spec(20, ge=1)  # beam size at evaluation / recommendation (the ranked list's length)
     # > 0: re-order the beams by log-probability + this × the model's item-head log-probability (LIGER-style
     # hybrid; candidates still come from the trie-constrained beams). 0 = pure generative ranking; None (YAML null)
     # = pick it on the validation subset from RESCORE_GRID (saved to <model>/rescore.json).
-    rescore_weight: float | None = 0.0
+    rescore_weight: float | None = spec(0.0, ge=0.0)
+
+    def _checks(self) -> list[tuple[str, str]]:
+        if (self.rescore_weight is None or self.rescore_weight > 0) and self.model.item_loss_weight <= 0:
+            return [("rescore_weight", "re-scoring the beams needs the item head: set retrieval.model.item_loss_weight "
+                                       f"> 0 or rescore_weight 0 (got {self.rescore_weight})")]
+        return []
 
     def model_config(self, name: str) -> RetrieverConfig:
         return RETRIEVERS.get(name, "retrieval.models")(self.model)

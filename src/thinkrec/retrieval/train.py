@@ -26,7 +26,7 @@ from thinkrec.retrieval.inference import GenerativeScorer
 from thinkrec.retrieval.model import GenerativeRetriever, RetrieverConfig
 from thinkrec.tokenize.sids import SIDMap
 from thinkrec.utils.checkpoint import Checkpointer
-from thinkrec.utils.config import config_hash, from_dict
+from thinkrec.utils.config import config_hash, from_dict, spec
 from thinkrec.utils.faults import check_finite, kill_point
 from thinkrec.utils.io import atomic_file, atomic_path
 from thinkrec.utils.training import EarlyStopping, length_bucketed_batches, lr_lambda, param_groups
@@ -34,18 +34,18 @@ from thinkrec.utils.training import EarlyStopping, length_bucketed_batches, lr_l
 
 @dataclass
 class RetrieverTrainConfig:
-    lr: float = 2e-3
-    weight_decay: float = 0.05
-    batch_size: int = 256  # rows (users) per batch on average; bucketing keeps the target count equal
-    epochs: int = 30
-    patience: int = 3  # epochs without validation N@10 gain before stopping
-    warmup_steps: int = 200
-    min_lr_ratio: float = 0.05
-    grad_clip: float = 1.0
-    max_train_s: float | None = None  # stop after the epoch that crosses this training-time budget
-    valid_users: int | None = 3000  # validation subset for early stopping (None = all)
-    eval_beam: int = 20
-    eval_batch_size: int = 256
+    lr: float = spec(2e-3, gt=0.0)
+    weight_decay: float = spec(0.05, ge=0.0)
+    batch_size: int = spec(256, ge=1)  # rows (users) per batch on average; bucketing keeps the target count equal
+    epochs: int = spec(30, ge=1)
+    patience: int = spec(3, ge=0)  # epochs without validation N@10 gain before stopping
+    warmup_steps: int = spec(200, ge=0)
+    min_lr_ratio: float = spec(0.05, ge=0.0, le=1.0)
+    grad_clip: float = spec(1.0, ge=0.0)  # 0 = off
+    max_train_s: float | None = spec(None, gt=0.0)  # stop after the epoch that crosses this training-time budget
+    valid_users: int | None = spec(3000, ge=1)  # validation subset for early stopping (None = all)
+    eval_beam: int = spec(20, ge=1)
+    eval_batch_size: int = spec(256, ge=1)
     seed: int = 0
 
 

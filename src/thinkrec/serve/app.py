@@ -27,6 +27,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from thinkrec.pipeline.funnel import Funnel, Requests, UserRecommendations
 from thinkrec.serve.batcher import BatcherConfig, MicroBatcher, Overloaded
@@ -41,6 +42,7 @@ from thinkrec.serve.schemas import (
     UserHistory,
     UserList,
 )
+from thinkrec.utils.config import check_valid, spec
 from thinkrec.utils.io import read_json
 
 COLD_START = ("an empty history is served from the popularity fallback (the run's most interacted items); the "
@@ -50,12 +52,12 @@ COLD_START = ("an empty history is served from the popularity fallback (the run'
 @dataclass
 class ServeConfig:
     batching: BatcherConfig = field(default_factory=BatcherConfig)
-    max_body_bytes: int = 1_000_000  # larger request bodies get 413
+    max_body_bytes: int = spec(1_000_000, ge=1)  # larger request bodies get 413
     warmup: bool = True  # one request through every stage before /readyz says ready
-    drain_timeout_s: float = 30.0
+    drain_timeout_s: float = spec(30.0, ge=0.0)
     # serving profile: each candidate source's list length before the merge (None: the run's candidates.per_source,
     # i.e. the merged set's size); smaller lists make the generative sources' beams, the hot path, narrower
-    per_source: int | None = None
+    per_source: int | None = spec(None, ge=1)
 
 
 class ApiError(Exception):
@@ -267,7 +269,7 @@ def create_app(funnel: Funnel | str | Path, config: ServeConfig | None = None) -
     """The FastAPI app serving ``funnel`` (a loaded :class:`Funnel` or a run directory, loaded here, once)."""
     from thinkrec.pipeline.funnel import load
 
-    config = config or ServeConfig()
+    config = check_valid(config or ServeConfig(), "serve")
     funnel = load(funnel) if isinstance(funnel, str | Path) else funnel
     if config.per_source is not None:
         apply_profile(funnel, config.per_source)
@@ -308,6 +310,16 @@ def create_app(funnel: Funnel | str | Path, config: ServeConfig | None = None) -
         msg = str(first.get("msg", "invalid")).removeprefix("Value error, ")
         return _error(422, loc, f"{loc}: {msg}", errors=[{"field": ".".join(str(x) for x in e.get("loc", ())),
                                                           "message": str(e.get("msg"))} for e in errs[:20]])
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # FastAPI's own 400 (a body that is not valid UTF-8 / JSON it can decode, or nested too deeply for it) and
+        # the router's 404 / 405, in the API's error format: 400 names the body, the others the path
+        field = "body" if exc.status_code == 400 else "path"
+        detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        if exc.status_code == 400 and request.method == "POST":
+            detail = f"body: {detail} (send one JSON object, UTF-8 encoded, as application/json)"
+        return _error(exc.status_code, field, detail, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Overloaded)
     async def _overloaded(request: Request, exc: Overloaded) -> JSONResponse:

@@ -18,6 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from thinkrec.utils.config import check_valid, spec
+
 
 class Overloaded(RuntimeError):
     """The queue is full (or the server is shutting down): the client should retry later."""
@@ -25,17 +27,14 @@ class Overloaded(RuntimeError):
 
 @dataclass
 class BatcherConfig:
-    window_ms: float = 5.0  # how long the first request of a batch waits for company
-    max_batch: int = 64  # requests per batched pass
-    max_queue: int = 128  # waiting requests beyond which new ones are refused (503): ~2 s of work at 60 req/s
+    window_ms: float = spec(5.0, ge=0.0)  # how long the first request of a batch waits for company
+    max_batch: int = spec(64, ge=1)  # requests per batched pass
+    # waiting requests beyond which new ones are refused (503): ~2 s of work at 60 req/s
+    max_queue: int = spec(128, ge=1)
 
     def check(self) -> None:
-        if self.window_ms < 0:
-            raise ValueError(f"serve.window_ms must be ≥ 0, got {self.window_ms}")
-        if self.max_batch < 1:
-            raise ValueError(f"serve.max_batch must be ≥ 1, got {self.max_batch}")
-        if self.max_queue < 1:
-            raise ValueError(f"serve.max_queue must be ≥ 1, got {self.max_queue}")
+        """Every range error at once (a :class:`~thinkrec.utils.config.ConfigError` naming ``serve.<field>``)."""
+        check_valid(self, "serve")
 
 
 @dataclass

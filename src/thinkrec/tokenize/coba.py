@@ -40,35 +40,29 @@ import torch
 
 from thinkrec.tokenize.base import FitContext
 from thinkrec.tokenize.rqvae import RQVAE, RQVAEConfig
+from thinkrec.utils.config import spec
 
 
 @dataclass
 class CoBaConfig(RQVAEConfig):
     # ---- collaborative alignment of the input
     collaborative: bool = True
-    cooc_window: int = 3  # items at distance 1 … window−1 in a training sequence co-occur
-    alpha: float = 0.2  # restart weight α of the propagation (smaller = more collaborative smoothing)
-    prop_hops: int = 3  # K: H(0) … H(K)
+    cooc_window: int = spec(3, ge=2)  # items at distance 1 … window−1 in a training sequence co-occur
+    alpha: float = spec(0.2, gt=0.0, le=1.0)  # restart weight α of the propagation (smaller = more collaborative smoothing)
+    prop_hops: int = spec(3, ge=0)  # K: H(0) … H(K)
     # ---- uniformity (codeword repulsion)
     uniformity: bool = True
-    uniformity_weight: float = 0.1
-    uniformity_margin: float = 0.5  # fraction of the level's mean pairwise codeword distance
+    uniformity_weight: float = spec(0.1, ge=0.0)
+    uniformity_margin: float = spec(0.5, ge=0.0)  # fraction of the level's mean pairwise codeword distance
     # ---- usage-aware load balancing
     load_balance: bool = True
-    balance_strength: float = 1.0
-    balance_clip: float = 4.0  # penalty term is capped at balance_clip × the uniform-usage value
-    usage_ema: float = 0.95
-    balance_chunk: int = 64  # rows per chunk of the online balanced assignment (training batches, final pass)
+    balance_strength: float = spec(1.0, ge=0.0)
+    balance_clip: float = spec(4.0, gt=0.0)  # penalty term is capped at balance_clip × the uniform-usage value
+    usage_ema: float = spec(0.95, ge=0.0, lt=1.0)
+    balance_chunk: int = spec(64, ge=1)  # rows per chunk of the online balanced assignment (training batches, final pass)
     balance_at_encode: bool = True
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.cooc_window < 2:
-            raise ValueError("cooc_window must be ≥ 2")
-        if not 0.0 < self.alpha <= 1.0:
-            raise ValueError("alpha must be in (0, 1]")
-        if self.prop_hops < 0:
-            raise ValueError("prop_hops must be ≥ 0")
+    # ranges (cooc_window ≥ 2, alpha in (0, 1], prop_hops ≥ 0, …) are checked with RQVAEConfig's in __post_init__
 
 
 # ---------------------------------------------------------------------------------------------- graph

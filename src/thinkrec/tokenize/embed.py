@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from thinkrec.data.dataset import Dataset
+from thinkrec.errors import DataRequirementError, MissingInputError
 from thinkrec.utils import progress
 from thinkrec.utils.io import atomic_file, write_json
 
@@ -78,7 +79,7 @@ def resolve_model_path(model: str) -> str:
     path = Path(model).expanduser()
     if not path.exists():
         # Downloads are never allowed, so a hub id that is not a local folder is an error, not a fetch.
-        raise FileNotFoundError(f"embedding model {model!r}: no such local folder (hub downloads are disabled)")
+        raise MissingInputError(f"embedding model {model!r}: no such local folder (hub downloads are disabled)")
     return str(path.resolve())
 
 
@@ -141,7 +142,7 @@ def load_npy(path: str | Path, n_items: int, normalize: bool = True) -> np.ndarr
     """Precomputed vectors ``[n_items, d]``; a clear error naming the file when the shape does not fit."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: precomputed embedding file not found")
+        raise MissingInputError(f"{path}: precomputed embedding file not found")
     x = np.load(path, allow_pickle=False)
     if x.ndim != 2 or x.shape[0] != n_items:
         raise ValueError(f"{path}: expected an array of shape [n_items={n_items}, d], got {list(x.shape)}")
@@ -219,11 +220,43 @@ def embed_items(dataset: Dataset, config: EmbedConfig | None = None) -> np.ndarr
             log.warning("embeddings: %s has %d distinct item texts for %d items; using attribute vectors",
                         dataset.name, distinct, dataset.n_items)
             return attribute_vectors(dataset, config.attribute_dim, config.normalize)
-        raise ValueError(
-            f"dataset {dataset.name!r}: {distinct} distinct item texts for {dataset.n_items} items (template "
-            f"{config.template!r}); identical content vectors collapse the Semantic IDs. Give the items text or "
-            "categories, or precomputed vectors (tokenize.embed.npy)")
+        raise DataRequirementError(_few_texts(dataset, distinct, config))
     return embed_texts(texts, config)
+
+
+def _few_texts(dataset: Dataset, distinct: int, config: EmbedConfig) -> str:
+    return (f"dataset {dataset.name!r}: {distinct} distinct item texts for {dataset.n_items} items (template "
+            f"{config.template!r}); identical content vectors collapse the Semantic IDs. Give the items text or "
+            "categories, or precomputed vectors (tokenize.embed_npy)")
+
+
+def content_error(dataset: Dataset, config: EmbedConfig | None = None) -> str | None:
+    """Why :func:`embed_items` could not give ``dataset`` distinct item vectors (None: it can), found without
+    embedding anything — the check a run makes before any stage trains. Precomputed vectors must have one row per
+    item; text needs at least half the items distinct (or, with ``source="auto"``, attributes to fall back on);
+    attributes need some item to have categories."""
+    config = config or EmbedConfig()
+    if config.npy is not None:
+        path = Path(config.npy)
+        if not path.exists():
+            return f"{path}: precomputed embedding file not found"
+        try:
+            x = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            return f"{path}: not a .npy array ({exc})"
+        if x.ndim != 2 or x.shape[0] != dataset.n_items:
+            return (f"{path}: expected an array of shape [n_items={dataset.n_items}, d] for dataset {dataset.name!r}, "
+                    f"got {list(x.shape)}")
+        return None
+    if config.source not in SOURCES:  # a config error, reported as such
+        return None
+    if config.source == "attributes":
+        return None if _has_attributes(dataset) else \
+            f"dataset {dataset.name!r}: no item has categories/attributes to build vectors from"
+    distinct = len(set(dataset.item_text(config.template)))
+    if distinct < max(2, dataset.n_items // 2) and not (config.source == "auto" and _has_attributes(dataset)):
+        return _few_texts(dataset, distinct, config)
+    return None
 
 
 def _has_attributes(dataset: Dataset) -> bool:
@@ -236,7 +269,7 @@ def attribute_vectors(dataset: Dataset, dim: int = 128, normalize: bool = True) 
     import torch
 
     if not _has_attributes(dataset):
-        raise ValueError(f"dataset {dataset.name!r}: no item has categories/attributes to build vectors from")
+        raise DataRequirementError(f"dataset {dataset.name!r}: no item has categories/attributes to build vectors from")
     lists = dataset.items["categories"].fill_null([]).to_list()
     vocab: dict[str, int] = {}
     rows, cols = [], []

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from thinkrec.tokenize.base import FitContext, Quantizer
+from thinkrec.utils.config import check_valid, device_error, spec
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -139,21 +140,20 @@ def set_faiss_threads(n: int) -> None:
 # ---------------------------------------------------------------------------------------------- RQ-KMeans
 @dataclass
 class RQKMeansConfig:
-    n_levels: int = 3
-    codebook_size: int = 256
-    niter: int = 20  # faiss k-means iterations per level
+    n_levels: int = spec(3, ge=1)
+    codebook_size: int = spec(256, ge=2)
+    niter: int = spec(20, ge=1)  # faiss k-means iterations per level
     seed: int = 0
     balanced: bool = False  # capacity-constrained assignment per level (flat code usage)
-    capacity_factor: float = 1.0  # cluster capacity = ceil(capacity_factor · n / K); ≥ 1
-    balanced_niter: int = 10  # constrained Lloyd rounds after the faiss initialisation
-    num_threads: int = 2  # faiss OpenMP threads (0 = leave as is)
-    device: str = "cpu"  # accepted for a uniform config surface; faiss-cpu runs on the CPU
+    capacity_factor: float = spec(1.0, ge=1.0)  # cluster capacity = ceil(capacity_factor · n / K); ≥ 1
+    balanced_niter: int = spec(10, ge=0)  # constrained Lloyd rounds after the faiss initialisation
+    num_threads: int = spec(2, ge=0)  # faiss OpenMP threads (0 = leave as is)
+    device: str = spec("cpu", check=device_error)  # accepted for a uniform config surface; faiss-cpu runs on the CPU
 
     def __post_init__(self) -> None:
-        if self.n_levels < 1 or self.codebook_size < 2:
-            raise ValueError("n_levels must be ≥ 1 and codebook_size ≥ 2")
-        if self.capacity_factor < 1.0:
-            raise ValueError("capacity_factor must be ≥ 1 (total capacity must cover every point)")
+        # every range at once (ConfigError, field names relative to this config); capacity_factor ≥ 1: the total
+        # capacity must cover every point
+        check_valid(self)
 
 
 class RQKMeans(Quantizer):

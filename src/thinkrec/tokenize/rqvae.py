@@ -44,7 +44,7 @@ import contextlib
 import hashlib
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -55,52 +55,57 @@ from torch import nn
 from thinkrec.tokenize.base import FitContext, Quantizer
 from thinkrec.tokenize.rqkmeans import balanced_kmeans, code_usage, faiss_kmeans, set_faiss_threads
 from thinkrec.utils.checkpoint import Checkpointer, generator_state, set_generator_state
-from thinkrec.utils.config import config_hash
+from thinkrec.utils.config import check_valid, config_hash, device_error, spec
 from thinkrec.utils.faults import NumericalError, kill_point
 
 
 @dataclass
 class RQVAEConfig:
-    n_levels: int = 3
-    codebook_size: int = 256
-    code_dim: int = 32
-    hidden_dims: list[int] = field(default_factory=lambda: [512, 256, 128])
-    beta: float = 0.25  # commitment weight
+    n_levels: int = spec(3, ge=1)
+    codebook_size: int = spec(256, ge=2)
+    code_dim: int = spec(32, ge=1)
+    hidden_dims: list[int] = spec(default_factory=lambda: [512, 256, 128], ge=1)
+    beta: float = spec(0.25, ge=0.0)  # commitment weight
     standardize: bool = True  # per-dim centring + one global scale, undone by reconstruct()
     # ---- training
-    epochs: int = 150
-    batch_size: int = 2048  # 0 = full batch
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0  # 0 = off
+    epochs: int = spec(150, ge=1)
+    batch_size: int = spec(2048, ge=0)  # 0 = full batch
+    lr: float = spec(1e-3, gt=0.0)
+    weight_decay: float = spec(0.0, ge=0.0)
+    grad_clip: float = spec(1.0, ge=0.0)  # 0 = off
     seed: int = 0
-    device: str = "cpu"
-    num_threads: int = 2  # torch/faiss threads during fit (0 = leave as is)
-    log_every: int = 5  # epochs between history records
+    device: str = spec("cpu", check=device_error)
+    num_threads: int = spec(2, ge=0)  # torch/faiss threads during fit (0 = leave as is)
+    log_every: int = spec(5, ge=1)  # epochs between history records
     # ---- collapse mitigations (each independent)
     kmeans_init: bool = True
-    kmeans_init_iters: int = 20
+    kmeans_init_iters: int = spec(20, ge=1)
     ema: bool = True
-    ema_decay: float = 0.9
-    ema_eps: float = 1e-5
+    ema_decay: float = spec(0.9, ge=0.0, lt=1.0)
+    ema_eps: float = spec(1e-5, gt=0.0)
     dead_code_reset: bool = True
-    dead_code_steps: int = 60  # consecutive unused steps before a code is re-seeded (≈ 10 epochs on Beauty)
-    dead_code_sampling: str = "error"  # "error" (∝ quantisation error) or "random"
+    dead_code_steps: int = spec(60, ge=1)  # consecutive unused steps before a code is re-seeded (≈ 10 epochs on Beauty)
+    dead_code_sampling: str = spec("error", choices=("error", "random"))  # ∝ quantisation error, or uniformly
     diversity_loss: bool = False
-    diversity_weight: float = 0.01
-    diversity_clusters: int = 16
-    diversity_temperature: float = 0.1
-    diversity_recluster_every: int = 100  # steps
-    random_last_levels: int = 0  # 0, 1 or 2
+    diversity_weight: float = spec(0.01, ge=0.0)
+    diversity_clusters: int = spec(16, ge=2)
+    diversity_temperature: float = spec(0.1, gt=0.0)
+    diversity_recluster_every: int = spec(100, ge=1)  # steps
+    random_last_levels: int = spec(0, ge=0, le=2)  # 0, 1 or 2
 
     def __post_init__(self) -> None:
-        if not 0 <= self.random_last_levels < self.n_levels:
-            raise ValueError("random_last_levels must be in [0, n_levels): at least one level is learned")
-        if self.dead_code_sampling not in ("error", "random"):
-            raise ValueError("dead_code_sampling must be 'error' or 'random'")
-        if self.diversity_loss and not 2 <= self.diversity_clusters <= self.codebook_size // 2:
-            raise ValueError("diversity_clusters must be in [2, codebook_size / 2] (groups of ≥ 2 codes)")
         self.hidden_dims = [int(h) for h in self.hidden_dims]
+        check_valid(self)  # every range and combination at once (ConfigError, names relative to this config)
+
+    def _checks(self) -> list[tuple[str, str]]:
+        out = []
+        if self.n_levels <= self.random_last_levels <= 2:
+            out.append(("random_last_levels", f"must be in [0, n_levels = {self.n_levels}): at least one level is "
+                                              f"learned (got {self.random_last_levels})"))
+        if self.diversity_loss and not 2 <= self.diversity_clusters <= self.codebook_size // 2:
+            out.append(("diversity_clusters", f"must be in [2, codebook_size / 2 = {self.codebook_size // 2}] "
+                                              f"(groups of ≥ 2 codes; got {self.diversity_clusters})"))
+        return out
 
     @property
     def n_learned(self) -> int:

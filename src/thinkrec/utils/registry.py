@@ -2,7 +2,7 @@
 
     SCORERS = Registry("next-item scorer")
     SCORERS.register("popularity", "training-set item counts", spec)
-    SCORERS.get("popularity")          # the spec; an unknown name raises, listing the known ones
+    SCORERS.get("popularity")          # the spec; an unknown name raises UnknownNameError listing the known ones
 
 The CLI (``thinkrec models``), the pipeline, the benchmarks and serving all look names up here, so adding a
 model is one ``register`` call.
@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Generic, TypeVar
+
+from thinkrec.errors import UnknownNameError
 
 T = TypeVar("T")
 
@@ -45,7 +47,7 @@ class Registry(Generic[T]):
     def get(self, name: str, where: str | None = None) -> T:
         if name not in self._entries:
             prefix = f"{where}: " if where else ""
-            raise ValueError(f"{prefix}unknown {self.family} {name!r}; known: {', '.join(self._entries)}")
+            raise UnknownNameError(f"{prefix}unknown {self.family} {name!r}; known: {', '.join(self._entries)}")
         return self._entries[name].obj
 
     def check(self, names: list[str] | tuple[str, ...], where: str) -> None:

@@ -5,7 +5,11 @@ from __future__ import annotations
 import ast
 import contextlib
 import gzip
+import json
+import math
 import re
+import warnings
+import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO
@@ -15,6 +19,8 @@ import polars as pl
 from thinkrec.data.dataset import DataFormatError
 
 _YEAR_RE = re.compile(r"\((\d{4})(?:[-–]\d{0,4})?\)\s*$")
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+RATING_MAX = 3.4e38  # ratings are stored as float32
 
 
 def require_file(path: str | Path, what: str = "data file", hint: str | None = None) -> Path:
@@ -52,6 +58,19 @@ def open_text(path: Path, encoding: str = "utf-8") -> IO[str]:
     return path.open(encoding=encoding, newline="")
 
 
+def decode_error(path: Path, encoding: str, exc: UnicodeDecodeError) -> DataFormatError:
+    """The error for a file that does not decode, naming the line of the first bad byte (text streams decode
+    in blocks, so the line being read when decoding failed is not that line)."""
+    line = None
+    with contextlib.suppress(Exception):
+        data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        try:
+            data.decode(encoding)
+        except UnicodeDecodeError as err:
+            line = data[: err.start].count(b"\n") + 1
+    return DataFormatError(path, f"not valid {encoding} text ({exc.reason})", line)
+
+
 def iter_lines(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, str]]:
     """Yield ``(line number, line without end-of-line)`` for non-blank lines; decoding errors name the line."""
     lineno = 0
@@ -62,8 +81,8 @@ def iter_lines(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, str]]
                 if line.strip():
                     yield lineno, line
         except UnicodeDecodeError as exc:
-            raise DataFormatError(path, f"not valid {encoding} text ({exc.reason})", lineno + 1) from None
-        except (OSError, EOFError) as exc:  # truncated / corrupt gzip
+            raise decode_error(path, encoding, exc) from None
+        except (OSError, EOFError, zlib.error) as exc:  # truncated / corrupt gzip
             raise DataFormatError(path, f"cannot read file ({exc})", lineno + 1) from None
 
 
@@ -100,29 +119,94 @@ def iter_fields(
 
 
 def parse_int(path: Path, token: str, lineno: int | None, field: str) -> int:
+    """A 64-bit integer (timestamps, impression ids)."""
     tok = token.strip()
     try:
-        return int(tok)
-    except ValueError:
-        raise DataFormatError(path, f"expected an integer, got {token!r}", lineno, field) from None
+        value = int(tok)
+    except ValueError:  # also Python's limit on the digits of an int
+        raise DataFormatError(path, f"expected an integer, got {_show(token)}", lineno, field) from None
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise DataFormatError(path, f"integer out of the 64-bit range, got {_show(token)}", lineno, field)
+    return value
 
 
 def parse_float(path: Path, token: str, lineno: int | None, field: str) -> float | None:
+    """A finite number, or None for an empty field (NaN and infinities are errors)."""
     tok = token.strip()
     if not tok:
         return None
     try:
-        return float(tok)
+        value = float(tok)
     except ValueError:
-        raise DataFormatError(path, f"expected a number, got {token!r}", lineno, field) from None
+        raise DataFormatError(path, f"expected a number, got {_show(token)}", lineno, field) from None
+    if not math.isfinite(value):
+        raise DataFormatError(path, f"expected a finite number, got {_show(token)}", lineno, field)
+    return value
+
+
+def check_rating(path: Path, value: float | None, lineno: int | None, field: str) -> float | None:
+    """A parsed rating that fits the dataset's float32 ratings (None passes)."""
+    if value is not None and abs(value) > RATING_MAX:
+        raise DataFormatError(path, f"rating out of range, got {value!r}", lineno, field)
+    return value
 
 
 def check_int_id(path: Path, token: str, lineno: int | None, field: str) -> str:
-    """Validate a non-negative integer id (ASCII digits only) and return it normalised as a string."""
+    """Validate a non-negative integer id (ASCII digits only, any length) and return it without leading zeros."""
     tok = token.strip()
     if not (tok.isascii() and tok.isdigit()):
-        raise DataFormatError(path, f"expected an integer id, got {token!r}", lineno, field)
-    return str(int(tok))
+        raise DataFormatError(path, f"expected an integer id, got {_show(token)}", lineno, field)
+    return tok.lstrip("0") or "0"
+
+
+def _show(token: object, limit: int = 60) -> str:
+    """``repr`` of a bad value for an error message, cut to ``limit`` characters."""
+    text = repr(token)
+    return text if len(text) <= limit else text[: limit - 4] + "...'"
+
+
+def read_text(path: Path, encoding: str = "utf-8") -> str:
+    """A whole text file; a decoding error names the line."""
+    try:
+        return path.read_text(encoding=encoding)
+    except UnicodeDecodeError as exc:
+        raise decode_error(path, encoding, exc) from None
+
+
+def parse_json(path: Path, text: str, lineno: int | None = None) -> object:
+    """``json.loads`` whose failures (syntax, nesting too deep, integers too long) are :class:`DataFormatError`;
+    ``lineno`` is the line of a one-record-per-line file (else the decoder's line)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        line = lineno if lineno is not None else exc.lineno
+        raise DataFormatError(path, f"invalid JSON ({exc.msg})", line) from None
+    except RecursionError:
+        raise DataFormatError(path, "invalid JSON (nested too deeply)", lineno) from None
+    except ValueError as exc:  # e.g. an integer over Python's digit limit
+        raise DataFormatError(path, f"invalid JSON ({exc})", lineno) from None
+
+
+def finite_float(path: Path, value: object, lineno: int | None, field: str) -> float | None:
+    """A JSON / Python value as a finite float (None for null or ""); anything else names the field."""
+    if value is None or value == "":
+        return None
+    try:
+        out = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        raise DataFormatError(path, f"expected a number, got {_show(value)}", lineno, field) from None
+    if isinstance(value, bool) or not math.isfinite(out):
+        raise DataFormatError(path, f"expected a finite number, got {_show(value)}", lineno, field)
+    return out
+
+
+def as_text(value: object) -> str:
+    """A free-text field from JSON / Python values: None -> "", a list -> its parts joined by spaces, else str."""
+    if value is None:
+        return ""
+    if isinstance(value, list | tuple):
+        return " ".join(str(v).strip() for v in value if v is not None and str(v).strip())
+    return value if isinstance(value, str) else str(value)
 
 
 def year_from_title(title: str | None) -> int | None:
@@ -147,11 +231,22 @@ def split_categories(value: object, sep: str = "|") -> list[str]:
         return []
     if text[0] in "'\"[":
         # Quoted lists such as PLRec's "'Beauty', 'Makeup'" or a stringified Python list.
-        with contextlib.suppress(ValueError, SyntaxError):
-            parsed = ast.literal_eval(text if text[0] == "[" else f"[{text}]")
+        with contextlib.suppress(ValueError):
+            parsed = python_literal(text if text[0] == "[" else f"[{text}]")
             if isinstance(parsed, list | tuple):
                 return split_categories(list(parsed), sep)
     return [c.strip() for c in text.split(sep) if c.strip()]
+
+
+def python_literal(text: str) -> object:
+    """``ast.literal_eval`` (never ``eval``) whose every failure is a ValueError: syntax, unhashable keys
+    (TypeError), nesting too deep (RecursionError / MemoryError); its SyntaxWarnings are silenced."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SyntaxWarning)
+            return ast.literal_eval(text)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError) as exc:
+        raise ValueError(f"not a Python literal ({type(exc).__name__})") from None
 
 
 def restrict_catalogue(items: pl.DataFrame, used: pl.Series, keep_all: bool) -> pl.DataFrame:
@@ -162,7 +257,11 @@ def restrict_catalogue(items: pl.DataFrame, used: pl.Series, keep_all: bool) -> 
 
 
 def sort_by_int_id(frame: pl.DataFrame, col: str) -> pl.DataFrame:
-    """Stable sort by the integer value of a string id column, so dense ids follow the source's numbering."""
+    """Stable sort by the integer value of a column of non-negative integer ids (as strings, any length: compared
+    by digit count, then digits, so ids beyond 64 bits sort right too)."""
+    key = pl.col(col).cast(pl.Utf8).str.strip_chars().str.strip_chars_start("0")
     return (
-        frame.with_columns(pl.col(col).cast(pl.Int64).alias("_k")).sort("_k", maintain_order=True).drop("_k")
+        frame.with_columns(key.str.len_bytes().alias("_n"), key.alias("_k"))
+        .sort(["_n", "_k"], maintain_order=True)
+        .drop("_n", "_k")
     )

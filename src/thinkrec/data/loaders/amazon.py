@@ -10,8 +10,8 @@ skipped unless ``keep_all_items`` (meta files are ~20x bigger than the 5-core it
 
 from __future__ import annotations
 
-import ast
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,18 @@ from typing import Any
 import polars as pl
 
 from thinkrec.data.dataset import DataFormatError, Dataset, catalog_schema
-from thinkrec.data.loaders._common import file_or_single, iter_lines, require_file, split_categories
+from thinkrec.data.loaders._common import (
+    INT64_MAX,
+    INT64_MIN,
+    _show,
+    check_rating,
+    file_or_single,
+    finite_float,
+    iter_lines,
+    python_literal,
+    require_file,
+    split_categories,
+)
 
 META_SCHEMA = catalog_schema(sales_type=pl.Utf8, sales_rank=pl.Float64)
 _ASIN_RE = re.compile(r"""["']asin["']\s*:\s*["']([^"']+)["']""")
@@ -28,16 +39,26 @@ _ASIN_RE = re.compile(r"""["']asin["']\s*:\s*["']([^"']+)["']""")
 def _parse_record(path: Path, line: str, lineno: int) -> dict[str, Any]:
     try:
         obj = json.loads(line)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # JSONDecodeError is a ValueError
         try:
-            obj = ast.literal_eval(line)
-        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            obj = python_literal(line)
+        except ValueError:
             raise DataFormatError(
                 path, "invalid record: neither JSON nor a Python dict literal", lineno
             ) from None
     if not isinstance(obj, dict):
         raise DataFormatError(path, f"expected one object per line, got {type(obj).__name__}", lineno)
     return obj
+
+
+def _finite_or_none(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        out = float(value)
+    except OverflowError:  # an integer beyond float's range
+        return None
+    return out if math.isfinite(out) else None
 
 
 def read_amazon_reviews(path: str | Path) -> pl.DataFrame:
@@ -52,19 +73,12 @@ def read_amazon_reviews(path: str | Path) -> pl.DataFrame:
             if obj.get(key) in (None, ""):
                 raise DataFormatError(path, "missing required field", lineno, key)
         t = obj["unixReviewTime"]
-        if (
-            isinstance(t, bool)
-            or not isinstance(t, int | float | str)
-            or not str(t).strip().lstrip("-").isdigit()
-        ):
+        digits = str(t).strip().removeprefix("-") if isinstance(t, int | str) and not isinstance(t, bool) else ""
+        if not (digits.isascii() and digits.isdigit() and INT64_MIN <= int(str(t).strip()) <= INT64_MAX):
             raise DataFormatError(
-                path, f"expected an integer epoch time, got {t!r}", lineno, "unixReviewTime"
+                path, f"expected an integer epoch time (64 bits), got {_show(t)}", lineno, "unixReviewTime"
             )
-        r = obj.get("overall")
-        try:
-            r = float(r) if r not in (None, "") else None
-        except (TypeError, ValueError):
-            raise DataFormatError(path, f"expected a number, got {r!r}", lineno, "overall") from None
+        r = check_rating(path, finite_float(path, obj.get("overall"), lineno, "overall"), lineno, "overall")
         users.append(str(obj["reviewerID"]))
         items.append(str(obj["asin"]))
         ts.append(int(str(t).strip()))
@@ -107,8 +121,12 @@ def read_amazon_meta(path: str | Path, asins: set[str] | None = None) -> pl.Data
             price = float(str(price).replace("$", "").replace(",", "")) if price not in (None, "") else None
         except ValueError:
             price = None  # 2018 meta has free-text prices such as "$10.99 - $12.99"; not worth failing on
+        if price is not None and not math.isfinite(price):
+            price = None
         rank = obj.get("salesRank") if isinstance(obj.get("salesRank"), dict) else {}
         sales_type, sales_rank = next(iter(rank.items()), (None, None))
+        sales_type = None if sales_type is None else str(sales_type)
+        sales_rank = _finite_or_none(sales_rank)
         cats = obj.get("categories") if obj.get("categories") is not None else obj.get("category")
         seen: dict[str, None] = {}
         for c in split_categories(cats, ","):
@@ -122,7 +140,7 @@ def read_amazon_meta(path: str | Path, asins: set[str] | None = None) -> pl.Data
                 "description": _text(obj.get("description")),
                 "price": price,
                 "sales_type": sales_type,
-                "sales_rank": float(sales_rank) if isinstance(sales_rank, int | float) else None,
+                "sales_rank": None if sales_rank is None else float(sales_rank),
             }
         )
     return pl.DataFrame(rows, schema=META_SCHEMA)

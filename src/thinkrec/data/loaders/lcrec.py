@@ -13,7 +13,6 @@ Users keep the order of the inter file's keys (for LETTER files that is ``0..n-1
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import json
 from pathlib import Path
@@ -22,17 +21,23 @@ from typing import Any
 import polars as pl
 
 from thinkrec.data.dataset import DataFormatError, Dataset, catalog_schema
-from thinkrec.data.loaders._common import file_or_single, require_file, sort_by_int_id, split_categories
+from thinkrec.data.loaders._common import (
+    file_or_single,
+    finite_float,
+    parse_json,
+    python_literal,
+    read_text,
+    require_file,
+    sort_by_int_id,
+    split_categories,
+)
 from thinkrec.data.loaders.s3rec import read_items_jsonl
 
 
 def _read_json_object(path: Path, what: str) -> tuple[dict[str, Any], str]:
     path = require_file(path, what)
-    text = path.read_text(encoding="utf-8")
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DataFormatError(path, f"invalid JSON ({exc.msg})", exc.lineno) from None
+    text = read_text(path)
+    obj = parse_json(path, text)
     if not isinstance(obj, dict):
         raise DataFormatError(
             path, f"expected a JSON object mapping ids to values, got {type(obj).__name__}", 1
@@ -55,8 +60,8 @@ def _key_error(path: Path, text: str, key: str, message: str, field: str) -> Dat
 
 def _check_key(path: Path, text: str, key: str, what: str) -> str:
     if not (key.isascii() and key.strip().isdigit()):
-        raise _key_error(path, text, key, f"expected an integer {what} id as key, got {key!r}", what)
-    return str(int(key))
+        raise _key_error(path, text, key, f"expected an integer {what} id as key, got {key!r:.60}", what)
+    return key.strip().lstrip("0") or "0"
 
 
 def read_inter_json(path: str | Path) -> pl.DataFrame:
@@ -75,13 +80,13 @@ def read_inter_json(path: str | Path) -> pl.DataFrame:
         for i, it in enumerate(seq):
             # bool is an int subclass; JSON true/false are not ids.
             if isinstance(it, bool) or not (
-                isinstance(it, int) or (isinstance(it, str) and it.isascii() and it.isdigit())
+                (isinstance(it, int) and it >= 0) or (isinstance(it, str) and it.isascii() and it.isdigit())
             ):
                 raise _key_error(
-                    path, text, key, f"expected an integer item id, got {it!r}", f"user {key} item #{i + 1}"
+                    path, text, key, f"expected an integer item id, got {it!r:.60}", f"user {key} item #{i + 1}"
                 )
         users.extend([user] * len(seq))
-        items.extend(str(int(it)) for it in seq)
+        items.extend(str(it).lstrip("0") or "0" for it in seq)
         pos.extend(range(len(seq)))
     if not users:
         raise DataFormatError(path, "no interactions found")
@@ -99,8 +104,8 @@ def _as_text(value: Any) -> str:
     text = str(value).strip()
     if text.startswith("[") and text.endswith("]"):
         # MiniOneRec stores descriptions as str(list_of_paragraphs).
-        with contextlib.suppress(ValueError, SyntaxError):
-            parsed = ast.literal_eval(text)
+        with contextlib.suppress(ValueError):
+            parsed = python_literal(text)
             if isinstance(parsed, list):
                 return " ".join(str(v).strip() for v in parsed if str(v).strip())
     return text
@@ -121,13 +126,7 @@ def read_item_json(path: str | Path) -> pl.DataFrame:
                 f"expected an object with item fields, got {type(meta).__name__}",
                 f"item {key}",
             )
-        price = meta.get("price")
-        try:
-            price = float(price) if price not in (None, "") else None
-        except (TypeError, ValueError):
-            raise _key_error(
-                path, text, key, f"expected a number, got {price!r}", f"item {key} price"
-            ) from None
+        price = finite_float(path, meta.get("price"), _line_of_key(text, key), f"item {key} price")
         rows.append(
             {
                 "item_id": item,

@@ -176,6 +176,8 @@ def load_mind(
         if keep_all_items:
             catalog = pl.concat([catalog, text.join(order, on="item_id", how="anti")], how="diagonal_relaxed")
     inter = _interactions(beh)
+    if inter.height == 0:
+        raise DataFormatError(path, "no interactions: no impression has a click and no user has a history")
     imps = beh.sort("line").drop("line")
     meta = {"source": str(path), "format": "mind", "news": str(news_path) if news_path.exists() else None}
     return Dataset.from_frames(name, inter, catalog, impressions=imps, meta=meta, rating_col=None)

@@ -23,6 +23,8 @@ import polars as pl
 from thinkrec.data.dataset import DataFormatError, Dataset
 from thinkrec.data.loaders._common import (
     check_int_id,
+    check_rating,
+    decode_error,
     iter_fields,
     parse_float,
     parse_int,
@@ -54,7 +56,7 @@ def read_ratings(
     for lineno, parts in iter_fields(path, sep, fields, encoding="latin-1", skip=skip):
         users.append(check_int_id(path, parts[0], lineno, fields[0]))
         items.append(check_int_id(path, parts[1], lineno, fields[1]))
-        ratings.append(parse_float(path, parts[2], lineno, fields[2]))
+        ratings.append(check_rating(path, parse_float(path, parts[2], lineno, fields[2]), lineno, fields[2]))
         ts.append(parse_int(path, parts[3], lineno, fields[3]))
     if not users:
         raise DataFormatError(path, "no ratings found")
@@ -81,7 +83,7 @@ def read_ml100k_items(path: str | Path, genre_path: str | Path | None = None) ->
                 raise DataFormatError(path, f"expected a 0/1 genre flag, got {flag!r}", lineno, g)
         title = parts[1]
         year = year_from_title(title)
-        if year is None and parts[2][-4:].isdigit():
+        if year is None and parts[2][-4:].isascii() and parts[2][-4:].isdigit():
             year = int(parts[2][-4:])
         rows.append(
             {
@@ -117,27 +119,31 @@ def _csv_rows(path: Path, required: tuple[str, ...]) -> tuple[list[str], list[tu
     with path.open(encoding="utf-8", newline="") as fh:
         reader = csv.reader(fh)
         try:
-            header = next(reader)
-        except StopIteration:
-            raise DataFormatError(path, "empty file; expected a header line", 1) from None
-        for req in required:
-            if req not in header:
-                raise DataFormatError(
-                    path, f"missing required header field (have {', '.join(header)})", 1, req
-                )
-        rows = []
-        for row in reader:
-            if not row:
-                continue
-            if len(row) != len(header):
-                field = header[len(row)] if len(row) < len(header) else f"column {len(header) + 1}"
-                raise DataFormatError(
-                    path,
-                    f"expected {len(header)} comma-separated fields, found {len(row)}",
-                    reader.line_num,
-                    field,
-                )
-            rows.append((reader.line_num, row))
+            header = next(reader, None)
+            if header is None:
+                raise DataFormatError(path, "empty file; expected a header line", 1)
+            for req in required:
+                if req not in header:
+                    raise DataFormatError(
+                        path, f"missing required header field (have {', '.join(header)})", 1, req
+                    )
+            rows = []
+            for row in reader:
+                if not row:
+                    continue
+                if len(row) != len(header):
+                    field = header[len(row)] if len(row) < len(header) else f"column {len(header) + 1}"
+                    raise DataFormatError(
+                        path,
+                        f"expected {len(header)} comma-separated fields, found {len(row)}",
+                        reader.line_num,
+                        field,
+                    )
+                rows.append((reader.line_num, row))
+        except UnicodeDecodeError as exc:
+            raise decode_error(path, "utf-8", exc) from None
+        except csv.Error as exc:
+            raise DataFormatError(path, f"unreadable record ({exc})", reader.line_num) from None
     return header, rows
 
 
@@ -151,8 +157,10 @@ def read_ratings_csv(path: str | Path) -> pl.DataFrame:
     for lineno, row in rows:
         users.append(check_int_id(path, row[iu], lineno, "userId"))
         items.append(check_int_id(path, row[ii], lineno, "movieId"))
-        ratings.append(parse_float(path, row[ir], lineno, "rating"))
+        ratings.append(check_rating(path, parse_float(path, row[ir], lineno, "rating"), lineno, "rating"))
         ts.append(parse_int(path, row[it], lineno, "timestamp"))
+    if not users:
+        raise DataFormatError(path, "no ratings found")
     return pl.DataFrame(
         {"user_id": users, "item_id": items, "rating": ratings, "ts": ts},
         schema={"user_id": pl.Utf8, "item_id": pl.Utf8, "rating": pl.Float64, "ts": pl.Int64},
@@ -213,16 +221,18 @@ def load_ml100k(folder: str | Path, name: str = "ml-100k", keep_all_items: bool 
             read_ml100k_items(folder / "u.item", folder / "u.genre") if (folder / "u.item").exists() else None
         )
         return _build(name, inter, items, keep_all_items, {"source": str(source), "layout": "original"})
-    rb = load_recbole(source, name=name, keep_all_items=True)
+    rb = load_recbole(source, name=name, keep_all_items=True, int_ids=True)
     # maintain_order: equal timestamps inside a user must keep the file order through the joins.
     inter = rb.interactions.join(rb.users, on="user", maintain_order="left").join(
         rb.items.select("item", "item_id"), on="item", maintain_order="left"
     )
     items = rb.items.drop("item")
     if "release_year" in items.columns:
-        items = items.with_columns(pl.col("release_year").cast(pl.Int32, strict=False).alias("year")).drop(
-            "release_year"
-        )
+        year = pl.col("release_year")
+        if isinstance(items.schema["release_year"], pl.List):
+            year = year.list.first()
+        year = year.cast(pl.Utf8).str.strip_chars().cast(pl.Int32, strict=False)
+        items = items.with_columns(year.alias("year")).drop("release_year")
     frame = inter.sort(["user", "ts"], maintain_order=True).select("user_id", "item_id", "rating", "ts")
     return _build(name, frame, items, keep_all_items, {"source": str(source), "layout": "recbole"})
 

@@ -18,6 +18,11 @@ import polars as pl
 
 from thinkrec.data.dataset import DataFormatError, Dataset
 from thinkrec.data.loaders._common import (
+    INT64_MAX,
+    INT64_MIN,
+    RATING_MAX,
+    check_int_id,
+    decode_error,
     open_text,
     parse_float,
     require_file,
@@ -53,7 +58,7 @@ def _records(path: Path, encoding: str) -> Iterator[tuple[int, list[str]]]:
                     yield start, row
                 start = reader.line_num + 1
         except UnicodeDecodeError as exc:
-            raise DataFormatError(path, f"not valid {encoding} text ({exc.reason})", start) from None
+            raise decode_error(path, encoding, exc) from None
         except csv.Error as exc:
             raise DataFormatError(path, f"unreadable record ({exc})", start) from None
 
@@ -62,6 +67,14 @@ def read_atomic(
     path: str | Path, encoding: str = "utf-8", required: Sequence[str] = ()
 ) -> tuple[pl.DataFrame, dict[str, str]]:
     """Read one atomic file into a frame (column names without ``:type``) and the ``{name: type}`` map."""
+    frame, types, _ = _read_atomic(Path(path), encoding, required)
+    return frame, types
+
+
+def _read_atomic(
+    path: Path, encoding: str, required: Sequence[str]
+) -> tuple[pl.DataFrame, dict[str, str], list[int]]:
+    """:func:`read_atomic` plus each row's first line number in the file (for errors found later)."""
     path = require_file(path, "RecBole atomic file")
     lines = _records(path, encoding)
     try:
@@ -79,6 +92,8 @@ def read_atomic(
                 1,
                 col,
             )
+        if name in names:
+            raise DataFormatError(path, "header field named twice", 1, name)
         names.append(name)
         types.append(typ)
     for req in required:
@@ -86,7 +101,9 @@ def read_atomic(
             raise DataFormatError(path, f"missing required header field (have {', '.join(names)})", 1, req)
     columns: list[list[Any]] = [[] for _ in names]
     n = len(names)
+    line_numbers: list[int] = []
     for lineno, parts in lines:
+        line_numbers.append(lineno)
         if len(parts) != n:
             field = names[len(parts)] if len(parts) < n else f"column {n + 1}"
             raise DataFormatError(
@@ -105,7 +122,7 @@ def read_atomic(
         {name: col for name, col in zip(names, columns, strict=True)},
         schema={name: RECBOLE_TYPES[typ] for name, typ in zip(names, types, strict=True)},
     )
-    return frame, dict(zip(names, types, strict=True))
+    return frame, dict(zip(names, types, strict=True)), line_numbers
 
 
 def _pick(
@@ -143,6 +160,8 @@ def read_recbole_items(
         if src is None:
             continue
         col = frame[src]
+        if types[src] in ("float", "float_seq"):
+            col = col.cast(pl.List(pl.Utf8) if types[src] == "float_seq" else pl.Utf8)
         if role == "categories":
             # token_seq splits on spaces; PLRec-style "'A', 'B C'" lists must be re-joined and parsed instead.
             vals = [
@@ -154,9 +173,10 @@ def read_recbole_items(
             out[role] = pl.Series(role, vals, dtype=pl.List(pl.Utf8))
         elif role == "price":
             first = col.list.first() if types[src].endswith("_seq") else col
-            out[role] = first.cast(pl.Utf8).cast(pl.Float64, strict=False)
-        elif types[src] in ("token_seq", "float_seq"):
-            out[role] = col.cast(pl.List(pl.Utf8)).list.join(" ")
+            price = first.cast(pl.Utf8).cast(pl.Float64, strict=False)
+            out[role] = price.set(~price.is_finite().fill_null(True), None)  # type: ignore[arg-type]
+        elif col.dtype == pl.List(pl.Utf8):
+            out[role] = col.list.join(" ")
         else:
             out[role] = col.cast(pl.Utf8)
     used = {item_field, *(v for v in roles.values() if v)}
@@ -179,12 +199,14 @@ def load_recbole(
     description_field: str | None = None,
     keep_all_items: bool = False,
     encoding: str = "utf-8",
+    int_ids: bool = False,
 ) -> Dataset:
     """Load ``X.inter`` (+ ``X.item``). ``path`` may be the ``.inter`` file or a folder ``X/`` holding ``X.inter``.
 
     The ``.item`` file next to the ``.inter`` (same stem) is used unless ``item_path`` is given. Items are numbered in
     ``.item`` order; catalogue rows without interactions are dropped unless ``keep_all_items``.
-    Without a time field the file order is the time order.
+    Without a time field the file order is the time order. ``int_ids``: user and item ids must be non-negative
+    integers (MovieLens' RecBole layout), normalised without leading zeros.
     """
     path = require_file(path, "RecBole .inter file or folder")
     if path.is_dir():
@@ -195,23 +217,47 @@ def load_recbole(
                 f"{path}: expected '{path.name}.inter' or exactly one '*.inter' file, found {len(found)}"
             )
         path = found[0]
-    inter, types = read_atomic(path, encoding, required=[user_field, item_field])
+    inter, types, lines = _read_atomic(path, encoding, required=[user_field, item_field])
+    if inter.height == 0:
+        raise DataFormatError(path, "no interactions found (only a header)")
     cols = {user_field: "user_id", item_field: "item_id"}
     for field, target in ((time_field, "ts"), (rating_field, "rating")):
         if field in types:
             if types[field] not in ("float", "token"):
                 raise DataFormatError(path, f"expected a float or token field, got {types[field]}", 1, field)
             cols[field] = target
+    for field in (user_field, item_field):
+        if types[field] not in ("float", "token"):
+            raise DataFormatError(path, f"expected a token (or float) id field, got {types[field]}", 1, field)
     frame = inter.select([pl.col(src).alias(dst) for src, dst in cols.items()])
+    for field, col in ((user_field, "user_id"), (item_field, "item_id")):
+        ids = frame[col].cast(pl.Utf8)
+        bad = (ids.str.strip_chars().fill_null("") == "").arg_true()
+        if bad.len():
+            raise DataFormatError(path, "empty id", lines[bad[0]], field)
+        if int_ids:
+            checked = [check_int_id(path, tok, line, field) for tok, line in zip(ids.to_list(), lines, strict=True)]
+            ids = pl.Series(col, checked, dtype=pl.Utf8)
+        frame = frame.with_columns(ids.alias(col))
     if "ts" in frame.columns:
-        bad = frame.with_row_index("_i").filter(pl.col("ts").cast(pl.Float64, strict=False).is_null())
-        if bad.height:
+        ts = frame["ts"].cast(pl.Float64, strict=False)
+        ok = ts.is_finite().fill_null(False) & (ts.round() >= INT64_MIN) & (ts.round() < INT64_MAX)
+        bad = (~ok).arg_true()
+        if bad.len():
             raise DataFormatError(
-                path, f"expected a numeric timestamp, got {bad['ts'][0]!r}", int(bad["_i"][0]) + 2, time_field
+                path, f"expected a finite numeric timestamp, got {frame['ts'][bad[0]]!r:.60}", lines[bad[0]],
+                time_field,
             )
-        frame = frame.with_columns(pl.col("ts").cast(pl.Float64).round().cast(pl.Int64))
+        frame = frame.with_columns(ts.round().cast(pl.Int64).alias("ts"))
     if "rating" in frame.columns:
-        frame = frame.with_columns(pl.col("rating").cast(pl.Float64, strict=False))
+        rating = frame["rating"].cast(pl.Float64, strict=False)
+        given = frame["rating"].cast(pl.Utf8).str.strip_chars().fill_null("") != ""
+        bad = (given & ~(rating.is_finite() & (rating.abs() <= RATING_MAX)).fill_null(False)).arg_true()
+        if bad.len():
+            raise DataFormatError(
+                path, f"expected a finite number, got {frame['rating'][bad[0]]!r:.60}", lines[bad[0]], rating_field
+            )
+        frame = frame.with_columns(rating.alias("rating"))
     items = None
     item_file = Path(item_path) if item_path is not None else path.with_suffix(".item")
     if item_path is not None or item_file.exists():

@@ -7,15 +7,18 @@ no names) fills the catalogue's ``categories`` (as ``attr<id>``) when that metad
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import polars as pl
 
 from thinkrec.data.dataset import DataFormatError, Dataset, catalog_schema
 from thinkrec.data.loaders._common import (
+    as_text,
     file_or_single,
+    finite_float,
     iter_lines,
+    parse_json,
+    read_text,
     require_file,
     sort_by_int_id,
     split_categories,
@@ -57,31 +60,21 @@ def read_items_jsonl(path: str | Path, id_field: str = "s3rec_id") -> pl.DataFra
     path = require_file(path, "item metadata file")
     rows = []
     for lineno, line in iter_lines(path):
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataFormatError(path, f"invalid JSON ({exc.msg})", lineno) from None
+        obj = parse_json(path, line, lineno)
         if not isinstance(obj, dict):
             raise DataFormatError(path, "expected a JSON object per line", lineno)
-        if obj.get(id_field) is None:
+        item = obj.get(id_field)
+        if item is None:
             raise DataFormatError(path, "missing item id", lineno, id_field)
-        price = obj.get("price")
-        if price in (None, ""):
-            price = None
-        else:
-            try:
-                price = float(price)
-            except (TypeError, ValueError):
-                raise DataFormatError(path, f"expected a number, got {price!r}", lineno, "price") from None
         rows.append(
             {
-                "item_id": str(obj[id_field]),
-                "title": obj.get("title") or obj.get("name") or "",
-                "brand": obj.get("brand") or "",
+                "item_id": str(item),
+                "title": as_text(obj.get("title") or obj.get("name")),
+                "brand": as_text(obj.get("brand")),
                 "categories": split_categories(obj.get("categories"), ","),
-                "description": obj.get("description") or "",
-                "price": price,
-                "asin": str(obj.get("asin") or obj.get("business_id") or ""),
+                "description": as_text(obj.get("description")),
+                "price": finite_float(path, obj.get("price"), lineno, "price"),
+                "asin": as_text(obj.get("asin") or obj.get("business_id")),
             }
         )
     return pl.DataFrame(rows, schema=ITEMS_JSONL_SCHEMA)
@@ -90,12 +83,10 @@ def read_items_jsonl(path: str | Path, id_field: str = "s3rec_id") -> pl.DataFra
 def read_datamaps_items(path: str | Path) -> pl.DataFrame:
     """P5 ``datamaps.json`` -> (item_id, asin) from its ``id2item`` map."""
     path = require_file(path, "P5 datamaps file")
-    try:
-        id2item = json.loads(path.read_text(encoding="utf-8"))["id2item"]
-    except json.JSONDecodeError as exc:
-        raise DataFormatError(path, f"invalid JSON ({exc.msg})", exc.lineno) from None
-    except (KeyError, TypeError):
-        raise DataFormatError(path, "not a P5 datamaps file", field="id2item") from None
+    raw = parse_json(path, read_text(path))
+    id2item = raw.get("id2item") if isinstance(raw, dict) else None
+    if not isinstance(id2item, dict):
+        raise DataFormatError(path, "not a P5 datamaps file (expected an object under 'id2item')", field="id2item")
     return pl.DataFrame(
         {"item_id": [str(k) for k in id2item], "asin": [str(v) for v in id2item.values()]},
         schema={"item_id": pl.Utf8, "asin": pl.Utf8},
@@ -106,15 +97,12 @@ def read_item_attributes(path: str | Path) -> pl.DataFrame:
     """S3-Rec ``*_item2attributes.json`` (``{"item": [attribute id, ...]}``, brand and category ids without
     names) -> (item_id, categories = ``["attr<id>", ...]``)."""
     path = require_file(path, "S3-Rec item attributes file")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataFormatError(path, f"invalid JSON ({exc.msg})", exc.lineno) from None
+    raw = parse_json(path, read_text(path))
     if not isinstance(raw, dict):
         raise DataFormatError(path, "expected a JSON object {item: [attribute ids]}")
     cats = []
     for item, attrs in raw.items():
-        if not isinstance(attrs, list) or not all(isinstance(a, int) for a in attrs):
+        if not isinstance(attrs, list) or not all(isinstance(a, int) and not isinstance(a, bool) for a in attrs):
             raise DataFormatError(path, f"item {item!r}: expected a list of integer attribute ids", field=str(item))
         cats.append([f"attr{a}" for a in attrs])
     return pl.DataFrame({"item_id": [str(k) for k in raw], "categories": cats},
@@ -143,7 +131,7 @@ def load_s3rec(
         items = pl.DataFrame({"item_id": inter["item_id"].unique()})
     if attributes is not None and Path(attributes).exists() and "categories" not in items.columns:
         items = items.join(read_item_attributes(attributes), on="item_id", how="left")
-    bad = items.filter(~pl.col("item_id").str.contains(r"^\d+$"))
+    bad = items.filter(~pl.col("item_id").str.contains(r"^[0-9]+$"))
     if bad.height:
         src = items_jsonl if items_jsonl is not None and Path(items_jsonl).exists() else datamaps
         raise DataFormatError(
