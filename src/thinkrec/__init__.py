@@ -8,7 +8,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# MKL's matrix products may round differently run to run depending on how buffers happen to be aligned; its
+# conditional-numerical-reproducibility mode removes that, so a resumed run ends bit-identical to an uninterrupted
+# one (same machine, same thread count). Effective when thinkrec is imported before torch (the CLI always is).
+os.environ.setdefault("MKL_CBWR", "AUTO")
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
