@@ -440,30 +440,25 @@ def recommend_cmd(
     if not ids:
         _fail("give --user ID (repeatable) or --users FILE|all")
     rerank = None if no_rerank else True
-    results = []
+    options = {"k": k, "explain": explain, "exclude_seen": exclude_seen, "as_of": as_of, "retriever": retriever,
+               "reranker": rerank}
     t0 = time.perf_counter()
+    if out is not None:  # sharded over the ranks of a torchrun launch (thinkrec.pipeline.batch)
+        from thinkrec.pipeline.batch import recommend_to_parquet, world
+
+        rank, size = world()
+        with _progress() as update:
+            served = recommend_to_parquet(funnel, ids, out, batch_size, lambda i, n: update("recommend", i, n), **options)
+        wall = time.perf_counter() - t0
+        if rank == 0:
+            console.print(f"wrote {out}: {len(ids):,} users × top-{k} over {size} process(es) "
+                          f"({served / max(wall, 1e-9):,.0f} users/s per process)")
+        return
+    results = []
     with _progress() as update:
         for lo in range(0, len(ids), batch_size):
-            results += funnel.recommend(users=ids[lo: lo + batch_size], k=k, explain=explain, exclude_seen=exclude_seen,
-                                        as_of=as_of, retriever=retriever, reranker=rerank, batch_size=batch_size)
+            results += funnel.recommend(users=ids[lo: lo + batch_size], batch_size=batch_size, **options)
             update("recommend", min(lo + batch_size, len(ids)), len(ids))
-    wall = time.perf_counter() - t0
-    if out is not None:
-        import polars as pl
-
-        from thinkrec.utils.io import atomic_path
-
-        frame = pl.DataFrame({
-            "user_id": [r.user_id for r in results for _ in r.items],
-            "rank": [i + 1 for r in results for i in range(len(r.items))],
-            "item_id": [it.item_id for r in results for it in r.items],
-            "score": [it.score for r in results for it in r.items],
-            "retriever_rank": [it.ranks.get("retriever", it.ranks.get("candidates")) for r in results for it in r.items],
-        })
-        with atomic_path(out) as tmp:
-            frame.write_parquet(tmp)
-        console.print(f"wrote {out}: {len(results):,} users × top-{k} ({len(results) / max(wall, 1e-9):,.0f} users/s)")
-        return
     for r in results:
         stages = " → ".join(f"{s} {n}" for s, n in r.stages.items() if n)
         console.print(f"[bold]user {r.user_id}[/] — {stages}; last {min(5, len(r.history))} of {len(r.history)} items: "
