@@ -479,7 +479,7 @@ def recommend_cmd(
         if explain and r.explanation and r.explanation.get("thinking_agreement"):
             console.print("thinking-token / next-code cluster agreement over these beams: "
                           + ", ".join(f"level {lv + 1}: {a:.0%}" for lv, a in r.explanation["thinking_agreement"].items()))
-    console.print(f"{len(results)} users in {wall:.2f}s", style="dim")
+    console.print(f"{len(results)} users in {time.perf_counter() - t0:.2f}s", style="dim")
 
 
 @app.command("models")
