@@ -82,7 +82,8 @@ class Graph:
         return self.root / "checkpoints" / name.replace("/", ".")
 
     def _open_checkpoints(self, name: str, key: str) -> None:
-        folder, stamp = self.checkpoint_dir(name), self.checkpoint_dir(name) / "key.txt"
+        folder = self.checkpoint_dir(name)
+        stamp = folder / "key.txt"
         if folder.exists() and (not stamp.exists() or stamp.read_text() != key):
             self.log(f"{name}: discarding checkpoints left by other inputs")
             shutil.rmtree(folder)

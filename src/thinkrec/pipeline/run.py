@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,13 +22,12 @@ import torch
 
 from thinkrec.data.dataset import Dataset
 from thinkrec.data.splits import SequenceSplit, make_split
-from thinkrec.errors import UserError
 from thinkrec.eval.metrics import mean_metrics, rank_metrics
 from thinkrec.eval.protocol import compute_ranks
 from thinkrec.eval.stats import bootstrap_ci, paired_test
 from thinkrec.pipeline.config import RunConfig, check_run_config, dump_run_config, resolve
 from thinkrec.pipeline.graph import Graph, Node
-from thinkrec.pipeline.rundir import RunDir
+from thinkrec.pipeline.rundir import RunDir, storage_errors
 from thinkrec.pipeline.scorers import SCORERS, active_scorers, candidate_sources
 from thinkrec.utils.io import atomic_file, atomic_path, read_json, write_json
 from thinkrec.utils.progress import progress_callback
@@ -660,19 +659,6 @@ def open_run(config: RunConfig, run_dir: str | Path | None = None, log: Callable
     return ctx
 
 
-@contextlib.contextmanager
-def _storage_errors(root: Path) -> Iterator[None]:
-    """A full disk or a read-only run directory: one clear error instead of a traceback from deep in a writer."""
-    from thinkrec.pipeline.rundir import STORAGE_ERRNOS, storage_error
-
-    try:
-        yield
-    except OSError as exc:
-        if exc.errno in STORAGE_ERRNOS and not isinstance(exc, UserError):
-            raise storage_error(exc, root) from exc
-        raise
-
-
 def run_pipeline(
     config: RunConfig,
     stages: list[str] | None = None,
@@ -693,7 +679,7 @@ def run_pipeline(
     np.random.seed(config.run.seed)
     ctx = open_run(config, run_dir, log, progress, wanted)
     with ctx.rundir.lock(wait=lock_wait), (progress_callback(progress) if progress is not None
-                                           else contextlib.nullcontext()), _storage_errors(ctx.root):
+                                           else contextlib.nullcontext()), storage_errors(ctx.root):
         # library code (embedding, re-ranker epochs, LLM phases) reports through thinkrec.utils.progress
         with atomic_file(ctx.root / "config.yaml") as fh:
             fh.write(dump_run_config(config))

@@ -21,22 +21,25 @@ class RunDirBusy(BusyError):
     """Another process holds the run directory's lock."""
 
 
-def storage_error(exc: OSError, root: Path) -> StorageError:
-    """A clear one-line error for a write that failed for lack of space or permission."""
-    where = exc.filename or root
-    return StorageError(f"{where}: cannot write ({exc.strerror or exc}); artifacts written before are intact "
-                        "(every write is atomic) — free space or fix permissions and rerun: finished stages are reused")
+@contextlib.contextmanager
+def storage_errors(root: Path) -> Iterator[None]:
+    """A write that fails for lack of space or permission becomes one clear :class:`StorageError` (instead of a
+    traceback from deep in a writer); other errors pass unchanged."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in STORAGE_ERRNOS or isinstance(exc, StorageError):
+            raise
+        raise StorageError(f"{exc.filename or root}: cannot write ({exc.strerror or exc}); artifacts written before "
+                           "are intact (every write is atomic) — free space or fix permissions and rerun: finished "
+                           "stages are reused") from exc
 
 
 class RunDir:
     def __init__(self, root: str | Path):
         self.root = Path(root)
-        try:
+        with storage_errors(self.root):
             self.root.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            if exc.errno in STORAGE_ERRNOS:
-                raise storage_error(exc, self.root) from exc
-            raise
         self.logger = logging.getLogger(f"thinkrec.run.{self.root.resolve()}")  # one logger per folder, not per name
         self.logger.setLevel(logging.INFO)
         self.logger.propagate = False
@@ -64,26 +67,19 @@ class RunDir:
         """Hold the run directory for this process: a second ``thinkrec run`` on it waits up to ``wait`` seconds,
         then fails naming the holder. The kernel drops the lock when its holder dies (even by SIGKILL), so a killed
         run never leaves the directory locked."""
-        path = self.root / ".lock"
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            if exc.errno in STORAGE_ERRNOS:
-                raise storage_error(exc, self.root) from exc
-            raise
+        with storage_errors(self.root):
+            fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
             deadline = time.monotonic() + wait
             while True:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     break
-                except OSError as exc:
-                    if exc.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() >= deadline:
-                        if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                            raise
+                except BlockingIOError:  # held by another process
+                    if time.monotonic() >= deadline:
                         holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-                        raise RunDirBusy(f"{self.root}: run directory in use by {holder}; wait for it to finish or "
-                                         "use another run.name / --run-dir") from None
+                        raise RunDirBusy(f"{self.root}: run directory in use by {holder}; wait for it to finish "
+                                         "(thinkrec run --wait S) or use another run name (--name)") from None
                     time.sleep(0.2)
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode(), 0)

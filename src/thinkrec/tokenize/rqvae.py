@@ -192,10 +192,10 @@ class RQVAE(Quantizer):
             ckpt = Checkpointer(context.checkpoint_dir if context is not None else None,
                                 config_hash({"method": self.name, "config": cfg, "input": hashlib.sha1(x.tobytes()).hexdigest()}),
                                 log=lambda m: None)
-            resuming = ckpt.load() is not None
-            if cfg.kmeans_init and not resuming:  # a resumed state replaces what k-means would set
+            state = ckpt.load(str(xt.device))
+            if cfg.kmeans_init and state is None:  # a resumed state replaces what k-means would set
                 self._kmeans_init(self._standardize(xt))
-            self._train(self._standardize(xt), cfg.epochs, ckpt)
+            self._train(self._standardize(xt), cfg.epochs, ckpt, state)
             self.fit_codes_ = self._final_codes(x, raw)
         self.fit_seconds = time.perf_counter() - t0
         self.fit_stats = {**code_usage(self.fit_codes_, cfg.codebook_size), "fit_seconds": self.fit_seconds}
@@ -320,11 +320,12 @@ class RQVAE(Quantizer):
             net.ema_sum[lvl].copy_(book.data * net.ema_size[lvl, :, None])
             r = r - book[c]
 
-    def _train(self, xs: torch.Tensor, epochs: int, ckpt: Checkpointer | None = None) -> None:
+    def _train(self, xs: torch.Tensor, epochs: int, ckpt: Checkpointer | None = None,
+               state: dict[str, Any] | None = None) -> None:
         """``epochs`` epochs; with ``ckpt`` each ends with a checkpoint (weights + EMA / CoBa statistics, optimizer,
-        the permutation generator, the torch RNG, step and reset counters, history) that a killed fit resumes from."""
+        the permutation generator, the torch RNG, step and reset counters, history) that a killed fit resumes from:
+        ``state``, what ``ckpt.load()`` returned."""
         cfg = self.config
-        state = ckpt.load(str(xs.device)) if ckpt is not None else None
         if state is not None:  # before the optimizer: _restore builds a fresh network
             self._restore({k: np.asarray(v) for k, v in state["tensors"].items()}, state["meta"])
         net = self.net
