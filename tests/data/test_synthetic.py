@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 
 from thinkrec.data.dataset import CATALOG_COLUMNS, IMPRESSION_SCHEMA, INTERACTION_SCHEMA, Dataset
-from thinkrec.data.synthetic import ClickModel, SyntheticConfig, build_world, generate
+from thinkrec.data.synthetic import ClickModel, SyntheticConfig, build_world, generate, item_vectors
 
 SMALL = {"n_users": 300, "n_items": 300, "n_impressions": 200}
 
@@ -234,3 +234,30 @@ def test_larger_tree_gets_generated_names() -> None:
     paths = d.items["category_path"].unique()
     assert d.items["leaf"].n_unique() == 50 and paths.len() == 50
     assert all(leaf in t for leaf, t in zip(d.items["categories"].list.last(), d.items["title"], strict=True))
+
+
+def test_large_catalogue_memory_is_bounded_by_users_times_length() -> None:
+    """20k users over 200k items: a dense users × items "seen" matrix (4 GB of bools) or [1000, n_items] float64
+    proposals (1.6 GB each) would dwarf the catalogue (~0.8 GB of text); the invariants still hold."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    d = generate(SyntheticConfig(n_users=20_000, n_items=200_000, mean_seq_len=6, n_impressions=30, seed=2))
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mb < 2000
+    per_user = d.interactions.group_by("user").agg(pl.col("item").n_unique().alias("u"), pl.len().alias("n"))
+    assert (per_user["u"] == per_user["n"]).mean() > 0.99  # no repeat purchases (rare leftovers may repeat)
+    assert d.impressions is not None and d.impressions.height == 30
+
+
+def test_item_vectors_cluster_by_category(ds: Dataset) -> None:
+    x = item_vectors(ds, dim=32)
+    assert x.shape == (ds.n_items, 32) and x.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(x, item_vectors(ds, dim=32))
+    leaf = ds.items["leaf"].to_numpy()
+    sim = x @ x.T
+    same = leaf[:, None] == leaf[None, :]
+    off = ~np.eye(len(leaf), dtype=bool)
+    assert sim[same & off].mean() > sim[~same].mean() + 0.3
+    assert len(np.unique(x.round(4), axis=0)) == ds.n_items  # noise keeps every item distinct

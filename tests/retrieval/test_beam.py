@@ -144,16 +144,49 @@ def test_dense_rescoring_reorders_the_beams_only(thinking):
         p, h = pure.score(None, tokens), hybrid.score(None, tokens)
         # independent computation: encoder state at the last position · item table, log-softmax over all items
         memory, _, _ = model.encode(tokens)
-        dense = torch.log_softmax(memory[:, -1] @ model.item_table().T, -1)
+        logits = memory[:, -1] @ model.item_table().T
+        dense = torch.log_softmax(logits, -1)
     assert torch.equal(torch.isfinite(p), torch.isfinite(h))  # the same candidates: the beams
     ok = torch.isfinite(p)
-    assert torch.allclose(h[ok], (p + 2.0 * dense)[ok], atol=1e-5)
+    # the re-score uses the logit, i.e. the log-softmax plus the user's log-partition: the same order per user
+    shift = 2.0 * torch.logsumexp(logits, -1, keepdim=True).expand_as(h)
+    assert torch.allclose(h[ok], (p + 2.0 * dense + shift)[ok], atol=1e-4)
+    exact = torch.where(ok, p + 2.0 * dense, torch.full_like(p, float("-inf")))
+    assert torch.equal(h.argsort(dim=1, descending=True, stable=True)[:, :8], exact.argsort(dim=1, descending=True, stable=True)[:, :8])
     rec = hybrid.recommend(tokens, 8)
     assert (np.diff(rec.scores, axis=1) <= 1e-6).all()  # best first after re-scoring
     beam_items = beams_to_items(sm, rec.beams.codes, rec.beams.scores).numpy()
     assert np.array_equal(np.take_along_axis(beam_items, rec.beam_index, 1), rec.items)
     with pytest.raises(ValueError, match="item head"):
         GenerativeScorer(_tiny(sm, thinking, item_loss_weight=0.0), sm, dense_weight=1.0)
+
+
+def test_item_logits_and_sampled_item_loss():
+    torch.manual_seed(0)
+    sm = _sidmap(40)
+    model = _tiny(sm, item_negatives=16)
+    state = torch.randn(5, 32)
+    items = torch.randint(0, 40, (5, 7))
+    full = state @ model.item_table().T  # independent: every item's logit, then pick
+    assert torch.allclose(model.item_logits(state, items), full.gather(1, items), atol=1e-5)
+    assert torch.allclose(model.item_rows(items[0]), model.item_table()[items[0]])
+    # a tiny model with the sampled item head learns a planted next item (history ending in i → i + 1)
+    tokens = torch.randint(1, 40, (64, 6))
+    targets = torch.zeros_like(tokens)
+    targets[:, -1] = tokens[:, -1] % 40 + 1  # token of item (last item + 1) mod 40
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    first = None
+    for _ in range(60):
+        parts = model.losses(tokens, targets)
+        first = first if first is not None else float(parts["item"].detach())
+        opt.zero_grad()
+        parts["loss"].backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        top = model.item_scores(tokens).argmax(1)
+    assert float(parts["item"]) < 0.5 * first
+    assert float((top == targets[:, -1] - 1).float().mean()) > 0.8
 
 
 def test_tuned_dense_weight_scores_match_the_full_ranking_protocol():

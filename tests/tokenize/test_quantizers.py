@@ -11,7 +11,14 @@ import torch
 from thinkrec.tokenize.base import FitContext
 from thinkrec.tokenize.coba import CoBa, cooccurrence_graph, normalized_adjacency, propagate
 from thinkrec.tokenize.quantizers import build_quantizer, load_quantizer, make_config
-from thinkrec.tokenize.rqkmeans import RQKMeans, balanced_assign, balanced_kmeans, code_usage, sq_dists
+from thinkrec.tokenize.rqkmeans import (
+    RQKMeans,
+    balanced_assign,
+    balanced_kmeans,
+    code_usage,
+    nearest_centroid,
+    sq_dists,
+)
 from thinkrec.tokenize.rqvae import RQVAE
 from thinkrec.utils.config import ConfigError
 
@@ -54,6 +61,26 @@ def test_rqkmeans_shapes_determinism_and_residuals(x):
     recon = q.reconstruct(codes)
     np.testing.assert_allclose(recon, sum(c[codes[:, i]] for i, c in enumerate(q.codebooks())), rtol=1e-6)
     assert float(((x - recon) ** 2).sum(1).mean()) == pytest.approx(errs[-1], rel=1e-3)
+
+
+def test_rqkmeans_fit_on_a_sample_then_batched_assignment(x):
+    c = np.random.default_rng(1).normal(size=(16, 32)).astype(np.float32)
+    np.testing.assert_array_equal(nearest_centroid(x, c, batch=7), sq_dists(x, c).argmin(1))
+    q = RQKMeans(n_levels=2, codebook_size=24, niter=10, num_threads=1, fit_sample=400, assign_batch=100)
+    codes = q.fit_encode(x)
+    np.testing.assert_array_equal(codes, q.encode(x))  # every item, not only the 400 fitted
+    # the planted clusters come back from a third of the items: first-level codes are almost pure per cluster
+    full = RQKMeans(n_levels=2, codebook_size=24, niter=10, num_threads=1).fit_encode(x)
+    rng = np.random.default_rng(0)
+    rng.normal(size=(24, 32))
+    lab = rng.choice(24, x.shape[0])  # planted()'s labels, drawn the same way
+    purity = [np.bincount(codes[lab == k, 0]).max() / max((lab == k).sum(), 1) for k in range(24)]
+    assert np.mean(purity) > 0.9
+    recon = lambda cd, qq: float(((x - qq.reconstruct(cd)) ** 2).sum(1).mean())  # noqa: E731
+    assert q.history[-1]["residual_mse"] == pytest.approx(recon(codes, q), rel=1e-4)
+    assert len(np.unique(full[:, 0])) == len(np.unique(codes[:, 0]))
+    with pytest.raises(ConfigError, match="fit_sample"):
+        RQKMeans(fit_sample=10, balanced=True)
 
 
 def test_rqkmeans_save_load_round_trip(x, tmp_path):

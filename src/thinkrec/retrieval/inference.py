@@ -32,9 +32,10 @@ class GenerativeScorer:
     target by the metrics).
 
     ``dense_weight`` > 0 re-scores the beams with the model's own item head (LIGER-style hybrid, Yang et al.
-    2024): score = beam log-probability + ``dense_weight`` × log-softmax over all items of the encoder state ·
-    item table (the auxiliary next-item loss trains that head). Candidates still come only from the
-    trie-constrained beams; only their order changes.
+    2024): score = beam log-probability + ``dense_weight`` × the item head's logit (encoder state · item table, the
+    auxiliary next-item loss trains that head; it equals the item log-softmax up to a per-user constant, so the
+    order is the same at a cost per user that does not grow with the catalogue). Candidates still come only from
+    the trie-constrained beams; only their order changes.
     """
 
     def __init__(self, model: GenerativeRetriever, sidmap: SIDMap, beam_size: int = 20, dense_weight: float = 0.0):
@@ -46,14 +47,17 @@ class GenerativeScorer:
         self.trie = sidmap.trie().to(next(model.parameters()).device)
 
     def _rescored(self, tokens: torch.Tensor, beams: BeamResult, items: torch.Tensor) -> torch.Tensor:
-        """Beam scores ``[B, K]``, plus the weighted dense log-probability of each beam's item."""
+        """Beam scores ``[B, K]``, plus the weighted item-head logit of each beam's item.
+
+        The logit is the item log-softmax up to a per-user constant (its log-partition), and a constant per user
+        re-orders nothing, so only the K beam items are scored: the cost per user does not grow with the catalogue.
+        """
         scores = beams.scores.float()
         if self.dense_weight == 0:
             return scores
-        logits = self.model.item_scores_from_state(beams.user_state) if beams.user_state is not None \
-            else self.model.item_scores(tokens)  # the beam search's encoder state: no second encoder pass
-        dense = torch.log_softmax(logits, -1)
-        extra = dense.gather(1, items.clamp(min=0).to(dense.device)).to(scores.device)
+        state = beams.user_state if beams.user_state is not None \
+            else self.model.last_state(self.model.encode(tokens)[0])[:, 0]  # the beam search's encoder state
+        extra = self.model.item_logits(state, items).float().to(scores.device)
         return torch.where(items.to(scores.device) >= 0, scores + self.dense_weight * extra, scores)
 
     @torch.inference_mode()
@@ -97,7 +101,7 @@ def tune_dense_weight(model: GenerativeRetriever, sidmap: SIDMap, examples: Eval
         tokens = torch.from_numpy(pad_histories(examples.offsets, examples.items, rows, max_len)).to(scorer.trie.device)
         beams = constrained_beam_search(model, tokens, scorer.trie, beam_size)
         items = beams_to_items(sidmap, beams.codes.cpu(), beams.scores.cpu())
-        dense = torch.log_softmax(model.item_scores(tokens), -1).cpu().gather(1, items.clamp(min=0))
+        dense = model.item_logits(beams.user_state, items).float().cpu()  # log-softmax up to a per-user constant
         hit = items == torch.from_numpy(examples.targets[rows])[:, None]  # [B, K], at most one per row
         valid = items >= 0
         found, col = hit.any(1).numpy(), hit.float().argmax(1)  # col: the target's beam (any one when absent)

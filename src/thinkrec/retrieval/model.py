@@ -58,6 +58,9 @@ class RetrieverConfig:
     state_bos: bool = True  # decoder's first input = BOS + projection of the encoder state at the last history item
     constrained_softmax: bool = True  # normalise each level over the trie's valid children (training and decoding)
     item_loss_weight: float = spec(1.0, ge=0.0)  # >0: auxiliary full-softmax next-item CE on the encoder state (tied item table)
+    # >0: that CE is a sampled softmax against this many uniform negatives shared by the batch, so a step costs the
+    # same at any catalogue size (a full softmax over 1M items does not fit a step); 0 = full softmax
+    item_negatives: int = spec(0, ge=0)
     tie_heads: bool = False  # output head of level l shares weights with the decoder's level-l code embeddings
     codebook_init: bool = False  # initialise code embeddings from the quantizer's codewords (PCA to d_model)
     # S²GR
@@ -472,6 +475,11 @@ class GenerativeRetriever(nn.Module):
             self._table_cache = cache
         return cache[1]
 
+    def item_rows(self, items: torch.Tensor) -> torch.Tensor:
+        """Rows of :meth:`item_table` for ``items`` (any shape) without building the whole table."""
+        x = sum(self.enc_code_emb[lv](self.item_codes[items, lv]) for lv in range(self.n_levels))
+        return x + self.item_emb(items) if self.item_emb is not None else x
+
     def _build_item_table(self) -> torch.Tensor:
         x = sum(self.enc_code_emb[lv](self.item_codes[:, lv]) for lv in range(self.n_levels))
         return x + self.item_emb.weight if self.item_emb is not None else x
@@ -486,7 +494,23 @@ class GenerativeRetriever(nn.Module):
         """:meth:`item_scores` from the encoder state at the last history item ``[B, d]`` (e.g. the beam search's)."""
         return user_state @ self.item_table().T
 
+    def item_logits(self, user_state: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """The item head's logits of given items only: ``user_state [B, d]`` · table rows ``items [B, K]`` → ``[B, K]``.
+
+        Per user this costs ``K × d``, whatever the catalogue size (re-scoring beams must not grow with it)."""
+        rows = F.embedding(items.clamp(min=0).to(user_state.device), self.item_table())  # [B, K, d]
+        return torch.bmm(rows, user_state[:, :, None].to(rows.dtype))[..., 0]
+
     # ------------------------------------------------------------------ losses
+    def _sampled_item_loss(self, states: torch.Tensor, targets: torch.Tensor, n_negatives: int) -> torch.Tensor:
+        """Sampled-softmax CE of the item head: each target against ``n_negatives`` uniform draws shared by the
+        batch (a draw equal to the row's own target is masked; uniform draws need no logQ correction)."""
+        neg = torch.randint(self.item_codes.shape[0], (n_negatives,), device=states.device)
+        pos_logit = (states * self.item_rows(targets)).sum(-1, keepdim=True)
+        neg_logit = (states @ self.item_rows(neg).T).masked_fill(neg[None] == targets[:, None], float("-inf"))
+        logits = torch.cat([pos_logit, neg_logit], 1)
+        return F.cross_entropy(logits, torch.zeros(len(targets), dtype=torch.long, device=states.device))
+
     def cluster_centres(self, level: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(centres [K_c, d], cluster of each code [radix])``: mean code embedding per cluster."""
         assign = self.code_clusters[level, : self.radix[level]]
@@ -528,7 +552,10 @@ class GenerativeRetriever(nn.Module):
         loss = rec
         if cfg.item_loss_weight > 0:
             states = (user_state if user_state is not None else self.last_state(memory))[select]
-            parts["item"] = F.cross_entropy(states @ self.item_table().T, sel_items)
+            if cfg.item_negatives:
+                parts["item"] = self._sampled_item_loss(states, sel_items, cfg.item_negatives)
+            else:
+                parts["item"] = F.cross_entropy(states @ self.item_table().T, sel_items)
             loss = loss + cfg.item_loss_weight * parts["item"]
         if self.thinking and cfg.align:
             terms = []

@@ -58,6 +58,14 @@ def sq_dists(x: np.ndarray, c: np.ndarray) -> np.ndarray:
     return np.maximum(d, 0.0, out=d)
 
 
+def nearest_centroid(x: np.ndarray, c: np.ndarray, batch: int = 65_536) -> np.ndarray:
+    """Index of each row's nearest centroid, ``batch`` rows at a time (memory ``batch × K``, not ``n × K``)."""
+    out = np.empty(x.shape[0], dtype=np.int64)
+    for lo in range(0, x.shape[0], batch):
+        out[lo: lo + batch] = sq_dists(x[lo: lo + batch], c).argmin(1)
+    return out
+
+
 def balanced_assign(d: np.ndarray, capacity: int | np.ndarray) -> np.ndarray:
     """Assign each row of the distance matrix ``d [n, k]`` to a column, at most ``capacity`` rows per column.
 
@@ -148,12 +156,21 @@ class RQKMeansConfig:
     capacity_factor: float = spec(1.0, ge=1.0)  # cluster capacity = ceil(capacity_factor · n / K); ≥ 1
     balanced_niter: int = spec(10, ge=0)  # constrained Lloyd rounds after the faiss initialisation
     num_threads: int = spec(2, ge=0)  # faiss OpenMP threads (0 = leave as is)
+    # >0: fit the codebooks on this many items drawn at random (plain k-means only), then assign every item in
+    # batches; cost of the fit stops growing with the catalogue (faiss already subsamples 256 points/centroid)
+    fit_sample: int = spec(0, ge=0)
+    assign_batch: int = spec(65_536, ge=1)  # rows per nearest-centroid batch: bounds the [batch, K] distances
     device: str = spec("cpu", check=device_error)  # accepted for a uniform config surface; faiss-cpu runs on the CPU
 
     def __post_init__(self) -> None:
         # every range at once (ConfigError, field names relative to this config); capacity_factor ≥ 1: the total
         # capacity must cover every point
         check_valid(self)
+
+    def _checks(self) -> list[tuple[str, str]]:
+        if self.fit_sample and self.balanced:
+            return [("fit_sample", "needs balanced=false (capacities hold for the fitted items only)")]
+        return []
 
 
 class RQKMeans(Quantizer):
@@ -173,6 +190,8 @@ class RQKMeans(Quantizer):
         t0 = time.perf_counter()
         set_faiss_threads(cfg.num_threads)
         x = np.ascontiguousarray(x, dtype=np.float32)
+        if cfg.fit_sample and x.shape[0] > cfg.fit_sample:
+            return self._fit_on_sample(x, t0)
         resid = x.copy()
         total = float((x * x).sum(1).mean())
         self.centroids, codes, self.history = [], np.zeros((x.shape[0], cfg.n_levels), np.int64), []
@@ -182,7 +201,7 @@ class RQKMeans(Quantizer):
                 c, a = balanced_kmeans(resid, cfg.codebook_size, cfg.balanced_niter, seed, cfg.capacity_factor, init_niter=cfg.niter)
             else:
                 c = faiss_kmeans(resid, cfg.codebook_size, cfg.niter, seed)
-                a = sq_dists(resid, c).argmin(1)
+                a = nearest_centroid(resid, c, cfg.assign_batch)
             resid -= c[a]
             codes[:, level] = a
             self.centroids.append(c)
@@ -201,6 +220,32 @@ class RQKMeans(Quantizer):
         self.fit_seconds = time.perf_counter() - t0
         return self
 
+    def _fit_on_sample(self, x: np.ndarray, t0: float) -> RQKMeans:
+        """Codebooks from ``fit_sample`` random items (residual k-means on the sample), then every item encoded."""
+        cfg = self.config
+        rows = np.sort(np.random.default_rng(cfg.seed).choice(x.shape[0], cfg.fit_sample, replace=False))
+        resid = x[rows].copy()
+        self.centroids, self.history = [], []
+        for level in range(cfg.n_levels):
+            c = faiss_kmeans(resid, cfg.codebook_size, cfg.niter, cfg.seed + 1000 * level)
+            resid -= c[nearest_centroid(resid, c, cfg.assign_batch)]
+            self.centroids.append(c)
+        fit_s = time.perf_counter() - t0
+        codes = self.encode(x)
+        total = float((x * x).sum(1).mean())
+        recon = x - self.reconstruct(codes)
+        mse = float((recon * recon).sum(1).mean())
+        for level in range(cfg.n_levels):
+            counts = np.bincount(codes[:, level], minlength=cfg.codebook_size)
+            self.history.append({"level": level, "utilization": float((counts > 0).mean()),
+                                 "max_over_mean_size": float(counts.max() / counts.mean()),
+                                 "fit_sample": int(cfg.fit_sample)})
+        self.history[-1].update(residual_mse=mse, relative_residual=mse / max(total, 1e-12))
+        self.fit_codes_ = codes
+        self.fit_seconds = time.perf_counter() - t0
+        self.history[-1].update(fit_s=fit_s, assign_s=self.fit_seconds - fit_s)
+        return self
+
     # ------------------------------------------------------------------ inference
     @property
     def fitted(self) -> bool:
@@ -212,7 +257,7 @@ class RQKMeans(Quantizer):
         resid = np.array(x, dtype=np.float32, copy=True)
         codes = np.zeros((resid.shape[0], len(self.centroids)), dtype=np.int64)
         for level, c in enumerate(self.centroids):
-            a = sq_dists(resid, c).argmin(1)
+            a = nearest_centroid(resid, c, self.config.assign_batch)
             codes[:, level] = a
             resid -= c[a]
         return codes
