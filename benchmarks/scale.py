@@ -14,7 +14,8 @@ stage):
   handling (the de-duplicating digit of :class:`~thinkrec.tokenize.sids.SIDMap`).
 * ``trie``: the prefix trie the beams are constrained by.
 * ``sasrec`` / ``retriever``: one training epoch (SASRec with a sampled softmax, the TIGER-style retriever with a
-  sampled-softmax item head), ``samples_per_s`` = steady-state training targets/s (steps after the first
+  sampled-softmax item head; both with sparse item-table gradients and lazy AdamW, so a step's cost does not grow
+  with the catalogue), ``samples_per_s`` = steady-state training targets/s (steps after the first
   ``--warm-steps``), plus a validation pass on ``--valid-users`` users.
 * ``beam``: trie-constrained beam search (beam 20, item-head re-scoring on) for ``--users`` test users.
 * ``eval``: SASRec's full-ranking evaluation of the same users (chunked: ``--eval-batch`` users × all items at a
@@ -180,7 +181,8 @@ def run_size(size: str, args: argparse.Namespace) -> None:
     test = split.test.subset(users)
 
     # ------------------------------------------------------------------ sasrec
-    scfg = SASRecConfig(loss="sampled", negatives=256, epochs=1, eval_batch_size=args.eval_batch, warmup_steps=50)
+    scfg = SASRecConfig(loss="sampled", negatives=256, epochs=1, eval_batch_size=args.eval_batch, warmup_steps=50,
+                        sparse_items=True)  # a step touches the rows it reads (lazy AdamW), not 1M rows
     clock = StepClock(args.warm_steps)
     with rss.watch():
         t0 = time.perf_counter()
@@ -195,7 +197,7 @@ def run_size(size: str, args: argparse.Namespace) -> None:
            loss="sampled softmax, 256 uniform negatives")
 
     # ------------------------------------------------------------------ retriever
-    mcfg = RetrieverConfig(item_negatives=256)
+    mcfg = RetrieverConfig(item_negatives=256, sparse_item_grad=True)
     tcfg = RetrieverTrainConfig(epochs=1, valid_users=args.valid_users, warmup_steps=50)
     clock = StepClock(args.warm_steps)
     with rss.watch():

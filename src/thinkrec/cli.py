@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, ParamSpec, TypeVar
@@ -68,7 +69,8 @@ def _terminal_width() -> int:
         return MIN_WIDTH
 
 
-console = CliConsole()
+# under torchrun the ranks other than 0 print nothing but their errors (rank 0 reports for the launch)
+console = CliConsole(quiet=os.environ.get("RANK", "0") != "0")
 P, R = ParamSpec("P"), TypeVar("R")
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML preset (configs/*.yaml).")]
@@ -81,6 +83,9 @@ RootOpt = Annotated[str | None, typer.Option("--data-root", help="Folder holding
 def _fail(msg: str) -> None:
     # soft_wrap: an error naming a file and line stays on one line (copyable, greppable) at any terminal width;
     # markup off for the message itself, so brackets in a path or value are printed as they are
+    if console.quiet:
+        print(f"error (rank {os.environ.get('RANK')}): {msg}", file=sys.stderr)
+        raise typer.Exit(2)
     console.print("[bold red]error:[/] ", end="")
     console.print(msg, soft_wrap=True, markup=False)
     raise typer.Exit(2)
@@ -96,7 +101,6 @@ def _reported() -> Iterator[None]:
     """User errors (:class:`thinkrec.errors.UserError`: a bad config value, bad or insufficient data, a missing
     file or an unknown name the user gave) print their one-line message and exit with code 2; any other
     exception is an internal error: its traceback and :data:`BUG_HINT` go to stderr, exit code 1."""
-    import sys
     import traceback
 
     from thinkrec.errors import UserError

@@ -5,6 +5,7 @@ import torch
 from thinkrec.retrieval import GenerativeRetriever, RetrieverConfig, beams_to_items, constrained_beam_search
 from thinkrec.retrieval.clusters import code_clusters
 from thinkrec.tokenize.sids import SIDMap, SIDTrie
+from thinkrec.utils.config import check_valid
 
 torch.set_num_threads(1)
 
@@ -187,6 +188,34 @@ def test_item_logits_and_sampled_item_loss():
         top = model.item_scores(tokens).argmax(1)
     assert float(parts["item"]) < 0.5 * first
     assert float((top == targets[:, -1] - 1).float().mean()) > 0.8
+
+
+def test_sparse_item_grad_learns_with_lazy_adamw():
+    """``sparse_item_grad``: the item embedding's gradient names only the rows looked up (history items, targets,
+    the sampled negatives) and LazyAdamW updates those rows; the planted next item is still learnt."""
+    from thinkrec.utils.optim import LazyAdamW, clip_grad_norm
+
+    torch.manual_seed(0)
+    sm = _sidmap(40)
+    model = _tiny(sm, item_negatives=16, sparse_item_grad=True, dropout=0.0)
+    tokens = torch.randint(1, 40, (64, 6))
+    targets = torch.zeros_like(tokens)
+    targets[:, -1] = tokens[:, -1] % 40 + 1
+    opt = LazyAdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
+    for _ in range(60):
+        parts = model.losses(tokens, targets)
+        opt.zero_grad()
+        parts["loss"].backward()
+        grad = model.item_emb.weight.grad
+        assert grad.is_sparse and set(grad.coalesce().indices()[0].tolist()) <= set(range(40))
+        clip_grad_norm(model.parameters(), 1.0)
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        top = model.item_scores(tokens).argmax(1)
+    assert float((top == targets[:, -1] - 1).float().mean()) > 0.8
+    with pytest.raises(ValueError, match="sparse_item_grad"):
+        check_valid(RetrieverConfig(sparse_item_grad=True, item_loss_weight=1.0), "retrieval.model")
 
 
 def test_tuned_dense_weight_scores_match_the_full_ranking_protocol():

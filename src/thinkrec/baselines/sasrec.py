@@ -7,6 +7,13 @@ correction (Yi et al. 2019) for the popularity-biased in-batch draws; ``gbce``, 
 generalised BCE over uniform negatives with calibration ``gbce_t``. Negatives are shared by a batch's targets
 (one [T, N] matmul instead of a [T, N, d] gather). Logits are computed only at non-padded positions: on
 short-sequence data most of a padded window is empty, and skipping it makes training ~4x faster.
+
+Under torch.distributed (``torchrun``; :mod:`thinkrec.utils.distributed`) training is data-parallel: each rank
+takes a contiguous slice of every batch and DDP averages the gradients, each rank's loss weighted by its share of
+the batch's targets. ``ce`` and ``gbce`` / uniform ``sampled`` losses are means over targets and decompose:
+``ce`` (with dropout 0) follows the one-process run on the combined batch to float precision; the sampled losses
+draw their negatives per rank (the same distribution, other draws). ``in-batch`` / ``mixed`` sampling does not
+decompose: a rank's in-batch candidates are its slice's targets, a smaller pool than the whole batch's.
 """
 
 from __future__ import annotations
@@ -26,13 +33,23 @@ from safetensors.torch import load_file, save_file
 
 from thinkrec.data.batching import shifted_pair
 from thinkrec.data.splits import SequenceSplit
+from thinkrec.eval.metrics import mean_metrics
 from thinkrec.eval.protocol import evaluate_full_ranking
+from thinkrec.utils import distributed as dist
 from thinkrec.utils.checkpoint import Checkpointer, generator_state, set_generator_state
 from thinkrec.utils.config import check_valid, config_hash, from_dict, spec
 from thinkrec.utils.faults import check_finite, kill_point
 from thinkrec.utils.io import atomic_path, read_json, write_json
 from thinkrec.utils.nn import normal_init
-from thinkrec.utils.training import EarlyStopping, length_bucketed_batches, lr_lambda, param_groups
+from thinkrec.utils.optim import LazyAdamW, SparseRows, clip_grad_norm
+from thinkrec.utils.training import (
+    AMP_MODES,
+    EarlyStopping,
+    autocast,
+    length_bucketed_batches,
+    lr_lambda,
+    param_groups,
+)
 
 
 @dataclass
@@ -65,11 +82,21 @@ class SASRecConfig:
     max_train_s: float = spec(0.0, ge=0.0)  # stop after the epoch that passes this many seconds (0 = no budget)
     # cosine (warm-up, decay to 0.1× over all epochs) | constant (warm-up, then flat)
     schedule: str = spec("cosine", choices=("cosine", "constant"))
+    # GPU switches (change nothing at their defaults): bf16 autocast of forward + loss; torch.compile of the
+    # training forward + loss (the saved module is the plain one)
+    amp: str = spec("off", choices=AMP_MODES)
+    compile: bool = False
+    # the item table gets sparse gradients (only the rows a step looks up) and a lazy AdamW update
+    # (thinkrec.utils.optim), so a step costs the same at any catalogue size; needs a sampled loss (sampled / gbce);
+    # under torchrun DDP all-reduces the sparse gradient (tested with gloo)
+    sparse_items: bool = False
 
     def _checks(self) -> list[tuple[str, str]]:
         out = []
         if self.d_model % self.n_heads:
             out.append(("n_heads", f"must divide d_model {self.d_model} (got {self.n_heads})"))
+        if self.sparse_items and self.loss == "ce":
+            out.append(("sparse_items", "needs loss sampled or gbce (a full-softmax loss reads every item row)"))
         if self.loss != "ce" and self.negatives < 1 and self.negative_sampling != "in-batch":
             out.append(("negatives", f"must be ≥ 1 for loss {self.loss!r} with {self.negative_sampling!r} sampling "
                                      f"(got {self.negatives})"))
@@ -171,7 +198,7 @@ class SASRec(nn.Module):
         self.n_items = n_items
         self.config = config
         d = config.d_model
-        self.item_emb = nn.Embedding(n_items + 1, d, padding_idx=0)
+        self.item_emb = nn.Embedding(n_items + 1, d, padding_idx=0, sparse=config.sparse_items)
         self.pos_emb = nn.Embedding(config.max_len, d)
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(d, config.n_heads, config.ffn_mult, config.dropout) for _ in range(config.n_layers))
@@ -211,7 +238,9 @@ class SASRec(nn.Module):
         c = self.config
         keep = targets > 0
         hidden = self.hidden(inputs)
-        h, pos, w = hidden[keep], targets[keep] - 1, self.item_weights()
+        h, pos = hidden[keep], targets[keep] - 1
+        # sampled losses read only w[idx] and w.shape: with sparse items, lookups whose gradient names those rows
+        w = SparseRows(self.item_emb, 1) if c.sparse_items else self.item_weights()
         if c.loss == "sampled":
             extra_items = extra_logits = None
             if c.history_negatives:  # every position's own inputs so far: [B, L, L] logits, causal
@@ -277,26 +306,34 @@ def train_sasrec(
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     progress: Callable[[int, int], None] | None = None,
     checkpoint_dir: str | Path | None = None,
+    on_step: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[SASRec, list[dict[str, Any]]]:
     """Train with early stopping on validation NDCG@10; returns the best model (by validation) and history.
 
     With ``checkpoint_dir``, every epoch ends with a checkpoint (model, optimizer, scheduler, the shuffling RNG, the
     torch RNG, early stopping with its best weights, history) from which a killed run resumes to the same result.
+    ``on_step({"epoch", "step", "loss"})`` follows every optimiser step (the loss of the whole batch).
+
+    Under torch.distributed (see the module docstring) every rank returns the same model and history; rank 0
+    logs, reports progress and writes the checkpoint, every rank resumes from it.
     """
     check_config(config)
+    log, progress = dist.on_main(log), dist.on_main(progress)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     model = SASRec(split.n_items, config).to(device)
     # In-batch draws follow the targets' frequency: logQ uses the training targets' item distribution.
     counts = np.bincount(split.train_items, minlength=split.n_items).astype(np.float64) + 1.0
     log_q = torch.from_numpy(np.log(counts / counts.sum())).float().to(device)
-    opt = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr)
+    opt = LazyAdamW(param_groups(model, config.weight_decay), lr=config.lr)  # = AdamW without sparse_items
     lengths = split.train_offsets[1:] - split.train_offsets[:-1]
     rows_all = np.nonzero(lengths >= 2)[0]
     steps_per_epoch = len(_epoch_batches(rows_all, lengths, config, np.random.default_rng(0)))
     total_steps = steps_per_epoch * config.epochs
     schedule = lr_lambda(config.warmup_steps, total_steps, floor=1.0 if config.schedule == "constant" else 0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    step_loss = dist.data_parallel(model, lambda m, inp, tgt: m.loss(inp, tgt, log_q), config.compile)
+    valid = dist.shard_of(split.valid)
 
     stopper, history, spent = EarlyStopping(config.patience), [], 0.0
     ckpt = Checkpointer(checkpoint_dir, config_hash({"sasrec": config, "n_items": split.n_items,
@@ -316,23 +353,30 @@ def train_sasrec(
     t_start = time.perf_counter() - spent
     for epoch in range(start, config.epochs + 1):
         model.train()
+        dist.decorrelate(config.seed, epoch)
         t0 = time.perf_counter()
         total, n = 0.0, 0
         for step, rows in enumerate(_epoch_batches(rows_all, lengths, config, rng)):
-            inp, tgt = shifted_pair(split.train_offsets, split.train_items, rows, config.max_len)
+            inp, tgt = shifted_pair(split.train_offsets, split.train_items, rows[dist.batch_slice(len(rows))],
+                                    config.max_len)
+            (weight,) = dist.share(int((tgt > 0).sum()), device=device)  # this rank's share of the batch's targets
             inp_t, tgt_t = torch.from_numpy(inp).to(device), torch.from_numpy(tgt).to(device)
             # Trim leading columns that are padding for the whole batch (most sequences are short).
             first = int((tgt_t > 0).any(0).nonzero()[0])
-            loss = model.loss(inp_t[:, first:], tgt_t[:, first:], log_q)
-            check_finite(loss, "sasrec", f"{epoch}.{step}", "loss")
+            with autocast(device, config.amp):
+                loss = step_loss(inp_t[:, first:], tgt_t[:, first:]) * weight
+            batch_loss = dist.reduce_mean(loss.detach())  # the whole batch's loss, the same on every rank
+            check_finite(batch_loss, "sasrec", f"{epoch}.{step}", "loss")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if config.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                clip_grad_norm(model.parameters(), config.grad_clip)
             opt.step()
             sched.step()
-            total += loss.item() * len(rows)
+            total += batch_loss.item() * len(rows)
             n += len(rows)
+            if on_step:
+                on_step({"epoch": epoch, "step": step, "loss": batch_loss.item()})
             if progress:
                 progress(step + 1, steps_per_epoch)
             kill_point()
@@ -341,9 +385,10 @@ def train_sasrec(
         if epoch % config.eval_every == 0 or epoch == config.epochs:
             model.eval()
             t1 = time.perf_counter()
-            metrics, _ = evaluate_full_ranking(
-                model.score, split.valid, ks=(10,), max_len=config.max_len, batch_size=config.eval_batch_size, device=device
-            )
+            per_user = evaluate_full_ranking(
+                model.score, valid, ks=(10,), max_len=config.max_len, batch_size=config.eval_batch_size, device=device
+            )[1] if len(valid) else {}
+            metrics = mean_metrics(dist.gather_arrays(per_user))  # every rank: the metrics over all validation users
             row.update({f"valid_{k}": v for k, v in metrics.items()}, eval_s=time.perf_counter() - t1)
             if stopper.update(metrics["ndcg@10"], model):
                 row["best"] = True
@@ -354,7 +399,7 @@ def train_sasrec(
         )
         if on_epoch:
             on_epoch(row)
-        out_of_time = bool(config.max_train_s and time.perf_counter() - t_start > config.max_train_s)
+        out_of_time = dist.broadcast(bool(config.max_train_s and time.perf_counter() - t_start > config.max_train_s))
         ckpt.save({"epoch": epoch, "model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                    "rng": generator_state(rng), "torch_rng": torch.get_rng_state(), "stopper": stopper.state(),
                    "history": history, "spent": time.perf_counter() - t_start,

@@ -5,13 +5,18 @@ Evaluation generates one greedy, constrained answer per list and scores the true
 (:mod:`thinkrec.eval.metrics`, from its 1-based position in the answer). Only
 lists whose candidates contain the true item can score, so generation runs on those (``n_eval`` of them) and the
 figures are reported both on them and scaled to every test list (× the retriever's coverage).
+
+Under ``accelerate launch --num_processes N`` / ``torchrun`` every process runs the stage on its own device
+(``cuda:LOCAL_RANK``): training is data-parallel, trace sampling and evaluation are sharded over the ranks (contiguous
+slices, gathered back in order), and rank 0 alone logs and writes the traces, phase records, adapter and metrics.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +24,7 @@ import numpy as np
 import torch
 
 from thinkrec.eval.metrics import mean_metrics, rank_metrics, ranks_from_positions
+from thinkrec.llm import parallel
 from thinkrec.llm.answer import AnswerTokens, max_answer_tokens
 from thinkrec.llm.model import (
     LoraSettings,
@@ -108,31 +114,33 @@ def answer_metrics(positions: np.ndarray | Sequence[int]) -> dict[str, float]:
 @torch.inference_mode()
 def evaluate(model: Any, tokens: AnswerTokens, catalogue: Catalogue, requests: Sequence[RerankRequest],
              cfg: LLMStageConfig) -> dict[str, Any]:
-    """Greedy constrained answers → ranks of the true item (malformed answers keep the pre-ranked order)."""
+    """Greedy constrained answers → ranks of the true item (malformed answers keep the pre-ranked order).
+
+    Under a multi-process launch each rank answers a contiguous run of the ``eval_batch_size`` batches one process
+    would form (the same prompts padded together, so the same answers) and every rank gets every list's result back
+    in list order: the metrics are those of one process."""
     from thinkrec.llm.teacher import generate_answers
 
     model.eval()
-    ranks, malformed, t0 = [], 0, time.perf_counter()
+    t0 = time.perf_counter()
     sid_len = catalogue.codes.shape[1]
-    examples = []
-    n_batches = -(-len(requests) // max(1, cfg.eval_batch_size))
-    for b in range(0, len(requests), cfg.eval_batch_size):
-        chunk = requests[b:b + cfg.eval_batch_size]
+    batches = [requests[b:b + cfg.eval_batch_size] for b in range(0, len(requests), cfg.eval_batch_size)]
+    lo, hi = parallel.bounds(len(batches), *parallel.world())
+    answered: list[tuple[int, bool, str]] = []  # per list: the true item's position, malformed, the answer
+    for done, chunk in enumerate(batches[lo:hi], 1):
         prompts = [rerank_prompt(catalogue, r.history, r.candidates, cfg.n_history, cfg.with_titles) for r in chunk]
         n_cand = max(len(r.candidates) for r in chunk)
         answers = generate_answers(model, tokens, prompts, 1, 0.0, cfg.max_reasoning_tokens, n_cand, sid_len)
         for r, (text,) in zip(chunk, answers, strict=True):
             order = parse_output(text, [catalogue.sid_tuple(i) for i in r.candidates])
-            if order is None:
-                malformed += 1
-                order = list(range(len(r.candidates)))
-            ranks.append(order.index(r.target) + 1 if r.target >= 0 else 0)
-            if len(examples) < 3:
-                examples.append(text)
-        progress.report("llm evaluation batches", b // cfg.eval_batch_size + 1, n_batches)
+            kept = order if order is not None else list(range(len(r.candidates)))
+            answered.append((kept.index(r.target) + 1 if r.target >= 0 else 0, order is None, text))
+        progress.report("llm evaluation batches", done, hi - lo)
+    answered = parallel.gather_lists(answered)
+    ranks = [rank for rank, _, _ in answered]
     out = answer_metrics(np.array(ranks))
-    out.update(malformed=malformed, n=len(ranks), wall_s=time.perf_counter() - t0, examples=examples,
-               ranks=[int(r) for r in ranks])
+    out.update(malformed=sum(bad for _, bad, _ in answered), n=len(ranks), wall_s=time.perf_counter() - t0,
+               examples=[text for _, _, text in answered[:3]], ranks=[int(r) for r in ranks])
     out["lists_per_s"] = len(ranks) / max(out["wall_s"], 1e-9)
     return out
 
@@ -155,8 +163,20 @@ def _restore(model: torch.nn.Module, snap: dict[str, torch.Tensor]) -> None:
 
 
 def make_teacher(cfg: LLMStageConfig, catalogue: Catalogue, train_lists: RerankLists) -> Teacher:
-    """The teacher ``llm.teacher.kind`` names in :data:`thinkrec.llm.teacher.TEACHERS`."""
+    """The teacher ``llm.teacher.kind`` names in :data:`thinkrec.llm.teacher.TEACHERS` (a local one on this rank's
+    device)."""
+    cfg = replace(cfg, device=parallel.rank_device(cfg.device))
     return TEACHERS.get(cfg.teacher.kind, "llm.teacher.kind")(cfg, catalogue, train_lists)
+
+
+def check_world(cfg: LLMStageConfig, size: int) -> None:
+    """Every global batch must split evenly over the launch's ``size`` processes."""
+    batches = {"llm.alignment.batch_size": cfg.alignment.batch_size, "llm.sft.batch_size": cfg.sft.batch_size,
+               "llm.rl.prompts_per_step × llm.rl.num_generations": cfg.rl.prompts_per_step * cfg.rl.num_generations}
+    bad = [f"{name} ({n})" for name, n in batches.items() if n % size]
+    if bad:
+        raise ValueError(f"{', '.join(bad)}: the global batch must split evenly over the {size} processes of this "
+                         "launch (each process gets an equal share)")
 
 
 def select_requests(lists: RerankLists, n: int, seed: int, with_target: bool, prefix: str,
@@ -177,21 +197,39 @@ def run_llm_stage(catalogue: Catalogue, train_lists: RerankLists, test_lists: Re
 
     With ``checkpoint_dir`` a killed stage resumes: each finished phase (alignment, each SFT, DAPO) leaves a record
     there (its trained weights as safetensors, its evaluation, logs and trace statistics as JSON) and is not redone;
-    the phase that was running resumes from its Trainer checkpoint."""
+    the phase that was running resumes from its Trainer checkpoint.
+
+    Under a multi-process launch every rank calls this and gets the same summary back; only rank 0 logs and writes,
+    and every rank returns once rank 0's files are written."""
     if not cfg.sampling or any(m not in ("target", "reject") for m in cfg.sampling):
         raise ValueError(f"llm.sampling must list target and/or reject, got {cfg.sampling}")
     if cfg.rl_from not in cfg.sampling:
         raise ValueError(f"llm.rl_from={cfg.rl_from!r} must be one of llm.sampling {cfg.sampling}")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    main = parallel.is_main()
+    check_world(cfg, parallel.world()[1])
+    device = parallel.rank_device(cfg.device)
+    parallel.init(device)
+    with contextlib.nullcontext() if main else progress.progress_callback(None):  # the other ranks stay quiet
+        summary = _run_stage(catalogue, train_lists, test_lists, train_sequences, cfg, Path(out_dir), device, model,
+                             tokenizer, teacher, log if main else (lambda *_: None), checkpoint_dir)
+    parallel.barrier()  # every rank returns with rank 0's files in place
+    return summary
+
+
+def _run_stage(catalogue: Catalogue, train_lists: RerankLists, test_lists: RerankLists,
+               train_sequences: Sequence[np.ndarray], cfg: LLMStageConfig, out_dir: Path, device: str, model: Any,
+               tokenizer: Any, teacher: Any, log: Any, checkpoint_dir: str | Path | None) -> dict[str, Any]:
+    main = parallel.is_main()
+    out_dir.mkdir(parents=True, exist_ok=True)  # every rank: the trainers and trace parts need it at once
     torch.manual_seed(cfg.seed)
     t_stage = time.perf_counter()
     timings: dict[str, float] = {}
     bf16 = cfg.dtype == "bfloat16"
     if model is None:
         t = time.perf_counter()
-        model, tokenizer = load_causal_lm(cfg.model, cfg.device, cfg.dtype)
+        model, tokenizer = load_causal_lm(cfg.model, device, cfg.dtype)
         timings["load_s"] = time.perf_counter() - t
+    model = model.to(device)
     new_ids = add_sid_tokens(model, tokenizer, catalogue.radix)
     model = apply_lora(model, cfg.lora, new_ids)
     tokens = AnswerTokens(tokenizer)
@@ -230,6 +268,7 @@ def run_llm_stage(catalogue: Catalogue, train_lists: RerankLists, test_lists: Re
 
     def finish(name: str, train_log: list[dict], **extra: Any) -> None:
         _eval(name)
+        # every rank calls it: the Checkpointer writes on rank 0 and the others wait for it
         record(name).save({"params": _snapshot(model), "results": results[name], "log": train_log,
                            "timings": {k: v for k, v in timings.items() if k.startswith(name.replace("-", "_"))},
                            **extra})
@@ -243,7 +282,7 @@ def run_llm_stage(catalogue: Catalogue, train_lists: RerankLists, test_lists: Re
         examples = alignment_examples(catalogue, train_sequences, n_align, cfg.seed, cfg.alignment_plain_text_share,
                                       cfg.n_history)
         align_log = train_lm(model, tokenizer, alignment_features(tokenizer, examples, cfg.alignment.max_len),
-                             cfg.alignment, out_dir / "trainer", cfg.device, bf16, log,
+                             cfg.alignment, out_dir / "trainer", device, bf16, log,
                              checkpoint_dir=subdir(checkpoint_dir, "trainer-alignment"))
         timings["alignment_s"] = time.perf_counter() - t
         finish("alignment", align_log)
@@ -265,13 +304,14 @@ def run_llm_stage(catalogue: Catalogue, train_lists: RerankLists, test_lists: Re
             continue
         t = time.perf_counter()
         traces, stats = sample_traces(teacher, catalogue, train_reqs, mode, out_dir / f"traces_{mode}.jsonl",
-                                      cfg.teacher.max_tries, cfg.teacher.temperature, cfg.n_history, cfg.with_titles)
+                                      cfg.teacher.max_tries, cfg.teacher.temperature, cfg.n_history, cfg.with_titles,
+                                      cfg.seed)
         trace_stats[mode] = {"teacher": teacher.name, **stats.summary()}
         log(f"traces ({mode}, {teacher.name}): {stats.accepted} accepted of {len(train_reqs) - stats.skipped_no_target}"
             f" (acceptance {stats.acceptance_rate:.2f}, tries/sample {stats.tries_per_sample:.2f}, "
             f"malformed {stats.malformed})")
         feats = sft_features(tokens, traces, prompts, sids, cfg.sft)
-        sft_logs[mode] = train_lm(model, tokenizer, feats, cfg.sft, out_dir / "trainer", cfg.device, bf16, log,
+        sft_logs[mode] = train_lm(model, tokenizer, feats, cfg.sft, out_dir / "trainer", device, bf16, log,
                                   checkpoint_dir=subdir(checkpoint_dir, f"trainer-sft-{mode}"))
         timings[f"sft_{mode}_s"] = time.perf_counter() - t
         finish(f"sft-{mode}", sft_logs[mode], traces=trace_stats[mode])
@@ -288,20 +328,21 @@ def run_llm_stage(catalogue: Catalogue, train_lists: RerankLists, test_lists: Re
         n_cand = max(len(r.candidates) for r in rl_reqs)
         max_completion = max_answer_tokens(tokens, n_cand, catalogue.codes.shape[1], cfg.rl.max_reasoning_tokens)
         rl_log = train_dapo(model, tokenizer, [prompts[r.request_id] for r in rl_reqs], [r.target for r in rl_reqs],
-                            cfg.rl, out_dir / "trainer", max_completion, cfg.device, bf16, log,
+                            cfg.rl, out_dir / "trainer", max_completion, device, bf16, log,
                             checkpoint_dir=subdir(checkpoint_dir, "trainer-rl"))
         timings["rl_s"] = time.perf_counter() - t
         finish("rl", rl_log)
 
-    # 5. save
-    save_adapter(model, tokenizer, out_dir / "adapter")
+    # 5. save (rank 0; the ranks' weights are equal after data-parallel training)
     scaled = {name: {k: m[k] * coverage for k in ("recall@1", "recall@5", "ndcg@5")} for name, m in results.items()}
     summary = {
         "model": cfg.model, "config": asdict(cfg), "parameters": n_total, "trainable": n_trainable,
         "eval_lists_with_target": len(eval_reqs), "coverage": coverage, "metrics": results,
         "metrics_all_lists": scaled, "traces": trace_stats, "timings": timings,
         "wall_s": time.perf_counter() - t_stage,
-        "logs": {"alignment": align_log, "sft": sft_logs, "rl": rl_log},
+        "logs": {"alignment": align_log, "sft": sft_logs, "rl": rl_log}, "processes": parallel.world()[1],
     }
-    write_json(out_dir / "metrics.json", summary)
+    if main:
+        save_adapter(model, tokenizer, out_dir / "adapter")
+        write_json(out_dir / "metrics.json", summary)
     return summary

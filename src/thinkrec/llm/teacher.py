@@ -14,6 +14,11 @@ registered in ``TEACHERS`` under the names ``llm.teacher.kind`` takes (``openai`
 sampling (the teacher is not told; an answer is kept only if it ranks the true item first), up to ``max_tries``
 per request; malformed answers (pydantic validation of the JSON, unknown or repeated SIDs) are retried and counted.
 Accepted traces are cached as JSONL with provenance and re-used on the next run.
+
+Under a multi-process launch (:mod:`thinkrec.llm.parallel`) each rank samples a contiguous slice of the requests;
+every rank gets all accepted traces back in request order, and rank 0 alone keeps the trace file. A teacher with a
+``reseed(seed)`` method is reseeded per request from ``(seed, mode, request id)``, so what a request draws does not
+depend on which requests were sampled before it — nor on the number of processes.
 """
 
 from __future__ import annotations
@@ -30,11 +35,13 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from thinkrec.llm import parallel
 from thinkrec.llm.answer import AnswerTokens, constrained_generate, max_answer_tokens, render_answer
 from thinkrec.llm.model import add_sid_tokens, load_causal_lm
 from thinkrec.llm.prompts import Catalogue, rerank_prompt
 from thinkrec.llm.rewards import parse_output
 from thinkrec.rerank.lists import FEATURES, RerankLists
+from thinkrec.utils.io import atomic_path
 from thinkrec.utils.registry import Registry
 
 SYSTEM_PROMPT = ("You are an expert recommender. Items are written as Semantic IDs between <|sid_begin|> and "
@@ -84,15 +91,23 @@ class OpenAITeacher:
 
         self.name = f"openai:{model}"
         self.model, self.max_tokens, self.retries = model, max_tokens, retries
+        self.seed: int | None = None
         key = os.environ.get(api_key_env, "EMPTY")
         self.client = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout_s,
                                    headers={"Authorization": f"Bearer {key}"})
+
+    def reseed(self, seed: int) -> None:
+        """Send OpenAI's ``seed`` from here on (one more per call, so retries differ). Servers honour it at best
+        effort (vLLM does per request)."""
+        self.seed = seed
 
     def answer(self, request: RerankRequest, prompt: str, n: int, temperature: float) -> list[str]:
         import httpx
 
         body = {"model": self.model, "n": n, "temperature": temperature, "max_tokens": self.max_tokens,
                 "messages": [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": prompt}]}
+        if self.seed is not None:
+            body["seed"], self.seed = self.seed, self.seed + 1
         for attempt in range(self.retries):
             try:
                 r = self.client.post("/chat/completions", json=body)
@@ -113,6 +128,10 @@ class HFTeacher:
         self.model, self.tokenizer = model, tokenizer
         self.tokens = AnswerTokens(tokenizer)
         self.max_reasoning_tokens = max_reasoning_tokens
+
+    def reseed(self, seed: int) -> None:
+        """Sampling draws from torch's global RNG (``sample_traces`` restores it afterwards)."""
+        torch.manual_seed(seed)
 
     @torch.inference_mode()
     def answer(self, request: RerankRequest, prompt: str, n: int, temperature: float) -> list[str]:
@@ -151,6 +170,9 @@ class ProgrammaticTeacher:
 
     def __init__(self, catalogue: Catalogue, weights: np.ndarray, bias: float = 0.0, seed: int = 0):
         self.catalogue, self.weights, self.bias = catalogue, np.asarray(weights, dtype=np.float64), float(bias)
+        self.rng = np.random.default_rng(seed)
+
+    def reseed(self, seed: int) -> None:
         self.rng = np.random.default_rng(seed)
 
     @classmethod
@@ -283,6 +305,14 @@ class TraceStats:
         d.update(acceptance_rate=self.acceptance_rate, tries_per_sample=self.tries_per_sample)
         return d
 
+    @classmethod
+    def combine(cls, parts: Sequence[TraceStats]) -> TraceStats:
+        """The statistics of several ranks' slices as one run's: counts add up, the wall time is the slowest's."""
+        counts = ("requests", "skipped_no_target", "accepted", "tries", "malformed", "cached")
+        out = cls(**{k: sum(getattr(p, k) for p in parts) for k in counts})
+        out.wall_s = max((p.wall_s for p in parts), default=0.0)
+        return out
+
 
 def target_hint(catalogue: Catalogue, item: int) -> str:
     return (f"Hint (for the teacher only): the user's actual next item is {catalogue.sid(item)} "
@@ -290,9 +320,12 @@ def target_hint(catalogue: Catalogue, item: int) -> str:
 
 
 def _read_cache(path: Path) -> dict[str, dict]:
+    """The trace file's rows and those of any rank's part file next to it (left by a killed launch), by request."""
     out: dict[str, dict] = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
+    for f in [path, *_part_files(path)]:
+        if not f.exists():
+            continue
+        for line in f.read_text().splitlines():
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:  # a line cut by a kill: the request is sampled again
@@ -301,19 +334,81 @@ def _read_cache(path: Path) -> dict[str, dict]:
     return out
 
 
+def _part_file(path: Path, rank: int) -> Path:
+    return path.with_name(f".{path.name}.part-{rank}")
+
+
+def _part_files(path: Path) -> list[Path]:
+    """Part files next to ``path``, by rank."""
+    parts = path.parent.glob(f".{path.name}.part-*") if path.parent.is_dir() else []
+    return sorted((p for p in parts if p.name.rsplit("-", 1)[1].isdigit()), key=lambda p: int(p.name.rsplit("-", 1)[1]))
+
+
+def _merge_parts(path: Path) -> None:
+    """Rank 0: append the other ranks' part files (in rank order) to the trace file, atomically, and remove them.
+    Lines the file already holds are skipped, so a merge cut by a kill is simply done again."""
+    parts = _part_files(path)
+    if not parts:
+        return
+    lines = path.read_text().splitlines() if path.exists() else []
+    seen = set(lines)
+    for part in parts:
+        lines += [line for line in part.read_text().splitlines() if line not in seen]
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(line + "\n" for line in lines))
+    for part in parts:
+        part.unlink()
+
+
+def request_seed(seed: int, key: str) -> int:
+    """A request's own sampling seed, from the run's seed and the request's key (``mode:request_id``)."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:8], "little")
+
+
+def _fork_rng() -> Any:
+    """Restore torch's global RNG (CPU and the current GPU) after a teacher reseeded it."""
+    gpu = torch.cuda.is_available() and torch.cuda.is_initialized()
+    return torch.random.fork_rng(devices=[torch.cuda.current_device()] if gpu else [])
+
+
 def sample_traces(teacher: Teacher, catalogue: Catalogue, requests: Sequence[RerankRequest], mode: str,
                   cache: str | Path, max_tries: int = 4, temperature: float = 1.0, n_history: int = 5,
-                  with_titles: bool = True) -> tuple[list[dict], TraceStats]:
-    """Target or reject sampling over ``requests``; returns the accepted traces (cached ones included)."""
+                  with_titles: bool = True, seed: int = 0) -> tuple[list[dict], TraceStats]:
+    """Target or reject sampling over ``requests``; returns the accepted traces (cached ones included) in request
+    order, and the statistics.
+
+    Under a multi-process launch every rank samples its contiguous slice of ``requests`` (rank r > 0 logging its
+    rows to a hidden part file next to ``cache``, so a killed launch resumes from them); every rank returns every
+    rank's traces, and rank 0 appends the parts to ``cache`` and removes them — the file one process writes."""
     if mode not in ("target", "reject"):
         raise ValueError(f"sampling mode must be 'target' or 'reject', got {mode!r}")
     cache = Path(cache)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    done = _read_cache(cache)
+    rank, size = parallel.world()
+    lo, hi = parallel.bounds(len(requests), rank, size)
+    with _fork_rng():
+        traces, stats = _sample(teacher, catalogue, requests[lo:hi], mode, _read_cache(cache),
+                                cache if rank == 0 else _part_file(cache, rank), max_tries, temperature, n_history,
+                                with_titles, seed)
+    if size == 1:
+        return traces, stats
+    traces = parallel.gather_lists(traces)
+    stats = TraceStats.combine(parallel.gather(stats))
+    if rank == 0:
+        _merge_parts(cache)
+    parallel.barrier()
+    return traces, stats
+
+
+def _sample(teacher: Teacher, catalogue: Catalogue, requests: Sequence[RerankRequest], mode: str,
+            done: dict[str, dict], log_to: Path, max_tries: int, temperature: float, n_history: int,
+            with_titles: bool, seed: int) -> tuple[list[dict], TraceStats]:
+    """One process's sampling: ``done`` rows are reused, new rows are appended to ``log_to`` as they come."""
     stats = TraceStats(requests=len(requests))
     traces: list[dict] = []
     t0 = time.perf_counter()
-    with cache.open("a") as fh:
+    reseed = getattr(teacher, "reseed", None)
+    with log_to.open("a") as fh:
         for req in requests:
             if req.target < 0:
                 stats.skipped_no_target += 1
@@ -330,6 +425,8 @@ def sample_traces(teacher: Teacher, catalogue: Catalogue, requests: Sequence[Rer
                 if cached["accepted"]:
                     traces.append(cached)
                 continue
+            if reseed is not None:
+                reseed(request_seed(seed, key))
             row = {"request_id": key, "mode": mode, "teacher": teacher.name, "accepted": False, "tries": 0,
                    "malformed": 0, "prompt_sha256": digest}
             for _ in range(max_tries):

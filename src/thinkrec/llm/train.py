@@ -4,6 +4,11 @@
 SFT weighs reasoning tokens by λ_r and output tokens (the JSON scaffold and the ranking) by λ_o, λ_r < λ_o:
 ``L = Σ_t λ(t)·CE_t / #tokens``. Only completion positions get logits (``logits_to_keep``), which on a 262k-token
 vocabulary is most of the compute saved.
+
+Under a multi-process launch (``accelerate launch`` / ``torchrun``) both trainers run data-parallel with the global
+batch the settings name: SFT splits each ``batch_size`` batch over the processes (accelerate's ``split_batches``; the
+same examples in the same order as one process, ``#tokens`` counted over all of them), DAPO gives each process its
+share of the ``prompts_per_step × num_generations`` completions. Both must divide by the number of processes.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from thinkrec.llm import parallel
 from thinkrec.llm.answer import AnswerTokens, constrained_generate, prompt_candidates
 from thinkrec.llm.rewards import rerank_reward
 from thinkrec.utils.config import spec
@@ -111,7 +117,10 @@ class LeftPadCollator:
         return out
 
 
-def weighted_lm_loss(model: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+def weighted_lm_loss(model: Any, inputs: dict[str, torch.Tensor], n_tokens: torch.Tensor | None = None
+                     ) -> torch.Tensor:
+    """``Σ_t λ(t)·CE_t / n_tokens`` over the batch's labelled tokens; ``n_tokens`` defaults to their number (the
+    Trainer passes the whole optimizer step's: every accumulation micro-batch, every process)."""
     labels, weights = inputs["labels"], inputs["loss_weights"]
     has_label = (labels != -100).any(0)
     keep = labels.shape[1] - int(has_label.nonzero()[0, 0]) if has_label.any() else 1
@@ -120,8 +129,8 @@ def weighted_lm_loss(model: Any, inputs: dict[str, torch.Tensor]) -> torch.Tenso
     logits = out.logits[:, :-1].float()
     tgt, w = labels[:, -keep:], weights[:, -keep:]
     ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), ignore_index=-100, reduction="none")
-    n = (tgt != -100).sum().clamp(min=1)
-    return (ce * w.reshape(-1)).sum() / n
+    n = (tgt != -100).sum() if n_tokens is None else n_tokens
+    return (ce * w.reshape(-1)).sum() / n.clamp(min=1)
 
 
 def checkpointing(checkpoint_dir: str | Path | None, steps: int) -> tuple[dict[str, Any], str | None]:
@@ -148,11 +157,16 @@ def train_lm(model: Any, tokenizer: Any, features: list[dict[str, list]], settin
 
     class WeightedTrainer(Trainer):
         def compute_loss(self, model: Any, inputs: dict, return_outputs: bool = False, num_items_in_batch: Any = None):
-            loss = weighted_lm_loss(model, inputs)
+            loss = weighted_lm_loss(model, inputs, num_items_in_batch)
+            if num_items_in_batch is not None:  # the step's token count over every process: DDP's mean undone
+                loss = loss * self.accelerator.num_processes
             return (loss, None) if return_outputs else loss
 
     if not features:
         raise ValueError("no training examples (did every trace get rejected?)")
+    size = parallel.world()[1]
+    if settings.batch_size % size:
+        raise ValueError(f"batch_size {settings.batch_size} does not split over {size} processes")
     saving, resume = checkpointing(checkpoint_dir, settings.steps)
     args = TrainingArguments(**{
         "output_dir": str(out_dir), "per_device_train_batch_size": settings.batch_size,
@@ -160,7 +174,7 @@ def train_lm(model: Any, tokenizer: Any, features: list[dict[str, list]], settin
         "lr_scheduler_type": "cosine", "warmup_steps": max(1, round(settings.warmup_ratio * settings.steps)),
         "logging_steps": max(1, settings.steps // 10), "report_to": [], "seed": settings.seed,
         "remove_unused_columns": False, "disable_tqdm": True, "use_cpu": device == "cpu", "dataloader_num_workers": 0,
-        "bf16": bf16, **saving,
+        "bf16": bf16, "accelerator_config": {"split_batches": True}, **saving,
     })
     pin_device(args, device)
     trainer = WeightedTrainer(model=model, args=args, train_dataset=HFDataset.from_list(list(features)),
@@ -232,15 +246,17 @@ def reward_function(format_weight: float):
     return rank_and_format
 
 
-def drop_uninformative_groups(advantages: torch.Tensor, completion_mask: torch.Tensor, group_size: int
-                              ) -> tuple[torch.Tensor, float]:
+def drop_uninformative_groups(advantages: torch.Tensor, completion_mask: torch.Tensor, group_size: int,
+                              rows: slice | None = None) -> tuple[torch.Tensor, float]:
     """DAPO's dynamic sampling as a mask: rows of groups (``group_size`` consecutive completions of one prompt) whose
-    advantages are all zero — every reward equal — leave the loss. Returns the new mask and the share of kept groups."""
+    advantages are all zero — every reward equal — leave the loss. Returns the new mask and the share of kept groups.
+    With several processes a group may span them: ``advantages`` are then every process's, and ``rows`` says which of
+    them ``completion_mask``'s rows are."""
     if advantages.numel() % group_size:
         raise ValueError(f"{advantages.numel()} completions do not split into groups of {group_size}")
     informative = (advantages.view(-1, group_size).abs() > 1e-6).any(1)
-    rows = informative.repeat_interleave(group_size)
-    return completion_mask * rows[:, None].to(completion_mask.dtype), float(informative.float().mean())
+    keep = informative.repeat_interleave(group_size)[rows if rows is not None else slice(None)]
+    return completion_mask * keep[:, None].to(completion_mask.dtype), float(informative.float().mean())
 
 
 def dapo_trainer_class():
@@ -252,9 +268,12 @@ def dapo_trainer_class():
 
         def _generate_and_score_completions(self, inputs: Any) -> dict[str, Any]:
             out = super()._generate_and_score_completions(inputs)
-            out["completion_mask"], kept = drop_uninformative_groups(out["advantages"], out["completion_mask"],
-                                                                     self.num_generations)
-            out["num_items_in_batch"] = out["completion_mask"].sum().clamp(min=1)
+            n, at = len(out["advantages"]), self.accelerator.process_index  # this process's rows of the generation
+            out["completion_mask"], kept = drop_uninformative_groups(
+                self.accelerator.gather(out["advantages"]), out["completion_mask"], self.num_generations,
+                slice(at * n, (at + 1) * n))
+            # the token count that normalises the loss, over every process (as TRL counts it)
+            out["num_items_in_batch"] = self.accelerator.gather(out["completion_mask"].sum()).sum().clamp(min=1)
             self._metrics["train"]["dynamic_sampling/kept_group_frac"].append(kept)
             return out
 
@@ -274,11 +293,15 @@ def train_dapo(model: Any, tokenizer: Any, prompts: Sequence[str], targets: Sequ
     from trl import GRPOConfig
 
     G = settings.num_generations
+    size = parallel.world()[1]
+    if (G * settings.prompts_per_step) % size:
+        raise ValueError(f"{settings.prompts_per_step} prompts × {G} generations per step do not split over {size} "
+                         "processes")
     saving, resume = checkpointing(checkpoint_dir, settings.steps)
     args = GRPOConfig(**{
         "output_dir": str(out_dir), "loss_type": "dapo", "epsilon": settings.epsilon,
         "epsilon_high": settings.epsilon_high, "mask_truncated_completions": True, "beta": 0.0, "num_generations": G,
-        "per_device_train_batch_size": G * settings.prompts_per_step, "gradient_accumulation_steps": 1,
+        "per_device_train_batch_size": G * settings.prompts_per_step // size, "gradient_accumulation_steps": 1,
         "steps_per_generation": 1, "max_completion_length": max_completion_length, "max_steps": settings.steps,
         "learning_rate": settings.lr, "temperature": settings.temperature, "top_k": 0, "top_p": 1.0,
         "logging_steps": 1, "report_to": [], "seed": settings.seed, "use_cpu": device == "cpu", "disable_tqdm": True,

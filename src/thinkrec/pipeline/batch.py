@@ -11,46 +11,16 @@ the parts in rank order into ``out`` (atomically) and removes them. The result i
 
 from __future__ import annotations
 
-import contextlib
-import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import polars as pl
 
+from thinkrec.utils.distributed import process_group, shard, world
 from thinkrec.utils.io import atomic_path
 
-
-def world() -> tuple[int, int]:
-    """``(rank, world_size)`` of this process: from ``torchrun``'s environment, else ``(0, 1)``."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
-@contextlib.contextmanager
-def process_group() -> Iterator[Any]:
-    """A gloo process group for the launch (``None`` for a single process); torn down on exit."""
-    rank, size = world()
-    if size == 1:
-        yield None
-        return
-    import torch.distributed as dist
-
-    owned = not dist.is_initialized()
-    if owned:
-        dist.init_process_group("gloo", rank=rank, world_size=size)
-    try:
-        yield dist
-    finally:
-        if owned:
-            dist.destroy_process_group()
-
-
-def shard(ids: Sequence[str], rank: int, size: int) -> list[str]:
-    """Rank ``rank``'s contiguous slice of ``ids`` (slices in rank order give back ``ids``)."""
-    bounds = np.linspace(0, len(ids), size + 1).round().astype(int)
-    return list(ids[bounds[rank]: bounds[rank + 1]])
+__all__ = ["process_group", "recommend_to_parquet", "results_frame", "shard", "world"]
 
 
 def results_frame(results: Sequence[Any]) -> pl.DataFrame:
@@ -83,7 +53,7 @@ def recommend_to_parquet(funnel: Any, ids: Sequence[str], out: str | Path, batch
             frame.write_parquet(tmp)
         return len(mine)
     parts = [out.parent / f".{out.name}.part-{r}-of-{size}" for r in range(size)]
-    with process_group() as dist:
+    with process_group("gloo") as dist:  # CPU barriers only; the funnel stays on the device it was loaded on
         with atomic_path(parts[rank]) as tmp:
             frame.write_parquet(tmp)
         dist.barrier()

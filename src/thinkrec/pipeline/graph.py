@@ -8,6 +8,12 @@ Each finished node leaves ``stages/<name>.json`` in the run directory: key, cont
 
 While a node runs, its trainers keep their resumable state in ``checkpoints/<name>/`` (stamped with the node's
 key, so a checkpoint left by other inputs is discarded, never resumed); the folder goes once the marker is written.
+
+Under torch.distributed (``torchrun``) every rank walks the graph in the same order. Rank 0 decides which nodes are
+up to date and alone writes markers and checkpoint folders. A ``distributed`` node (a data-parallel trainer) runs
+on every rank — its run function writes its artifacts on rank 0 only; any other node runs on rank 0 alone
+(:func:`thinkrec.utils.distributed.solo`) while the other ranks wait at a barrier, then read what it wrote. The run
+directory must be one file system for every rank (on several nodes: a shared one).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from thinkrec.utils import distributed as dist
 from thinkrec.utils.config import config_hash, to_dict
 from thinkrec.utils.io import read_json, write_json
 
@@ -31,6 +38,7 @@ class Node:
     upstream: Callable[[Any], list[str]]  # Context → names of the nodes it reads
     artifacts: tuple[str, ...]  # files / folders (relative to the run dir) that are this node's output
     run: Callable[[Any], dict[str, Any] | None]  # Context → info recorded in the marker
+    distributed: bool = False  # runs on every rank of a torchrun launch (a data-parallel trainer), else on rank 0
 
 
 def content_hash(root: Path, paths: tuple[str, ...]) -> str:
@@ -104,26 +112,47 @@ class Graph:
         if name not in self.nodes:
             raise ValueError(f"unknown stage node {name!r}; known: {', '.join(self.nodes)}")
         node = self.nodes[name]
+        # no collective on this path: a rank may reach it where another does not (a cached dataset); the fresh
+        # sets are the same on every rank outside solo work (sync after it), so the other path is taken by all
         if name not in self._fresh:
             for up in node.upstream(self.ctx):
                 self.ensure(up)
-            if self.is_current(name):
+            if dist.broadcast(self.is_current(name)):  # rank 0's view, on every rank
                 self.log(f"{name}: up to date, reusing {', '.join(node.artifacts)}")
-            else:
-                t = time.perf_counter()
-                key = self.key(name)
-                self._open_checkpoints(name, key)
-                self._running.append(name)
-                try:
-                    info = node.run(self.ctx) or {}
-                finally:
-                    self._running.pop()
-                wall = time.perf_counter() - t
-                write_json(self.marker_path(name), {
-                    "key": key, "content": content_hash(self.root, node.artifacts), "finished": time.time(),
-                    "wall_s": wall, "info": info, "upstream": node.upstream(self.ctx),
-                    "inputs": to_dict(node.inputs(self.ctx)),
-                })
-                shutil.rmtree(self.checkpoint_dir(name), ignore_errors=True)
+            elif node.distributed or not dist.active():
+                self._run(name)
+            else:  # rank 0 runs it alone; the others wait, then read its artifacts
+                if dist.is_main():
+                    with dist.solo():
+                        self._run(name)
+                self.sync()
             self._fresh.add(name)
         return self.marker(name) or {}
+
+    def sync(self) -> None:
+        """After work rank 0 did alone (it may have ensured nodes on the way): every rank takes rank 0's set of
+        up-to-date nodes. A collective (and the barrier the waiting ranks sit at)."""
+        if dist.active():
+            self._fresh = set(dist.broadcast(sorted(self._fresh)))
+
+    def _run(self, name: str) -> None:
+        node = self.nodes[name]
+        t = time.perf_counter()
+        key = self.key(name)
+        if dist.is_main():
+            self._open_checkpoints(name, key)
+        dist.barrier()  # stale checkpoints are gone before any rank looks for one
+        self._running.append(name)
+        try:
+            info = node.run(self.ctx) or {}
+        finally:
+            self._running.pop()
+        wall = time.perf_counter() - t
+        if dist.is_main():
+            write_json(self.marker_path(name), {
+                "key": key, "content": content_hash(self.root, node.artifacts), "finished": time.time(),
+                "wall_s": wall, "info": info, "upstream": node.upstream(self.ctx),
+                "inputs": to_dict(node.inputs(self.ctx)),
+            })
+            shutil.rmtree(self.checkpoint_dir(name), ignore_errors=True)
+        dist.barrier()

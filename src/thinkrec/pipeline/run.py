@@ -5,6 +5,12 @@ Nodes: ``data`` → ``sids`` (Semantic IDs) → one node per next-item scorer (`
 ``rerank/<model>`` → ``llm``. ``evaluate``, ``funnel`` (the record of which models the loaded funnel uses and
 why) and ``report`` read what the nodes wrote and always run. The ``stages:`` names of a config map to node
 groups (:data:`STAGE_NAMES`).
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1) :func:`run_pipeline` starts the process group; the data-parallel trainers
+(``sasrec``, ``retrieval/<name>``, ``rerank/evaluator``, ``rerank/<model>``) train on every rank, everything else
+runs on rank 0 while the others wait (:mod:`thinkrec.pipeline.graph`); rank 0 alone logs and writes, so the run
+directory is the one a single process writes. The LLM stage (``llm``) runs on every rank too: its trainers are
+data-parallel and its trace sampling and evaluation sharded (:mod:`thinkrec.llm.parallel`).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from thinkrec.pipeline.config import RunConfig, check_run_config, dump_run_confi
 from thinkrec.pipeline.graph import Graph, Node
 from thinkrec.pipeline.rundir import RunDir, storage_errors
 from thinkrec.pipeline.scorers import SCORERS, active_scorers, candidate_sources
+from thinkrec.utils import distributed as dist
 from thinkrec.utils.io import atomic_file, atomic_path, read_json, write_json
 from thinkrec.utils.progress import progress_callback
 
@@ -150,7 +157,7 @@ def _scorer_node(name: str) -> Node:
     artifacts = (f"{folder}/model.safetensors", f"{folder}/config.json") + ((f"{folder}/sidmap",) if spec.generative else ())
     return Node(folder, lambda ctx: spec.inputs(ctx.config, name),
                 lambda ctx: ["data", "sids"] if spec.needs_sids else ["data"], artifacts,
-                lambda ctx: spec.train(ctx, name, ctx.root / folder))
+                lambda ctx: spec.train(ctx, name, ctx.root / folder), distributed=spec.distributed)
 
 
 def _rescore_node(name: str) -> Node:
@@ -370,6 +377,8 @@ def run_evaluator(ctx: Context) -> dict[str, Any]:
     evaluator, hist = train_evaluator(train, valid, cfg.model, cfg.train, ctx.config.run.device,
                                       log=lambda m: ctx.log(f"rerank evaluator: {m}"),
                                       checkpoint_dir=ctx.checkpoints("evaluator"))
+    if not dist.is_main():  # torchrun: every rank trained, rank 0 writes
+        return {}
     save_reranker(evaluator, "evaluator", ctx.root / "rerank" / "evaluator", hist, train.list_len)
     return {"valid_logloss": min(h["valid_logloss"] for h in hist), "epochs": len(hist)}
 
@@ -393,6 +402,8 @@ def _reranker_node(name: str) -> Node:
         _, evaluator = load_reranker(ctx.root / "rerank" / "evaluator", device)
         fit = fit_and_score(name, train, valid, test, cfg.model, cfg.train, evaluator, _click_model(ctx), device,
                             log=ctx.log, checkpoint_dir=ctx.checkpoints("model"))
+        if not dist.is_main():  # torchrun: every rank trained, rank 0 scores and writes
+            return {}
         compare = _comparison_lists(ctx)
         cmp = order_metrics(compare, rerank_orders(fit.model, compare, device=device), (5, 10))
         valid_m = {k: float(v.mean()) for k, v in cmp.items()}
@@ -406,7 +417,7 @@ def _reranker_node(name: str) -> Node:
         return {"name": name, "model": ctx.config.rerank.model, "train": ctx.config.rerank.train}
 
     return Node(f"rerank/{name}", inputs, lambda ctx: ["rerank/lists", "rerank/evaluator"],
-                (f"rerank/{name}/config.json", f"rerank/{name}/metrics.json"), run)
+                (f"rerank/{name}/config.json", f"rerank/{name}/metrics.json"), run, distributed=True)
 
 
 def summarize_rerank(ctx: Context) -> None:
@@ -606,10 +617,10 @@ def build_nodes() -> list[Node]:
              ("candidates",), run_candidates),
         Node("rerank/lists", _lists_inputs, _lists_upstream, ("rerank/lists", "rerank/featurizer"), run_lists),
         Node("rerank/evaluator", lambda ctx: {"model": ctx.config.rerank.model, "train": ctx.config.rerank.train},
-             lambda ctx: ["rerank/lists"], ("rerank/evaluator",), run_evaluator),
+             lambda ctx: ["rerank/lists"], ("rerank/evaluator",), run_evaluator, distributed=True),
         *(_reranker_node(m) for m in RERANK_MODELS),
         Node("llm", lambda ctx: {"llm": ctx.config.llm}, lambda ctx: ["rerank/lists", "sids", "data"],
-             ("llm/metrics.json",), run_llm),
+             ("llm/metrics.json",), run_llm, distributed=True),  # data-parallel (thinkrec.llm.parallel)
     ]
     return nodes
 
@@ -620,6 +631,10 @@ def _stage_steps(ctx: Context, stage: str) -> list[Callable[[], Any]]:
 
     def nodes(*names: str) -> list[Callable[[], Any]]:
         return [lambda n=n: g.ensure(n) for n in names]
+
+    def on_main(*steps: Callable[[], Any]) -> list[Callable[[], Any]]:
+        """Steps that read what the nodes wrote and write summaries: rank 0 alone under torchrun."""
+        return [lambda f=f: _on_main(ctx, f) for f in steps]
 
     if stage == "data":
         return nodes("data")
@@ -633,14 +648,22 @@ def _stage_steps(ctx: Context, stage: str) -> list[Callable[[], Any]]:
         return nodes("candidates") if candidate_sources(cfg) else []
     if stage == "rerank":
         return [*nodes("rerank/lists", "rerank/evaluator", *(f"rerank/{m}" for m in cfg.rerank.models)),
-                lambda: summarize_rerank(ctx)]
+                *on_main(lambda: summarize_rerank(ctx))]
     if stage == "llm":
         return nodes("llm")
     if stage == "evaluate":
-        return [lambda: run_evaluate(ctx), lambda: run_funnel_record(ctx)]
+        return on_main(lambda: run_evaluate(ctx), lambda: run_funnel_record(ctx))
     if stage == "report":
-        return [lambda: run_report(ctx)]
+        return on_main(lambda: run_report(ctx))
     raise ValueError(f"unknown stage {stage!r}; known: {', '.join(STAGE_NAMES)}")
+
+
+def _on_main(ctx: Context, step: Callable[[], Any]) -> None:
+    """``step()`` on rank 0 alone (working :func:`~thinkrec.utils.distributed.solo`), the other ranks waiting."""
+    if dist.is_main():
+        with dist.solo():
+            step()
+    ctx.graph.sync()  # the others wait here and learn which nodes rank 0 brought up to date
 
 
 def open_run(config: RunConfig, run_dir: str | Path | None = None, log: Callable[[str], None] = print,
@@ -651,8 +674,9 @@ def open_run(config: RunConfig, run_dir: str | Path | None = None, log: Callable
     rundir = RunDir(root)
 
     def both(msg: str) -> None:
-        rundir.log(msg)
-        log(msg)
+        if dist.is_main():  # torchrun: rank 0 logs
+            rundir.log(msg)
+            log(msg)
 
     ctx = Context(resolved, rundir, both, progress, list(requested or []))
     ctx.graph = Graph(build_nodes(), ctx, root, both)
@@ -670,28 +694,34 @@ def run_pipeline(
     """Run the requested stages (default: ``config.stages``) in funnel order; returns the run directory.
 
     The run directory is locked for the call (:meth:`RunDir.lock`): a second run on it waits ``lock_wait``
-    seconds, then fails with :class:`RunDirBusy`."""
+    seconds, then fails with :class:`RunDirBusy`. Under ``torchrun`` every rank calls this; the trainers run
+    data-parallel and rank 0 alone locks, logs and writes (module docstring)."""
     wanted = list(stages or config.stages)
     check_run_config(resolve(config), wanted)  # every config error at once, before anything is written
     if config.run.threads:
         torch.set_num_threads(config.run.threads)
     torch.manual_seed(config.run.seed)
     np.random.seed(config.run.seed)
-    ctx = open_run(config, run_dir, log, progress, wanted)
-    with ctx.rundir.lock(wait=lock_wait), (progress_callback(progress) if progress is not None
-                                           else contextlib.nullcontext()), storage_errors(ctx.root):
-        # library code (embedding, re-ranker epochs, LLM phases) reports through thinkrec.utils.progress
-        with atomic_file(ctx.root / "config.yaml") as fh:
-            fh.write(dump_run_config(config))
-        for name in STAGE_NAMES:
-            if name in wanted:
-                t = time.perf_counter()
-                for step in _stage_steps(ctx, name):
-                    step()
-                ctx.timings[name] = time.perf_counter() - t
-        timings_file = ctx.root / "timings.json"
-        prev = read_json(timings_file) if timings_file.exists() else {}
-        write_json(timings_file, {**prev, **ctx.timings})
+    with dist.process_group():
+        main = dist.is_main()
+        progress = progress if main else None
+        ctx = open_run(config, run_dir, log, progress, wanted)
+        with (ctx.rundir.lock(wait=lock_wait) if main else contextlib.nullcontext()), \
+                progress_callback(progress), storage_errors(ctx.root):
+            # library code (embedding, re-ranker epochs, LLM phases) reports through thinkrec.utils.progress
+            if main:
+                with atomic_file(ctx.root / "config.yaml") as fh:
+                    fh.write(dump_run_config(config))
+            for name in STAGE_NAMES:
+                if name in wanted:
+                    t = time.perf_counter()
+                    for step in _stage_steps(ctx, name):
+                        step()
+                    ctx.timings[name] = time.perf_counter() - t
+            if main:
+                timings_file = ctx.root / "timings.json"
+                prev = read_json(timings_file) if timings_file.exists() else {}
+                write_json(timings_file, {**prev, **ctx.timings})
     return ctx.root
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from thinkrec.utils import distributed as dist
 from thinkrec.utils.registry import Registry
 
 
@@ -24,6 +25,7 @@ class ScorerSpec:
     train: Callable[[Any, str, Path], dict[str, Any]]  # (Context, name, folder) → summary
     load: Callable[[Path, str], Any]  # (folder, device) → scorer with .score(users, tokens) [and .recommend]
     generative: bool = False  # returns beams (top-K), not a full ranking
+    distributed: bool = False  # trains data-parallel on every rank of a torchrun launch (writes on rank 0)
 
 
 SCORERS: Registry[ScorerSpec] = Registry("next-item scorer")
@@ -62,6 +64,8 @@ def _train_sasrec(ctx: Any, name: str, out: Path) -> dict[str, Any]:
     cfg = ctx.config.sasrec
     model, history = train_sasrec(ctx.get_split(), cfg, ctx.config.run.device, log=lambda m: ctx.log(f"sasrec: {m}"),
                                   progress=ctx.stage_progress("sasrec"), checkpoint_dir=ctx.checkpoints("sasrec"))
+    if not dist.is_main():  # torchrun: every rank trained, rank 0 writes
+        return {}
     model.save_folder(out)
     write_json(out / "history.json", history)
     summary = {"epochs": len(history), "s_per_epoch": float(np.median([h["train_s"] for h in history])),
@@ -78,7 +82,7 @@ def _load_sasrec(folder: Path, device: str) -> Any:
 
 SCORERS.register("sasrec", "SASRec: causal Transformer; full-softmax CE, sampled softmax or gBCE (sasrec.loss)", ScorerSpec(
     "sasrec", lambda n: "sasrec", lambda cfg, n: {"sasrec": cfg.sasrec, **_split_inputs(cfg)}, False, _train_sasrec,
-    _load_sasrec))
+    _load_sasrec, distributed=True))
 
 
 # ---------------------------------------------------------------------------------------------- co-occurrence
@@ -111,7 +115,9 @@ def _train_generative(ctx: Any, name: str, out: Path) -> dict[str, Any]:
 
         from thinkrec.retrieval.train import checkpoint_path
 
-        shutil.rmtree(checkpoint_path(out), ignore_errors=True)
+        if dist.is_main():
+            shutil.rmtree(checkpoint_path(out), ignore_errors=True)
+        dist.barrier()
     _, summary = train_one(name, ctx.get_split(), load_tokenize(ctx.root / "sids"), ctx.config.retrieval, out.parent,
                            ctx.config.run.device, log=lambda m: ctx.log(f"{name}: {m}"), progress=ctx.stage_progress(name))
     return summary
@@ -134,7 +140,7 @@ def _register_generative() -> None:
     for entry in RETRIEVERS.entries():
         SCORERS.register(entry.name, entry.description, ScorerSpec(
             "retrieval", lambda n: f"retrieval/{n}", _generative_inputs, True, _train_generative, _load_generative,
-            generative=True))
+            generative=True, distributed=True))
 
 
 _register_generative()

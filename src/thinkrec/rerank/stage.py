@@ -46,6 +46,7 @@ from thinkrec.retrieval.candidates import (
     CandidateSet,
     scorer_top_k,  # noqa: F401  (re-exported: the stage's callers use it)
 )
+from thinkrec.utils import distributed as dist
 from thinkrec.utils.config import from_dict, spec
 from thinkrec.utils.io import atomic_dir
 
@@ -253,6 +254,8 @@ def fit_and_score(name: str, train: RerankLists, valid: RerankLists, test: Reran
     model, hist = train_reranker(name, train, valid, model_config, config, evaluator, device,
                                  log=lambda m: log(f"{label}: {m}"), checkpoint_dir=checkpoint_dir)
     train_s = time.perf_counter() - t
+    if not dist.is_main():  # torchrun: every rank trained, rank 0 scores
+        return FitResult(model, {}, {}, None, hist)
     orders = rerank_orders(model, test, device=device)
     per = evaluate_orders(test, orders, evaluator, reward_kind(config, train), click_model)
     m = {k: float(np.mean(v)) for k, v in per.items()}

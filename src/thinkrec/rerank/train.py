@@ -1,6 +1,14 @@
 """Training and applying re-rankers: the evaluator (log-loss), scorers (pointwise / listwise), the pointer
 generator (supervised warm start, then RL against the evaluator with group-normalised advantages and a PPO
 clip), and the metrics of re-ranked lists.
+
+Under torch.distributed (``torchrun``; :mod:`thinkrec.utils.distributed`) the trainers are data-parallel: each
+rank takes a contiguous slice of every batch's lists, DDP averages the gradients, and every loss term — a mean over
+candidates (log-loss), lists with a positive (listwise), decoding steps with a positive left (the pointer loss) or
+rollout steps (RL) — is weighted by its rank's share of the batch's count of them, so each step's gradient is the
+one-process gradient of the combined batch (exactly, to float precision, with dropout 0; RL runs without
+dropout). RL samples the rollouts of the whole batch on every rank (the same draws as one process) and splits the
+PPO updates. Validation lists are sharded.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from torch import nn
 from thinkrec.eval.metrics import first_hit_ranks, list_metrics, rank_metrics
 from thinkrec.rerank.lists import RerankLists
 from thinkrec.rerank.models import RERANKERS, ListEvaluator, PointerGenerator, RerankBase, RerankModelConfig
+from thinkrec.utils import distributed as dist
 from thinkrec.utils import progress
 from thinkrec.utils.checkpoint import Checkpointer, generator_state, set_generator_state, subdir
 from thinkrec.utils.config import config_hash, spec
@@ -102,20 +111,23 @@ def ideal_order(labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def listwise_loss(scores: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Softmax cross-entropy toward the label distribution (lists without a positive contribute nothing)."""
+    """Softmax cross-entropy toward the label distribution (lists without a positive contribute nothing).
+    Under torch.distributed: this rank's part of the mean over the combined batch (every rank calls it)."""
     y = labels * mask
     has = y.sum(1) > 0
+    (share,) = dist.share(int(has.sum()), device=scores.device)
     if not bool(has.any()):
         return scores.sum() * 0.0
     logp = torch.log_softmax(scores.masked_fill(~mask, -1e9), -1)
     target = y / y.sum(1, keepdim=True).clamp_min(1e-9)
-    return -(target * logp).sum(1)[has].mean()
+    return -(target * logp).sum(1)[has].mean() * share
 
 
 def generator_supervised_loss(model: PointerGenerator, batch: dict[str, torch.Tensor],
                               pointwise_weight: float = 0.0) -> tuple[torch.Tensor, Any]:
     """Teacher-forced pointer loss: at each position, −log of the probability of the best remaining labels
-    (+ ``pointwise_weight`` × log-loss of the first step's scores against the labels, on every list)."""
+    (+ ``pointwise_weight`` × log-loss of the first step's scores against the labels, on every list). Under
+    torch.distributed: this rank's part of the means over the combined batch (every rank calls it)."""
     labels, mask = batch["labels"], batch["mask"]
     T = min(model.cfg.max_decode, mask.shape[1])
     actions = ideal_order(labels, mask)[:, :T]
@@ -131,10 +143,12 @@ def generator_supervised_loss(model: PointerGenerator, batch: dict[str, torch.Te
     logp = torch.log_softmax(trace.step_logits, -1)
     lse = torch.logsumexp(logp.masked_fill(~target, -1e9), -1)
     active = target.any(-1)
-    loss = -lse[active].mean() if bool(active.any()) else trace.step_logits.sum() * 0.0
+    steps_share, candidates_share = dist.share(int(active.sum()), int(mask.sum()), device=mask.device)
+    loss = -lse[active].mean() * steps_share if bool(active.any()) else trace.step_logits.sum() * 0.0
     if pointwise_weight > 0:
         first = trace.step_logits[:, 0]
-        loss = loss + pointwise_weight * F.binary_cross_entropy_with_logits(first[mask], labels[mask].clamp(0, 1))
+        pointwise = F.binary_cross_entropy_with_logits(first[mask], labels[mask].clamp(0, 1))
+        loss = loss + pointwise_weight * candidates_share * pointwise
     return loss, trace
 
 
@@ -199,28 +213,40 @@ def evaluator_scores(evaluator: ListEvaluator, lists: RerankLists, orders: np.nd
 
 # ---------------------------------------------------------------------------------------------- training
 def _valid_ndcg5(model: RerankBase, valid: RerankLists, device: str) -> float:
-    return float(order_metrics(valid, rerank_orders(model, valid, device=device), (5,))["ndcg@5"].mean())
+    """Mean NDCG@5 over the validation lists (distributed: each rank orders its shard; the per-list values of
+    every rank are gathered, so every rank gets the one-process figure)."""
+    part = dist.shard_of(valid)
+    per = order_metrics(part, rerank_orders(model, part, device=device), (5,)) if len(part) else {}
+    return float(dist.gather_arrays(per).get("ndcg@5", np.zeros(0)).mean())
 
 
-def _train_epoch(model: nn.Module, data: RerankLists, loss_fn: Callable[[dict[str, torch.Tensor]], torch.Tensor],
-                 opt: torch.optim.Optimizer, config: RerankTrainConfig, epoch: int, device: str, stage: str = "") -> float:
-    """One shuffled pass (seeded by epoch, so a rerun repeats it); returns the mean loss per list."""
+def _train_epoch(model: nn.Module, step: Callable[[dict[str, torch.Tensor]], torch.Tensor], data: RerankLists,
+                 opt: torch.optim.Optimizer, config: RerankTrainConfig, epoch: int, device: str, stage: str = "",
+                 on_step: Callable[[dict[str, Any]], None] | None = None) -> float:
+    """One shuffled pass (seeded by epoch, so a rerun repeats it); returns the mean loss per list. ``step(batch)``
+    is the loss of this rank's lists of a batch (distributed: its part of the combined batch's loss)."""
     model.train()
+    dist.decorrelate(config.seed, epoch)
     tot, n = 0.0, 0
-    for step, idx in enumerate(_batches(len(data), config.batch_size, np.random.default_rng([config.seed, epoch]))):
-        loss = loss_fn(data.tensors(idx, device))
-        check_finite(loss, f"rerank {stage}", f"{epoch}.{step}", "loss")
+    for i, idx in enumerate(_batches(len(data), config.batch_size, np.random.default_rng([config.seed, epoch]))):
+        loss = step(data.tensors(idx[dist.batch_slice(len(idx))], device))
+        batch = dist.reduce_mean(loss.detach())  # the whole batch's loss, the same on every rank
+        check_finite(batch, f"rerank {stage}", f"{epoch}.{i}", "loss")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         opt.step()
-        tot, n = tot + float(loss.detach()) * len(idx), n + len(idx)
+        tot, n = tot + float(batch) * len(idx), n + len(idx)
+        if on_step:
+            on_step({"stage": stage, "epoch": epoch, "step": i, "loss": float(batch)})
         kill_point()
     return tot / max(n, 1)
 
 
 def _evaluator_loss(model: ListEvaluator, b: dict[str, torch.Tensor]) -> torch.Tensor:
-    return F.binary_cross_entropy_with_logits(model.logits(b)[b["mask"]], b["labels"][b["mask"]])
+    mask = b["mask"]
+    (share,) = dist.share(int(mask.sum()), device=mask.device)
+    return F.binary_cross_entropy_with_logits(model.logits(b)[mask], b["labels"][mask]) * share
 
 
 def _checkpointer(checkpoint_dir: str | Path | None, what: str, model_cfg: Any, config: RerankTrainConfig,
@@ -244,9 +270,12 @@ def _resume(ckpt: Checkpointer, model: nn.Module, opt: torch.optim.Optimizer, de
 
 def train_evaluator(train: RerankLists, valid: RerankLists, cfg: RerankModelConfig, config: RerankTrainConfig,
                     device: str = "cpu", log: Callable[[str], None] = print,
-                    checkpoint_dir: str | Path | None = None) -> tuple[ListEvaluator, list[dict]]:
+                    checkpoint_dir: str | Path | None = None,
+                    on_step: Callable[[dict[str, Any]], None] | None = None) -> tuple[ListEvaluator, list[dict]]:
     """Log-loss on logged labels in the initial (displayed) order; the best epoch by validation log-loss.
-    With ``checkpoint_dir`` each epoch ends with a checkpoint a killed run resumes from exactly."""
+    With ``checkpoint_dir`` each epoch ends with a checkpoint a killed run resumes from exactly; ``on_step({"stage",
+    "epoch", "step", "loss"})`` follows every optimiser step (the whole batch's loss). Distributed: module docstring."""
+    log = dist.on_main(log)
     torch.manual_seed(config.seed)
     cfg = replace(cfg, n_features=train.n_features)
     model = build_evaluator(train.item_category, train.list_len, cfg).to(device)
@@ -256,13 +285,18 @@ def train_evaluator(train: RerankLists, valid: RerankLists, cfg: RerankModelConf
     if (state := _resume(ckpt, model, opt, device, log)) is not None:
         best, best_state, bad, history = state["best"], state["best_state"], state["bad"], state["history"]
         start = config.evaluator_epochs + 1 if state["finished"] else state["epoch"] + 1
+    step = dist.data_parallel(model, _evaluator_loss)
+    valid_part = dist.shard_of(valid)
     for epoch in range(start, config.evaluator_epochs + 1):
         t0 = time.perf_counter()
-        loss = _train_epoch(model, train, lambda b: _evaluator_loss(model, b), opt, config, epoch, device, "evaluator")
-        vloss = evaluator_logloss(model, valid, device)
+        loss = _train_epoch(model, step, train, opt, config, epoch, device, "evaluator", on_step)
+        sums = torch.tensor(_logloss_sums(model, valid_part, device), dtype=torch.float64, device=device)
+        tot, n = dist.all_sum(sums).tolist()  # over every rank's validation lists
+        vloss = tot / max(n, 1)
         history.append({"epoch": epoch, "loss": loss, "valid_logloss": vloss, "train_s": time.perf_counter() - t0})
         log(f"evaluator epoch {epoch}: loss {loss:.4f} valid log-loss {vloss:.4f}")
-        progress.report("rerank evaluator epochs", epoch, config.evaluator_epochs)
+        if dist.is_main():
+            progress.report("rerank evaluator epochs", epoch, config.evaluator_epochs)
         if vloss < best - 1e-5:
             best, best_state, bad = vloss, copy.deepcopy(model.state_dict()), 0
         else:
@@ -278,8 +312,14 @@ def train_evaluator(train: RerankLists, valid: RerankLists, cfg: RerankModelConf
     return model, history
 
 
-@torch.inference_mode()
 def evaluator_logloss(model: ListEvaluator, lists: RerankLists, device: str = "cpu") -> float:
+    tot, n = _logloss_sums(model, lists, device)
+    return tot / max(n, 1)
+
+
+@torch.inference_mode()
+def _logloss_sums(model: ListEvaluator, lists: RerankLists, device: str = "cpu") -> tuple[float, float]:
+    """``(Σ log-loss, candidates)`` over ``lists``."""
     model.eval()
     tot, n = 0.0, 0
     for idx in _batches(len(lists), 512, None):
@@ -287,7 +327,7 @@ def evaluator_logloss(model: ListEvaluator, lists: RerankLists, device: str = "c
         logits = model.logits(b)
         tot += float(F.binary_cross_entropy_with_logits(logits[b["mask"]], b["labels"][b["mask"]], reduction="sum"))
         n += int(b["mask"].sum())
-    return tot / max(n, 1)
+    return tot, float(n)
 
 
 def _supervised_loss(model: RerankBase, b: dict[str, torch.Tensor], config: RerankTrainConfig) -> torch.Tensor:
@@ -295,7 +335,8 @@ def _supervised_loss(model: RerankBase, b: dict[str, torch.Tensor], config: Rera
         return generator_supervised_loss(model, b, config.pointwise_weight)[0]
     scores = model.scores(b)
     if getattr(model, "loss_kind", "listwise") == "pointwise":
-        return F.binary_cross_entropy_with_logits(scores[b["mask"]], b["labels"][b["mask"]])
+        (share,) = dist.share(int(b["mask"].sum()), device=scores.device)
+        return F.binary_cross_entropy_with_logits(scores[b["mask"]], b["labels"][b["mask"]]) * share
     return listwise_loss(scores, b["labels"], b["mask"])
 
 
@@ -310,9 +351,12 @@ def _calibrate(model: RerankBase, lists: RerankLists, device: str, n: int = 2048
 
 def train_supervised(model: RerankBase, train: RerankLists, valid: RerankLists, config: RerankTrainConfig,
                      device: str = "cpu", log: Callable[[str], None] = print, tag: str = "",
-                     checkpoint_dir: str | Path | None = None) -> list[dict]:
+                     checkpoint_dir: str | Path | None = None,
+                     on_step: Callable[[dict[str, Any]], None] | None = None) -> list[dict]:
     """Supervised training with early stopping on validation NDCG@5; leaves the best weights in ``model``.
-    With ``checkpoint_dir`` each epoch ends with a checkpoint a killed run resumes from exactly."""
+    With ``checkpoint_dir`` each epoch ends with a checkpoint a killed run resumes from exactly; ``on_step`` as in
+    :func:`train_evaluator`. Distributed: module docstring."""
+    log = dist.on_main(log)
     torch.manual_seed(config.seed)
     every_list = getattr(model, "loss_kind", "listwise") == "pointwise" or (
         isinstance(model, PointerGenerator) and config.pointwise_weight > 0)
@@ -325,22 +369,27 @@ def train_supervised(model: RerankBase, train: RerankLists, valid: RerankLists, 
         best, best_state, bad, history = state["best"], state["best_state"], state["bad"], state["history"]
         spent = state["spent"]
         start = config.epochs + 1 if state["finished"] else state["epoch"] + 1
+    step = dist.data_parallel(model, lambda m, b: _supervised_loss(m, b, config))
     t_start = time.perf_counter() - spent
     for epoch in range(start, config.epochs + 1):
         t0 = time.perf_counter()
-        loss = _train_epoch(model, data, lambda b: _supervised_loss(model, b, config), opt, config, epoch, device,
-                            tag or "model")
+        loss = _train_epoch(model, step, data, opt, config, epoch, device, tag or "model", on_step)
         h_th = _calibrate(model, data, device)
+        if h_th is not None and dist.active():  # the gate of rank 0 on every rank (computed alike, to the last bit)
+            h_th = dist.broadcast(h_th)
+            model.h_th.fill_(h_th)
         v = _valid_ndcg5(model, valid, device)
         history.append({"stage": "supervised", "h_th": h_th, "epoch": epoch, "loss": loss, "valid_ndcg@5": v,
                         "train_s": time.perf_counter() - t0})
         log(f"{tag} epoch {epoch}: loss {loss:.4f} valid NDCG@5 {v:.4f}")
-        progress.report(f"rerank {tag or 'model'} epochs", epoch, config.epochs)
+        if dist.is_main():
+            progress.report(f"rerank {tag or 'model'} epochs", epoch, config.epochs)
         if v > best + 1e-6 or best_state is None:
             best, best_state, bad = max(v, best), copy.deepcopy(model.state_dict()), 0
         else:
             bad += 1
         stop = bad >= config.patience or bool(config.max_train_s and time.perf_counter() - t_start > config.max_train_s)
+        stop = dist.broadcast(stop)
         ckpt.save({"epoch": epoch, "model": model.state_dict(), "opt": opt.state_dict(), "torch_rng": torch.get_rng_state(),
                    "best": best, "best_state": best_state, "bad": bad, "history": history,
                    "spent": time.perf_counter() - t_start, "finished": stop})
@@ -351,14 +400,40 @@ def train_supervised(model: RerankBase, train: RerankLists, valid: RerankLists, 
     return history
 
 
+def _ppo_loss(model: PointerGenerator, bg: dict[str, torch.Tensor], actions: torch.Tensor, old_logp: torch.Tensor,
+              adv: torch.Tensor, step_valid: torch.Tensor, b: dict[str, torch.Tensor], labelled: bool,
+              config: RerankTrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(loss, pg)`` of one PPO update on rollouts ``bg`` of requests ``b``: the clipped policy gradient and the
+    entropy bonus over the rollout steps that select a real item, + ``sl_weight`` × the supervised loss on the lists
+    with labels (``labelled``: the whole batch has some). Distributed: this rank's part of the combined batch's."""
+    new = model.decode(bg, actions=actions)
+    ratio = torch.exp(new.logp - old_logp)
+    a = adv[:, None]
+    pg = -torch.minimum(ratio * a, ratio.clamp(1 - config.ppo_clip, 1 + config.ppo_clip) * a)
+    (share,) = dist.share(int(step_valid.sum()), device=adv.device)
+    pg = pg[step_valid].mean() * share
+    ent = new.entropy_final[step_valid].mean() * share
+    loss = pg - config.entropy_bonus * ent
+    if config.sl_weight > 0 and labelled:
+        keep = (b["labels"] > 0).any(1)
+        if not bool(keep.any()):  # distributed: none on this rank's slice; a list without labels adds 0 and keeps the
+            keep[0] = True        # ranks' collectives in step
+        loss = loss + config.sl_weight * generator_supervised_loss(model, {k: v[keep] for k, v in b.items()})[0]
+    return loss, pg
+
+
 def train_rl(model: PointerGenerator, evaluator: ListEvaluator, train: RerankLists, valid: RerankLists,
              config: RerankTrainConfig, device: str = "cpu", log: Callable[[str], None] = print, tag: str = "",
-             checkpoint_dir: str | Path | None = None) -> list[dict]:
+             checkpoint_dir: str | Path | None = None,
+             on_step: Callable[[dict[str, Any]], None] | None = None) -> list[dict]:
     """Policy gradient against the evaluator: ``rollouts`` sampled lists per request, advantages normalised within
     the group, PPO-clipped ratio of the new to the sampling policy (token level), an entropy bonus, and the
     supervised loss kept at ``sl_weight`` on lists with labels. Keeps the best epoch (the warm start included) by
     ``rl_select``: the evaluator's validation score (as generator–evaluator methods select; low-variance) or label
-    NDCG@5 (noisy with few clicks per list)."""
+    NDCG@5 (noisy with few clicks per list). ``on_step({"stage", "epoch", "step", "update", "loss"})`` follows every
+    PPO update. Distributed (module docstring): every rank samples the whole batch's rollouts, then updates on its
+    slice of the requests."""
+    log = dist.on_main(log)
     kind = reward_kind(config, train)
     gen = torch.Generator(device=device).manual_seed(config.seed)  # multinomial needs one on the sampled tensors' device
     opt = _optimizer(model, config.rl_lr, config.weight_decay)
@@ -370,10 +445,14 @@ def train_rl(model: PointerGenerator, evaluator: ListEvaluator, train: RerankLis
         raise ValueError(f"rl_select must be evaluator, ndcg or auto, got {config.rl_select!r}")
     select = config.rl_select if config.rl_select != "auto" else ("ndcg" if train.source.startswith("funnel") else "evaluator")
 
+    valid_part = dist.shard_of(valid)
+
     def select_score(v_ndcg: float) -> float:
         if select == "ndcg":
             return v_ndcg
-        return float(evaluator_scores(evaluator, valid, rerank_orders(model, valid, device=device), kind, device).mean())
+        scores = (evaluator_scores(evaluator, valid_part, rerank_orders(model, valid_part, device=device), kind, device)
+                  if len(valid_part) else np.zeros(0))
+        return float(dist.gather_arrays({"score": scores})["score"].mean())
 
     best = select_score(best)
     ckpt = _checkpointer(checkpoint_dir, "rl", model.cfg, config, train, log)
@@ -382,6 +461,7 @@ def train_rl(model: PointerGenerator, evaluator: ListEvaluator, train: RerankLis
         best, best_state, history, spent = state["best"], state["best_state"], state["history"], state["spent"]
         set_generator_state(gen, state["gen"])
         start = config.rl_epochs + 1 if state["finished"] else state["epoch"] + 1
+    step = dist.data_parallel(model, lambda m, *args: _ppo_loss(m, *args, config))
     t_start = time.perf_counter() - spent
     for epoch in range(start, config.rl_epochs + 1):
         rng = np.random.default_rng([config.seed, 1000 + epoch])
@@ -389,34 +469,33 @@ def train_rl(model: PointerGenerator, evaluator: ListEvaluator, train: RerankLis
         reqs = _batches(len(train), config.rl_batch_requests, rng)
         if config.rl_requests_per_epoch:
             reqs = reqs[: max(1, int(config.rl_requests_per_epoch) // config.rl_batch_requests)]
-        for idx in reqs:
+        for i, idx in enumerate(reqs):
             b = train.tensors(idx, device)
             bg = {k: v.repeat_interleave(G, 0) for k, v in b.items()}
             model.eval()  # no dropout: the ratio compares the same function before and after the update
-            with torch.no_grad():
+            with torch.no_grad():  # the whole batch's rollouts on every rank: the draws of one process
                 trace = model.decode(bg, sample=True, generator=gen)
                 order = model.complete(bg, trace)
                 reward = list_reward(evaluator, bg, order, kind).view(-1, G)
                 adv = ((reward - reward.mean(1, keepdim=True)) / (reward.std(1, keepdim=True) + 1e-6)).view(-1)
                 step_valid = bg["mask"].gather(1, trace.actions)  # positions that selected a real item
-            for _ in range(config.ppo_updates):
-                new = model.decode(bg, actions=trace.actions)
-                ratio = torch.exp(new.logp - trace.logp)
-                a = adv[:, None]
-                pg = -torch.minimum(ratio * a, ratio.clamp(1 - config.ppo_clip, 1 + config.ppo_clip) * a)
-                pg = pg[step_valid].mean()
-                ent = new.entropy_final[step_valid].mean()
-                loss = pg - config.entropy_bonus * ent
-                if config.sl_weight > 0 and bool((b["labels"] > 0).any()):
-                    keep = (b["labels"] > 0).any(1)
-                    loss = loss + config.sl_weight * generator_supervised_loss(model, {k: v[keep] for k, v in b.items()})[0]
-                check_finite(loss, f"rerank {tag or 'model'} RL", epoch, "loss")
+            labelled = bool((b["labels"] > 0).any())
+            mine = dist.batch_slice(len(idx))  # this rank's requests, and their rollouts (G rows each)
+            rows = slice(mine.start * G, mine.stop * G)
+            args = ({k: v[rows] for k, v in bg.items()}, trace.actions[rows], trace.logp[rows], adv[rows],
+                    step_valid[rows], {k: v[mine] for k, v in b.items()}, labelled)
+            for update in range(config.ppo_updates):
+                loss, pg = step(*args)
+                batch_loss = dist.reduce_mean(loss.detach())  # the whole batch's, the same on every rank
+                check_finite(batch_loss, f"rerank {tag or 'model'} RL", epoch, "loss")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
                 opt.step()
+                if on_step:
+                    on_step({"stage": "rl", "epoch": epoch, "step": i, "update": update, "loss": float(batch_loss)})
             sums["reward"] += float(reward.mean()) * len(idx)
-            sums["pg"] += float(pg.detach()) * len(idx)
+            sums["pg"] += float(dist.reduce_mean(pg.detach())) * len(idx)
             n += len(idx)
             kill_point()
         v = _valid_ndcg5(model, valid, device)
@@ -425,10 +504,11 @@ def train_rl(model: PointerGenerator, evaluator: ListEvaluator, train: RerankLis
                         "valid_ndcg@5": v, "valid_select": sel, "train_s": time.perf_counter() - t0})
         log(f"{tag} RL epoch {epoch}: mean reward {sums['reward'] / max(n, 1):.4f} valid NDCG@5 {v:.4f} "
             f"valid {select} {sel:.4f}")
-        progress.report(f"rerank {tag or 'model'} RL epochs", epoch, config.rl_epochs)
+        if dist.is_main():
+            progress.report(f"rerank {tag or 'model'} RL epochs", epoch, config.rl_epochs)
         if sel > best + 1e-6:
             best, best_state = sel, copy.deepcopy(model.state_dict())
-        stop = bool(config.max_train_s and time.perf_counter() - t_start > config.max_train_s)
+        stop = dist.broadcast(bool(config.max_train_s and time.perf_counter() - t_start > config.max_train_s))
         ckpt.save({"epoch": epoch, "model": model.state_dict(), "opt": opt.state_dict(), "torch_rng": torch.get_rng_state(),
                    "gen": generator_state(gen), "best": best, "best_state": best_state, "history": history,
                    "spent": time.perf_counter() - t_start, "finished": stop})
@@ -440,21 +520,22 @@ def train_rl(model: PointerGenerator, evaluator: ListEvaluator, train: RerankLis
 
 def train_reranker(name: str, train: RerankLists, valid: RerankLists, model_config: RerankModelConfig,
                    config: RerankTrainConfig, evaluator: ListEvaluator | None = None, device: str = "cpu",
-                   log: Callable[[str], None] = print,
-                   checkpoint_dir: str | Path | None = None) -> tuple[RerankBase | None, list[dict]]:
+                   log: Callable[[str], None] = print, checkpoint_dir: str | Path | None = None,
+                   on_step: Callable[[dict[str, Any]], None] | None = None) -> tuple[RerankBase | None, list[dict]]:
     """Train one re-ranker by name (``initial`` returns ``None``: the initial order); with ``checkpoint_dir`` a
-    killed run resumes where it stopped (supervised and RL phases checkpoint each epoch)."""
+    killed run resumes where it stopped (supervised and RL phases checkpoint each epoch); ``on_step``: every
+    optimiser step of both phases (:func:`train_supervised`, :func:`train_rl`)."""
     spec = RERANKERS.get(name, "rerank.models")
     if spec.cls is None:
         return None, []
     torch.manual_seed(config.seed)
     model = build_model(name, train.item_category, train.list_len, model_config_for(name, model_config, train)).to(device)
     history = train_supervised(model, train, valid, config, device, log, tag=name,
-                               checkpoint_dir=subdir(checkpoint_dir, "supervised"))
+                               checkpoint_dir=subdir(checkpoint_dir, "supervised"), on_step=on_step)
     if spec.rl and config.rl_epochs > 0:
         if evaluator is None:
             raise ValueError(f"{name} trains against an evaluator: train one first (train_evaluator)")
         history += train_rl(model, evaluator, train, valid, config, device, log, tag=name,
-                            checkpoint_dir=subdir(checkpoint_dir, "rl"))
+                            checkpoint_dir=subdir(checkpoint_dir, "rl"), on_step=on_step)
     model.eval()
     return model, history

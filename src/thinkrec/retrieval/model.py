@@ -61,6 +61,9 @@ class RetrieverConfig:
     # >0: that CE is a sampled softmax against this many uniform negatives shared by the batch, so a step costs the
     # same at any catalogue size (a full softmax over 1M items does not fit a step); 0 = full softmax
     item_negatives: int = spec(0, ge=0)
+    # the item embedding gets sparse gradients (only looked-up rows; with thinkrec.utils.optim.LazyAdamW a step
+    # then costs the same at any catalogue size); needs a sampled item head or none
+    sparse_item_grad: bool = False
     tie_heads: bool = False  # output head of level l shares weights with the decoder's level-l code embeddings
     codebook_init: bool = False  # initialise code embeddings from the quantizer's codewords (PCA to d_model)
     # S²GR
@@ -80,9 +83,12 @@ class RetrieverConfig:
     reg_weight: float = spec(0.1, ge=0.0)  # λ
 
     def _checks(self) -> list[tuple[str, str]]:
+        out = []
         if self.head_dim is None and self.d_model % self.n_heads:
-            return [("n_heads", f"must divide d_model {self.d_model} unless head_dim is set (got {self.n_heads})")]
-        return []
+            out.append(("n_heads", f"must divide d_model {self.d_model} unless head_dim is set (got {self.n_heads})"))
+        if self.sparse_item_grad and self.item_loss_weight > 0 and not self.item_negatives:
+            out.append(("sparse_item_grad", "needs item_negatives > 0 (a full-softmax item head reads every row)"))
+        return out
 
     @classmethod
     def paper(cls, **overrides: Any) -> RetrieverConfig:
@@ -253,7 +259,7 @@ class GenerativeRetriever(nn.Module):
         self.enc_code_emb = nn.ModuleList(nn.Embedding(k, d) for k in self.radix)
         self.enc_pos_emb = nn.Embedding(config.max_len, d)
         self.enc_level_emb = nn.Embedding(L, d)  # code mode only
-        self.item_emb = nn.Embedding(self.n_items, d) if config.item_embedding else None
+        self.item_emb = nn.Embedding(self.n_items, d, sparse=config.sparse_item_grad) if config.item_embedding else None
         attn_drop = config.dropout if config.attn_dropout is None else config.attn_dropout
         args = (d, config.n_heads, head_dim, config.ffn, config.dropout, attn_drop)
         self.enc_blocks = nn.ModuleList(EncoderBlock(*args) for _ in range(config.n_enc_layers))

@@ -21,6 +21,7 @@ from thinkrec.retrieval.model import GenerativeRetriever, RetrieverConfig
 from thinkrec.retrieval.train import RetrieverTrainConfig, load_retriever, save_retriever, train_retriever
 from thinkrec.tokenize.sids import SIDMap
 from thinkrec.tokenize.stage import TokenizeArtifact
+from thinkrec.utils import distributed as dist
 from thinkrec.utils.config import spec
 from thinkrec.utils.io import read_json, write_json
 from thinkrec.utils.registry import Registry
@@ -77,6 +78,8 @@ def train_one(
     model, history = train_retriever(split, sids.sidmap, mcfg, cfg.train, device, clusters, out, log, progress,
                                      codebooks=sids.quantizer.codebooks() if mcfg.codebook_init else None)
     wall = time.perf_counter() - t
+    if not dist.is_main():  # torchrun: every rank trained, rank 0 writes
+        return model, {}
     (out / "rescore.json").unlink(missing_ok=True)  # tuned for the previous model
     save_retriever(model, out)
     sids.sidmap.save(out / "sidmap")  # the folder serves on its own: model + the SID map its trie comes from

@@ -3,6 +3,14 @@ N@10 (beam search over a fixed validation subset), a checkpoint every epoch, and
 
 Resume equals an uninterrupted run because every epoch draws its batch order and dropout from generators
 seeded by ``(seed, epoch)``, and the checkpoint holds model, optimiser, scheduler, best state and history.
+
+Under torch.distributed (``torchrun``; :mod:`thinkrec.utils.distributed`) training is data-parallel: each rank
+takes a contiguous slice of every batch, DDP averages the gradients and each rank's loss is weighted by its share
+of the batch's targets; validation users are sharded. Every term that is a mean over the batch's targets — the
+per-level code losses, the item head (full softmax; sampled: per-rank negatives), alignment, ``L_reg`` — then
+gives the one-process gradient of the combined batch (exactly, to float precision, with dropout 0); S²GR's InfoNCE
+term (``aux_decoder``) contrasts a target with the other targets *of its rank's slice*, so it is not the
+combined batch's.
 """
 
 from __future__ import annotations
@@ -16,20 +24,29 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
 from thinkrec.data.batching import shifted_pair
 from thinkrec.data.splits import SequenceSplit
+from thinkrec.eval.metrics import mean_metrics
 from thinkrec.eval.protocol import evaluate_full_ranking
 from thinkrec.retrieval.inference import GenerativeScorer
 from thinkrec.retrieval.model import GenerativeRetriever, RetrieverConfig
 from thinkrec.tokenize.sids import SIDMap
+from thinkrec.utils import distributed as dist
 from thinkrec.utils.checkpoint import Checkpointer
 from thinkrec.utils.config import config_hash, from_dict, spec
 from thinkrec.utils.faults import check_finite, kill_point
 from thinkrec.utils.io import atomic_file, atomic_path
-from thinkrec.utils.training import EarlyStopping, length_bucketed_batches, lr_lambda, param_groups
+from thinkrec.utils.optim import LazyAdamW, clip_grad_norm  # = AdamW unless sparse_item_grad
+from thinkrec.utils.training import (
+    AMP_MODES,
+    EarlyStopping,
+    autocast,
+    length_bucketed_batches,
+    lr_lambda,
+    param_groups,
+)
 
 
 @dataclass
@@ -47,6 +64,10 @@ class RetrieverTrainConfig:
     eval_beam: int = spec(20, ge=1)
     eval_batch_size: int = spec(256, ge=1)
     seed: int = 0
+    # GPU switches (change nothing at their defaults): bf16 autocast of forward + loss; torch.compile of the
+    # training forward + loss (the saved module is the plain one)
+    amp: str = spec("off", choices=AMP_MODES)
+    compile: bool = False
 
 
 def prefix_batch(offsets: np.ndarray, items: np.ndarray, rows: np.ndarray, ends: np.ndarray, max_len: int) -> tuple[np.ndarray, np.ndarray]:
@@ -128,6 +149,19 @@ def checkpoint_path(model_dir: str | Path) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------- training
+def _batch_terms(parts: dict[str, torch.Tensor], targets: int) -> tuple[dict[str, torch.Tensor], int]:
+    """The whole batch's loss terms (target-weighted means of every rank's) and its target count, from this
+    rank's terms (means over its ``targets``); in one process, ``parts`` (detached) and ``targets``."""
+    detached = {k: v.detach() for k, v in parts.items()}
+    if not dist.active():
+        return detached, targets
+    device = detached["loss"].device
+    local = torch.stack([*(v.float() * targets for v in detached.values()), torch.tensor(float(targets), device=device)])
+    total = dist.all_sum(local)
+    n = float(total[-1])
+    return {k: total[i] / n for i, k in enumerate(detached)}, round(n)
+
+
 def train_retriever(
     split: SequenceSplit,
     sidmap: SIDMap,
@@ -140,13 +174,17 @@ def train_retriever(
     progress: Callable[[int, int], None] | None = None,
     stop_after_epochs: int | None = None,
     codebooks: list[np.ndarray] | None = None,
+    on_step: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[GenerativeRetriever, list[dict[str, Any]]]:
     """Train (or resume from ``checkpoint_dir/checkpoint/``) and return the best model by validation N@10.
 
-    ``stop_after_epochs`` ends this call early (as a kill would) — for tests and chunked runs.
+    ``stop_after_epochs`` ends this call early (as a kill would) — for tests and chunked runs. ``on_step({"epoch",
+    "step", "loss", ...})`` follows every optimiser step with the whole batch's loss terms. Under torch.distributed
+    (module docstring) every rank returns the same model; rank 0 logs and writes the checkpoint.
     """
     if sidmap.n_items != split.n_items:
         raise ValueError(f"SID map covers {sidmap.n_items} items but the split has {split.n_items}")
+    log, progress = dist.on_main(log), dist.on_main(progress)
     torch.manual_seed(config.seed)
     model = GenerativeRetriever(torch.from_numpy(sidmap.codes), sidmap.radix, model_config, code_clusters).to(device)
     if model_config.codebook_init:
@@ -155,7 +193,7 @@ def train_retriever(
         model.init_code_embeddings(codebooks)
     if model_config.thinking and model_config.align and not any(model.has_clusters(lv) for lv in range(model.n_levels)):
         log("warning: alignment is on but no level has code clusters; L_align is skipped")
-    opt = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr)
+    opt = LazyAdamW(param_groups(model, config.weight_decay), lr=config.lr)
     data = _Batches(split, model_config.causal_encoder, config.batch_size, model_config.max_len)
     steps_per_epoch = len(data.epoch(np.random.default_rng(0)))
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -164,7 +202,9 @@ def train_retriever(
     valid = split.valid
     if config.valid_users and len(valid) > config.valid_users:
         valid = valid.subset(np.sort(np.random.default_rng(config.seed).choice(len(valid), config.valid_users, replace=False)))
+    valid = dist.shard_of(valid)
     scorer = GenerativeScorer(model, sidmap, config.eval_beam)
+    step_losses = dist.data_parallel(model, lambda m, inp, tgt: m.losses(inp, tgt), config.compile)
 
     key = config_hash({"model": model_config, "train": config, "radix": sidmap.radix, "n_items": sidmap.n_items})
     ckpt = Checkpointer(checkpoint_path(checkpoint_dir) if checkpoint_dir else None, key, log, strict=True)
@@ -185,25 +225,32 @@ def train_retriever(
     for epoch in range(start_epoch, config.epochs + 1):
         rng = np.random.default_rng([config.seed, epoch])
         torch.manual_seed(config.seed * 100_003 + epoch)
+        dist.decorrelate(config.seed, epoch)
         model.train()
         t0 = time.perf_counter()
         sums: dict[str, float] = {}
         n = 0
         batches = data.epoch(rng)
         for step, units in enumerate(batches):
-            inp, tgt = data.tensors(units, device)
-            parts = model.losses(inp, tgt)
-            check_finite(parts["loss"], "retrieval", f"{epoch}.{step}", "loss")
+            inp, tgt = data.tensors(units[dist.batch_slice(len(units))], device)
+            mine = int((tgt > 0).sum())
+            (weight,) = dist.share(mine, device=device)  # this rank's share of the batch's targets
+            with autocast(device, config.amp):
+                parts = step_losses(inp, tgt)
+                loss = parts["loss"] * weight
+            batch, w = _batch_terms(parts, mine)  # the whole batch's terms and targets, the same on every rank
+            check_finite(batch["loss"], "retrieval", f"{epoch}.{step}", "loss")
             opt.zero_grad(set_to_none=True)
-            parts["loss"].backward()
+            loss.backward()
             if config.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                clip_grad_norm(model.parameters(), config.grad_clip)
             opt.step()
             sched.step()
-            w = int((tgt > 0).sum())
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach()) * w
+            for k, v in batch.items():
+                sums[k] = sums.get(k, 0.0) + float(v) * w
             n += w
+            if on_step:
+                on_step({"epoch": epoch, "step": step, **{k: float(v) for k, v in batch.items()}})
             if progress:
                 progress(step + 1, len(batches))
             kill_point()
@@ -212,15 +259,16 @@ def train_retriever(
         row: dict[str, Any] = {"epoch": epoch, **{k: v / max(1, n) for k, v in sums.items()}, "train_s": train_s,
                                "samples_per_s": n / max(train_s, 1e-9)}
         t1 = time.perf_counter()
-        metrics, _ = evaluate_full_ranking(scorer.score, valid, ks=(10,), max_len=model_config.max_len,
-                                           batch_size=config.eval_batch_size, device=device)
+        per_user = evaluate_full_ranking(scorer.score, valid, ks=(10,), max_len=model_config.max_len,
+                                         batch_size=config.eval_batch_size, device=device)[1] if len(valid) else {}
+        metrics = mean_metrics(dist.gather_arrays(per_user))  # every rank: the metrics over all validation users
         row.update({f"valid_{k}": v for k, v in metrics.items()}, eval_s=time.perf_counter() - t1)
         if stopper.update(metrics["ndcg@10"], model):
             row["best"] = True
         history.append(row)
         log(f"epoch {epoch}: loss {row['loss']:.4f} (rec {row['rec']:.4f}) train {train_s:.1f}s "
             f"{row['samples_per_s']:.0f} samples/s  valid N@10 {metrics['ndcg@10']:.4f} R@10 {metrics['recall@10']:.4f}")
-        stop = stopper.exhausted or (config.max_train_s is not None and train_time >= config.max_train_s)
+        stop = dist.broadcast(stopper.exhausted or (config.max_train_s is not None and train_time >= config.max_train_s))
         ckpt.save({"epoch": epoch, "model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                    **stopper.state(), "history": history, "train_time": train_time, "finished": stop})
         if stop:

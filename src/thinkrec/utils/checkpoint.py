@@ -25,6 +25,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from thinkrec.utils import distributed
 from thinkrec.utils.io import atomic_dir
 
 _TENSOR, _ARRAY, _TUPLE, _DICT = "__tensor__", "__ndarray__", "__tuple__", "__dict__"
@@ -134,7 +135,7 @@ class Checkpointer:
 
     ``key`` identifies what is trained (a hash of its config and inputs): a checkpoint left by another key is
     never resumed — it is ignored and replaced (``strict=False``) or refused with an error (``strict=True``, for a
-    folder a user points at by hand).
+    folder a user points at by hand). Under torch.distributed every rank loads, rank 0 alone writes.
     """
 
     def __init__(self, directory: str | Path | None, key: str, log: Callable[[str], None] = print, strict: bool = False):
@@ -159,13 +160,18 @@ class Checkpointer:
         return state
 
     def save(self, state: dict[str, Any]) -> None:
+        """Write ``state`` (under torch.distributed: rank 0 writes, every rank waits for it)."""
         if self.directory is not None:
-            save_state(self.directory, {**state, "key": self.key})
+            if distributed.is_main():
+                save_state(self.directory, {**state, "key": self.key})
+            distributed.barrier()
 
     def clear(self) -> None:
         if self.directory is not None:
-            with contextlib.suppress(FileNotFoundError):
-                shutil.rmtree(self.directory)
+            if distributed.is_main():
+                with contextlib.suppress(FileNotFoundError):
+                    shutil.rmtree(self.directory)
+            distributed.barrier()
 
 
 def subdir(directory: str | Path | None, name: str) -> Path | None:

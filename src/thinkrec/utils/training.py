@@ -1,15 +1,30 @@
 """Pieces shared by the trainers: parameter groups, the warm-up + cosine schedule, length-bucketed batches,
-early stopping on a validation metric."""
+early stopping on a validation metric, mixed precision."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import torch
 import torch.nn as nn
+
+#: ``amp`` settings of the trainers: off (float32) | bf16 (forward and loss under bfloat16 autocast)
+AMP_MODES = ("off", "bf16")
+
+
+def autocast(device: str | torch.device, amp: str) -> contextlib.AbstractContextManager[Any]:
+    """The forward + loss context for ``amp`` (:data:`AMP_MODES`): ``torch.autocast`` to bfloat16 on the device's
+    type, or nothing. The backward runs outside it; parameters and optimiser state stay float32."""
+    if amp == "off":
+        return contextlib.nullcontext()
+    if amp != "bf16":
+        raise ValueError(f"amp must be one of {', '.join(AMP_MODES)}, got {amp!r}")
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
