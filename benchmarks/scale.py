@@ -265,19 +265,20 @@ def plot(path: Path) -> Path:
 
     rows = read_json(path)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    colours = dict(zip(STAGES, plt.cm.tab10.colors, strict=False))  # one colour per stage in both panels
     for stage in STAGES:
         pts = sorted((r["n_items"], r) for r in rows if r["model"] == stage and "n_items" in r)
         if not pts:
             continue
         xs = [p[0] for p in pts]
-        axes[0].plot(xs, [p[1]["metrics"]["wall_s"] for p in pts], "o-", label=stage)
+        axes[0].plot(xs, [p[1]["metrics"]["wall_s"] for p in pts], "o-", color=colours[stage], label=stage)
         per = [p[1]["metrics"].get("users_per_s") or p[1]["metrics"].get("samples_per_s") for p in pts]
         if all(per):
-            axes[1].plot(xs, per, "o-", label=stage)
+            axes[1].plot(xs, per, "o-", color=colours[stage], label=stage)
     for ax, title in ((axes[0], "wall time of the stage (s)"), (axes[1], "throughput (users/s or samples/s)")):
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xlabel("items in the catalogue (users = max(20k, items / 5))")
+        ax.set_xlabel("items (users = max(20k, items / 5); 1M: 10× the interactions)")
         ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
     xs = np.array([1e4, 1e6])
@@ -316,7 +317,8 @@ def main() -> None:
                 continue
             rest.append(a)
         for s in sizes:
-            subprocess.run([sys.executable, __file__, *rest, "--sizes", s], check=True, env=os.environ)
+            # relative script path: the rows record the command a user types from the project root
+            subprocess.run([sys.executable, os.path.relpath(__file__), *rest, "--sizes", s], check=True, env=os.environ)
         print(plot(RESULTS / "scale.json"))
         return
     run_size(sizes[0], args)
