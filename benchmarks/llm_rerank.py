@@ -17,7 +17,6 @@ benchmarks/results/llm_rerank.json.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -25,7 +24,6 @@ import numpy as np
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from common import (  # noqa: E402
     bench_config,
     node_info,
@@ -43,18 +41,20 @@ from thinkrec.pipeline.run import run_pipeline  # noqa: E402
 from thinkrec.utils.config import read_config_data  # noqa: E402
 from thinkrec.utils.io import read_json  # noqa: E402
 
-NAMES = {"pre-rank": "gr2-prerank", "alignment": "gr2-align", "sft-target": "gr2-sft", "sft-reject": "gr2-sft",
-         "rl": "gr2-rl"}
+NAMES = {"pre-rank": "gr2-prerank", "teacher": "gr2-teacher", "alignment": "gr2-align",
+         "sft-target": "gr2-sft-target", "sft-reject": "gr2-sft-reject", "rl": "gr2-rl"}
 
 
 def llm_preset(path: str | None) -> list[str]:
-    """An LLM stage preset as RunConfig overrides: the ``llm`` section, and ``run.device`` from its device."""
+    """An LLM preset (a run config whose ``llm:`` section is stage 4's) as overrides of the lists run's config: its
+    ``llm`` section and its ``run.device``; the funnel stages stay those of ``--lists-run``."""
     if not path:
         return []
     data = read_config_data(path)
-    data.pop("seed", None)
-    device = data.pop("device", None)
-    return [f"llm={yaml.safe_dump(data, default_flow_style=True, width=1 << 20).strip()}",
+    if not isinstance(data.get("llm"), dict):
+        raise SystemExit(f"{path}: no llm: section (an LLM preset is a run config with one)")
+    device = (data.get("run") or {}).get("device")
+    return [f"llm={yaml.safe_dump(data['llm'], default_flow_style=True, width=1 << 20).strip()}",
             *([f"run.device={device}"] if device else [])]
 
 
@@ -65,7 +65,7 @@ def ndcg5(positions: list[int]) -> np.ndarray:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--preset", default="configs/llm_beauty.yaml", help="LLM stage preset (the llm: section)")
+    p.add_argument("--preset", default="configs/llm_beauty.yaml", help="LLM preset (a run config; its llm: section and run.device)")
     p.add_argument("--set", action="append", default=[], help="RunConfig override, e.g. llm.sft.steps=40")
     p.add_argument("--lists-run", default="runs/bench-rerank/beauty-funnel/initial",
                    help="a run directory of benchmarks/rerank.py --datasets beauty-funnel (its lists, SIDs and data)")
@@ -89,7 +89,9 @@ def main() -> None:
     for phase, m in metrics.items():
         per = ndcg5(m["ranks"])
         assert abs(answer_metrics(m["ranks"])["ndcg@5"] - m["ndcg@5"]) < 1e-9 and abs(per.mean() - m["ndcg@5"]) < 1e-9
-        out = {k: round(m[k], 5) for k in ("recall@1", "recall@5", "ndcg@5")}
+        out = {k: round(m[k], 5) for k in ("recall@1", "recall@5", "ndcg@5", "changed_share", "kendall_tau")
+               if k in m}
+        out["n_lists"] = m["n"]
         out["peak_rss_mb"] = round(peak_rss_mb(), 1)
         extra = {"metrics_all_lists": {k: round(v, 5) for k, v in scaled[phase].items()}, "phase": phase, "variant": phase,
                  "n_eval_lists": m["n"], "malformed": m["malformed"], "coverage": summary["coverage"],
@@ -99,12 +101,17 @@ def main() -> None:
             extra["vs_prerank_ndcg@5"] = paired_test(per, base, 1000, seed=0)
             extra["eval_wall_s"] = round(m["wall_s"], 1)
             extra["examples"] = m["examples"][:1]
+        if "valid" in m:
+            extra["valid"] = {k: v for k, v in m["valid"].items() if k != "ranks"}
+        if phase == "sft-reject" and "sft-target" in metrics:  # equal SFT steps, the traces differ
+            extra["vs_sft_target_ndcg@5"] = paired_test(per, ndcg5(metrics["sft-target"]["ranks"]), 1000, seed=0)
         if phase in ("sft-target", "sft-reject"):
             extra["traces"] = summary["traces"][phase.split("-")[1]]
         if phase == "rl":
             extra["vs_sft_ndcg@5"] = paired_test(per, ndcg5(metrics[f"sft-{ctx.config.llm.rl_from}"]["ranks"]), 1000, seed=0)
             extra["rl_log"] = [r for r in summary["logs"]["rl"] if "reward" in r]
-        rows.append(row("llm_rerank", "beauty-funnel", NAMES[phase], out, wall, **extra))
+        rows.append(row("llm_rerank", "beauty-funnel", NAMES[phase], out, wall, deploy=summary.get("deploy"),
+                        deploy_why=summary.get("deploy_why"), **extra))
     save_rows("llm_rerank", rows, key="variant")
     for r in rows:
         print(r["variant"], r["metrics"], r.get("vs_prerank_ndcg@5", ""), flush=True)

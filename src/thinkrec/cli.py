@@ -369,6 +369,14 @@ def _print_llm(root: Path) -> None:
                 [(name, [_fmt4(m["recall@1"]), _fmt4(m["recall@5"]), _fmt4(m["ndcg@5"]),
                          _fmt4(every.get(name, {}).get("ndcg@5")), str(m["malformed"])], None)
                  for name, m in res["metrics"].items()])
+    console.print(f"LLM order used by the funnel: {res.get('deploy_why') or 'not validated'}", highlight=False)
+    if not res.get("deploy"):
+        cfg = res.get("config", {})
+        sft, rl = cfg.get("sft", {}), cfg.get("rl", {})
+        console.print(f"  this budget ({res.get('traces', {}).get('target', {}).get('accepted', '?')} traces, "
+                      f"{sft.get('steps')} SFT steps × {sft.get('batch_size')}, {rl.get('steps')} DAPO steps) is too "
+                      f"small for {res['model']} to learn to re-rank: it stays near a random order of the candidates "
+                      "(BENCHMARKS.md, LLM re-ranker); the served list is the funnel's own", highlight=False)
 
 
 @train_app.command("llm-reranker")

@@ -233,3 +233,55 @@ def test_trainer_is_pinned_to_the_stage_device(tmp_path):
         args = TrainingArguments(output_dir=str(tmp_path), report_to=[])
         pin_device(args, "cuda")
         assert args.device == torch.device("cuda", torch.cuda.current_device()) and args.n_gpu == 1
+
+
+def test_order_change_counts_moved_lists_and_kendall_tau_to_the_input():
+    from thinkrec.llm.stage import order_change
+
+    # [1, 0, 2]: pairs (0,1) discordant, (0,2) (1,2) concordant → τ = (2 − 1) / 3; [2, 1, 0]: τ = −1
+    out = order_change([[0, 1, 2], [1, 0, 2], [2, 1, 0]])
+    assert out["changed_share"] == pytest.approx(2 / 3)
+    assert out["kendall_tau"] == pytest.approx((1 + 1 / 3 - 1) / 3)
+    assert order_change([[0, 1, 2, 3]]) == {"changed_share": 0.0, "kendall_tau": 1.0}
+
+
+def test_ranked_prompt_numbers_the_candidates_in_pre_rank_order():
+    from thinkrec.llm.answer import prompt_candidates
+    from thinkrec.llm.prompts import RANKED_NOTE
+
+    cat = fixtures.catalogue()
+    items = [4, 2, 7]
+    plain = rerank_prompt(cat, [1], items)
+    ranked = rerank_prompt(cat, [1], items, ranked=True, title_words=2)
+    assert RANKED_NOTE in ranked and RANKED_NOTE not in plain
+    lines = ranked.split("Candidates:")[1].splitlines()[1:4]
+    assert lines == [f"{k}. {cat.describe(i, True, 2)}" for k, i in enumerate(items, 1)]
+    want = [cat.sid_tuple(i) for i in items]
+    assert prompt_candidates(ranked) == want == prompt_candidates(plain)  # the constrained decoder reads the same
+
+
+def test_the_llm_order_is_deployed_only_where_it_beat_its_input_on_validation():
+    from thinkrec.llm.stage import choose_deployment
+
+    def res(pre, **phases):
+        return {"pre-rank": {"valid": {"ndcg@5": pre, "n": 64}},
+                **{k.replace("_", "-"): {"valid": {"ndcg@5": v}} for k, v in phases.items()}}
+
+    phases = ["alignment", "sft-target", "rl"]
+    assert choose_deployment(res(0.40, alignment=0.30, sft_target=0.42, rl=0.41), phases)[0] == "sft-target"
+    chosen, why = choose_deployment(res(0.40, alignment=0.30, sft_target=0.40, rl=0.39), phases)
+    assert chosen is None and "keeps its input order" in why  # a tie keeps the input
+    assert choose_deployment({"pre-rank": {}}, phases)[0] is None  # not validated: never used
+
+
+def test_the_teacher_ceiling_scores_its_own_greedy_ranking():
+    from thinkrec.llm.stage import teacher_metrics
+    from thinkrec.llm.teacher import ProgrammaticTeacher, requests_from_lists
+
+    cat = fixtures.catalogue()
+    train = fixtures.lists(30, seed=1)
+    teacher = ProgrammaticTeacher.fit(cat, train, seed=0)
+    reqs = [r for r in requests_from_lists(fixtures.lists(12, seed=2)) if r.target >= 0]
+    m = teacher_metrics(teacher, reqs)
+    first = [int(np.argmax(teacher.scores(r))) == r.target for r in reqs]
+    assert m["recall@1"] == pytest.approx(np.mean(first)) and m["n"] == len(reqs)

@@ -40,16 +40,23 @@ def test_whole_stage_on_a_tiny_qwen3_with_an_http_teacher(tmp_path):
         sampling=["target", "reject"], n_train_requests=16,
         sft=SFTSettings(steps=3, batch_size=2, lr=1e-3, max_len=384),
         rl=DAPOSettings(steps=2, prompts_per_step=1, num_generations=4, max_reasoning_tokens=6),
-        n_eval=6, eval_batch_size=3,
+        n_eval=6, eval_batch_size=3, n_valid=4,
     )
     with OpenAICompatibleServer(hf_backend(teacher_model, teacher_tok, 6), "tiny-teacher") as srv:
         assert httpx.get(srv.base_url + "/models").json()["data"][0]["id"] == "tiny-teacher"
         teacher = OpenAITeacher(srv.base_url, "tiny-teacher")
         summary = run_llm_stage(cat, train, test, [np.arange(10)], cfg, tmp_path / "llm", student, tok, teacher,
-                                log=lambda *_: None)
+                                log=lambda *_: None, valid_lists=fixtures.lists(16, seed=3))
 
     m = summary["metrics"]
-    assert set(m) == {"pre-rank", "alignment", "sft-target", "sft-reject", "rl"}
+    assert set(m) == {"pre-rank", "alignment", "sft-target", "sft-reject", "rl"}  # an HTTP teacher has no scores
+    assert m["pre-rank"]["changed_share"] == 0.0 and m["pre-rank"]["kendall_tau"] == 1.0
+    for name, phase in m.items():  # every phase answered the validation lists too; the deployment rule read them
+        assert phase["valid"]["n"] == 4 and len(phase["valid"]["ranks"]) == 4
+        assert 0.0 <= phase["changed_share"] <= 1.0 and -1.0 <= phase["kendall_tau"] <= 1.0, name
+    best = max(("alignment", "sft-target", "sft-reject", "rl"), key=lambda p: m[p]["valid"]["ndcg@5"])
+    beat = m[best]["valid"]["ndcg@5"] > m["pre-rank"]["valid"]["ndcg@5"] + 1e-6
+    assert summary["deploy"] == (best if beat else None) and summary["deploy_why"]
     for name in ("alignment", "sft-target", "sft-reject", "rl"):
         assert m[name]["n"] == 6 and m[name]["malformed"] == 0  # constrained decoding: always a valid ranking
         assert 0.0 <= m[name]["ndcg@5"] <= 1.0

@@ -307,3 +307,22 @@ def test_reference_orders_know_the_true_click_model():
     ec = {name: evaluate_orders(lists, o, None, "clicks", cm)["expected_clicks"].mean()
           for name, o in {"initial": np.tile(np.arange(L), (n, 1)), **refs}.items()}
     assert ec["true_greedy"] > ec["attractiveness"] > ec["initial"]
+
+
+def test_reordered_lists_put_each_candidate_row_at_its_new_place():
+    rng = np.random.default_rng(0)
+    n, L, F = 6, 5, 3
+    items = rng.permutation(40)[: n * L].reshape(n, L)
+    items[0, 3:] = -1  # padding stays last
+    lists = RerankLists(np.arange(n), np.ones((n, 4), dtype=np.int64), items, rng.random((n, L)).astype(np.float32),
+                        rng.random((n, L, F)).astype(np.float32), np.zeros(40, dtype=np.int64), source="funnel")
+    orders = np.stack([rng.permutation(L) for _ in range(n)])
+    orders[0] = [2, 0, 1, 3, 4]
+    out = lists.reordered(orders)
+    for r in range(n):
+        for pos, j in enumerate(orders[r]):  # position pos of the new list is candidate j of the old one
+            assert out.items[r, pos] == lists.items[r, j] and out.labels[r, pos] == lists.labels[r, j]
+            assert np.array_equal(out.features[r, pos], lists.features[r, j])
+    assert out.items[0].tolist()[3:] == [-1, -1]
+    with pytest.raises(ValueError, match="shape"):
+        lists.reordered(orders[:, :3])

@@ -16,14 +16,12 @@ from typer.testing import CliRunner
 from thinkrec.cli import app
 from thinkrec.data.synthetic import SyntheticConfig, generate
 from thinkrec.errors import ConfigError, DataRequirementError, UserError
-from thinkrec.llm.stage import LLMStageConfig
 from thinkrec.pipeline.config import RunConfig, check_run_config, load_run_config
 from thinkrec.pipeline.preflight import data_problems
 from thinkrec.utils.config import (
     config_hash,
     constraint_of,
     device_error,
-    load_config,
     spec,
     to_dict,
     validate,
@@ -161,19 +159,41 @@ def test_paths_that_must_exist_are_checked_for_runs_only(tmp_path: Path) -> None
         check_run_config(load_run_config(PRESET, [f"data.data_root={tmp_path / 'none'}"]))
 
 
-def _preset_kind(path: Path) -> str:
-    data = yaml.safe_load(path.read_text()) or {}
-    return "llm" if "model" in data and "run" not in data else "run"
-
-
 @pytest.mark.parametrize("path", sorted(Path("configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_preset_validates(path: Path) -> None:
-    if _preset_kind(path) == "llm":  # a stage-4 preset (benchmarks/llm_rerank.py --preset): the llm section alone
-        cfg = load_config(LLMStageConfig, path)
-        assert validate(cfg, "llm") == []
-    else:
-        cfg = load_run_config(path)
-        assert check_run_config(cfg) is cfg  # values, combinations and (named datasets) paths
+    cfg = load_run_config(path)  # the LLM presets too: a base: run config plus the llm: section
+    if cfg.run.device != "cpu":  # a GPU preset: its values are checked, the device only where it exists
+        cfg = load_run_config(path, ["run.device=cpu"])
+    assert check_run_config(cfg) is cfg  # values, combinations and (named datasets) paths
+    if path.name.startswith("llm_"):
+        beauty = load_run_config("configs/beauty.yaml")
+        assert cfg.data == beauty.data and cfg.retrieval == beauty.retrieval and cfg.rerank == beauty.rerank
+        assert cfg.llm.model == yaml.safe_load(path.read_text())["llm"]["model"]
+
+
+def test_a_base_config_is_merged_under_the_file_section_by_section(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text("run: {name: a, seed: 3}\nsasrec: {d_model: 32, n_layers: 1}\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.yaml").write_text("base: ../a.yaml\nrun: {name: b}\nsasrec: {d_model: 16}\n")
+    cfg = load_run_config(tmp_path / "sub" / "b.yaml", ["sasrec.n_layers=2"])
+    assert (cfg.run.name, cfg.run.seed, cfg.sasrec.d_model, cfg.sasrec.n_layers) == ("b", 3, 16, 2)
+    (tmp_path / "loop.yaml").write_text("base: loop.yaml\n")
+    with pytest.raises(ConfigError, match="includes itself"):
+        load_run_config(tmp_path / "loop.yaml")
+    (tmp_path / "gone.yaml").write_text("base: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match=r"nowhere\.yaml: config file not found \(the base of .*gone\.yaml\)"):
+        load_run_config(tmp_path / "gone.yaml")
+
+
+def test_the_llm_preset_loads_through_the_cli(monkeypatch) -> None:
+    # what `thinkrec train llm-reranker --config configs/llm_beauty.yaml` does before any work
+    import thinkrec.cli as cli
+
+    seen = {}
+    monkeypatch.setattr(cli, "_run", lambda cfg, stages=None, **kw: seen.update(cfg=cfg, stages=stages) or Path("x"))
+    res = CliRunner().invoke(app, ["train", "llm-reranker", "--config", "configs/llm_beauty.yaml"])
+    assert res.exit_code == 0, res.output
+    assert seen["cfg"].data.dataset == "beauty" and seen["cfg"].llm.model == "gemma3-270m" and "llm" in seen["stages"]
 
 
 def test_constraints_leave_the_config_hash_and_dict_alone() -> None:

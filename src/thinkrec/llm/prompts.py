@@ -18,6 +18,8 @@ from thinkrec.llm.sid_tokens import format_sid
 INSTRUCTION = ("Rank all candidates by how likely the user buys each next. Reply with JSON: "
                '{"reasoning": "<why>", "ranking": [every candidate SID once, best first]}.')
 
+RANKED_NOTE = "The candidates are in the pre-ranker's order, best first; move one only if the history says so."
+
 
 @dataclass
 class Catalogue:
@@ -66,14 +68,22 @@ class Catalogue:
 
 
 def rerank_prompt(catalogue: Catalogue, history: Sequence[int], candidates: Sequence[int], n_history: int = 5,
-                  with_titles: bool = True, hint: str | None = None) -> str:
+                  with_titles: bool = True, hint: str | None = None, ranked: bool = False,
+                  title_words: int = 8) -> str:
     """The re-ranking request: recent history (oldest first), the candidates in the pre-ranked order, the
-    instruction, an optional teacher hint (target sampling), and the answer header."""
+    instruction, an optional teacher hint (target sampling), and the answer header.
+
+    ``ranked`` numbers the candidates with their pre-rank (1 = the pre-ranker's best) and says so, so keeping
+    the given order is the easy answer and every change has to earn its reward (GR2 re-ranks a ranked list)."""
     recent = [int(i) for i in history if int(i) >= 0][-n_history:]
     lines = ["User history (oldest to newest):"]
-    lines += [f"- {catalogue.describe(i, with_titles)}" for i in recent] or ["- (none)"]
+    lines += [f"- {catalogue.describe(i, with_titles, title_words)}" for i in recent] or ["- (none)"]
     lines.append(CANDIDATES_HEADER)
-    lines += [f"- {catalogue.describe(int(i), with_titles)}" for i in candidates]
+    if ranked:
+        lines += [f"{k}. {catalogue.describe(int(i), with_titles, title_words)}" for k, i in enumerate(candidates, 1)]
+        lines.append(RANKED_NOTE)
+    else:
+        lines += [f"- {catalogue.describe(int(i), with_titles, title_words)}" for i in candidates]
     lines.append(INSTRUCTION)
     if hint:
         lines.append(hint)

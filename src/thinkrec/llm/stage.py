@@ -77,8 +77,14 @@ class LLMStageConfig:
     dtype: str = spec("float32", choices=("float32", "bfloat16", "float16"))  # bfloat16 on GPUs
     seed: int = 0
     n_history: int = spec(5, ge=1)
-    max_candidates: int = spec(10, ge=2)  # the first K of each list's initial order are re-ranked (GR2: K = 10)
+    max_candidates: int = spec(10, ge=2)  # the first K of each list's pre-rank order are re-ranked (GR2: K = 10)
+    # the pre-rank order the LLM re-orders: "funnel" = the re-ranker the funnel chose on validation (its final list;
+    # the lists' own order if none beat it), "initial" = the lists' own order, or a re-ranker of rerank.models
+    pre_rank: str = spec("funnel", check=non_empty)
     with_titles: bool = True
+    title_words: int = spec(8, ge=1)  # words of each item's title in prompts (fewer: shorter prompts, more steps)
+    # candidates numbered with their pre-rank and the prompt says so (keeping the order is the easy answer)
+    prompt_ranks: bool = True
     max_reasoning_tokens: int = spec(48, ge=1)
     lora: LoraSettings = field(default_factory=LoraSettings)
     alignment: SFTSettings = field(default_factory=lambda: SFTSettings(steps=60, lr=5e-4, max_len=128))
@@ -91,6 +97,9 @@ class LLMStageConfig:
     rl: DAPOSettings = field(default_factory=DAPOSettings)
     rl_from: str = spec("target", choices=SAMPLING_MODES)  # which SFT model RL continues from
     n_eval: int = spec(100, ge=1)  # test lists (with the true item among the candidates) to generate for
+    # validation lists (with the true item) every phase is also answered on: the funnel uses the LLM's order only if
+    # a phase beat its input there (0: not validated, never used)
+    n_valid: int = spec(64, ge=0)
     eval_batch_size: int = spec(8, ge=1)
 
     def _checks(self) -> list[tuple[str, str]]:
@@ -100,8 +109,28 @@ class LLMStageConfig:
         return []
 
 
+def stage_prompt(catalogue: Catalogue, request: RerankRequest, cfg: LLMStageConfig) -> str:
+    """The stage's re-ranking prompt for one request (the config's history length, titles and pre-rank numbers)."""
+    return rerank_prompt(catalogue, request.history, request.candidates, cfg.n_history, cfg.with_titles,
+                         ranked=cfg.prompt_ranks, title_words=cfg.title_words)
+
+
 # ------------------------------------------------------------------------------------------------ evaluation
 ANSWER_METRICS = ("recall@1", "recall@5", "ndcg@5")
+
+
+def order_change(orders: Sequence[Sequence[int]]) -> dict[str, float]:
+    """How far the answers moved from their input (the pre-rank order ``0..n-1``): the share of lists whose order
+    changed and the mean Kendall τ between each answer and its input (1 = the input kept). Copying the input passes
+    a non-inferiority test trivially; these say whether the model re-ranked at all."""
+    from scipy.stats import kendalltau
+
+    if not orders:
+        return {"changed_share": 0.0, "kendall_tau": 1.0}
+    changed = [list(o) != list(range(len(o))) for o in orders]
+    taus = [1.0 if not c else float(kendalltau(np.arange(len(o)), np.asarray(o)).statistic)
+            for o, c in zip(orders, changed, strict=True)]
+    return {"changed_share": float(np.mean(changed)), "kendall_tau": float(np.mean(taus))}
 
 
 def answer_metrics(positions: np.ndarray | Sequence[int]) -> dict[str, float]:
@@ -126,28 +155,59 @@ def evaluate(model: Any, tokens: AnswerTokens, catalogue: Catalogue, requests: S
     sid_len = catalogue.codes.shape[1]
     batches = [requests[b:b + cfg.eval_batch_size] for b in range(0, len(requests), cfg.eval_batch_size)]
     lo, hi = parallel.bounds(len(batches), *parallel.world())
-    answered: list[tuple[int, bool, str]] = []  # per list: the true item's position, malformed, the answer
+    answered: list[tuple[int, bool, str, list[int]]] = []  # per list: the true item's position, malformed, the
+    # answer, the order (candidate indices of the pre-rank, best first)
     for done, chunk in enumerate(batches[lo:hi], 1):
-        prompts = [rerank_prompt(catalogue, r.history, r.candidates, cfg.n_history, cfg.with_titles) for r in chunk]
+        prompts = [stage_prompt(catalogue, r, cfg) for r in chunk]
         n_cand = max(len(r.candidates) for r in chunk)
         answers = generate_answers(model, tokens, prompts, 1, 0.0, cfg.max_reasoning_tokens, n_cand, sid_len)
         for r, (text,) in zip(chunk, answers, strict=True):
             order = parse_output(text, [catalogue.sid_tuple(i) for i in r.candidates])
             kept = order if order is not None else list(range(len(r.candidates)))
-            answered.append((kept.index(r.target) + 1 if r.target >= 0 else 0, order is None, text))
+            answered.append((kept.index(r.target) + 1 if r.target >= 0 else 0, order is None, text, list(kept)))
         progress.report("llm evaluation batches", done, hi - lo)
     answered = parallel.gather_lists(answered)
-    ranks = [rank for rank, _, _ in answered]
-    out = answer_metrics(np.array(ranks))
-    out.update(malformed=sum(bad for _, bad, _ in answered), n=len(ranks), wall_s=time.perf_counter() - t0,
-               examples=[text for _, _, text in answered[:3]], ranks=[int(r) for r in ranks])
+    ranks = [a[0] for a in answered]
+    orders = [a[3] for a in answered]
+    out = {**answer_metrics(np.array(ranks)), **order_change(orders)}
+    out.update(malformed=sum(a[1] for a in answered), n=len(ranks), wall_s=time.perf_counter() - t0,
+               examples=[a[2] for a in answered[:3]], ranks=[int(r) for r in ranks], orders=orders)
     out["lists_per_s"] = len(ranks) / max(out["wall_s"], 1e-9)
     return out
 
 
 def pre_rank_metrics(requests: Sequence[RerankRequest]) -> dict[str, Any]:
     ranks = np.array([r.target + 1 if r.target >= 0 else 0 for r in requests])
-    return {**answer_metrics(ranks), "malformed": 0, "n": len(ranks), "ranks": ranks.tolist()}
+    orders = [list(range(len(r.candidates))) for r in requests]
+    return {**answer_metrics(ranks), **order_change(orders), "malformed": 0, "n": len(ranks), "ranks": ranks.tolist()}
+
+
+def _brief(m: dict[str, Any]) -> dict[str, Any]:
+    """A validation evaluation as kept in the results: the metrics and per-list ranks, not the answers."""
+    return {k: m[k] for k in (*ANSWER_METRICS, "changed_share", "kendall_tau", "n", "ranks") if k in m}
+
+
+def teacher_metrics(teacher: Any, requests: Sequence[RerankRequest]) -> dict[str, Any]:
+    """The teacher's own rankings scored like the student's (its scores, best first; no hint of the true item)."""
+    orders = [np.argsort(-np.asarray(teacher.scores(r)), kind="stable").tolist() for r in requests]
+    ranks = np.array([o.index(r.target) + 1 if r.target >= 0 else 0 for o, r in zip(orders, requests, strict=True)])
+    return {**answer_metrics(ranks), **order_change(orders), "malformed": 0, "n": len(ranks), "ranks": ranks.tolist()}
+
+
+def choose_deployment(results: dict[str, Any], phases: Sequence[str]) -> tuple[str | None, str]:
+    """The trained phase whose order the funnel may use: the best validation N@5 if it beats the pre-rank order's
+    there (ties keep the input), else None."""
+    base = results.get("pre-rank", {}).get("valid")
+    if base is None:
+        return None, "not used: no validation lists were answered (llm.n_valid = 0), so nothing shows it helps"
+    valid = {p: results[p]["valid"]["ndcg@5"] for p in phases if "valid" in results.get(p, {})}
+    figures = ", ".join(f"{p} {v:.4f}" for p, v in valid.items())
+    best = max(valid, key=valid.get) if valid else None
+    if best is not None and round(valid[best], 6) > round(base["ndcg@5"], 6):
+        return best, (f"{best}: best validation N@5 on {base['n']} lists ({figures}) above the pre-rank order's "
+                      f"{base['ndcg@5']:.4f}")
+    return None, (f"not used: no phase beat the pre-rank order's validation N@5 {base['ndcg@5']:.4f} on {base['n']} "
+                  f"lists ({figures}); the funnel keeps its input order")
 
 
 # ------------------------------------------------------------------------------------------------ the stage
@@ -192,12 +252,16 @@ def select_requests(lists: RerankLists, n: int, seed: int, with_target: bool, pr
 def run_llm_stage(catalogue: Catalogue, train_lists: RerankLists, test_lists: RerankLists,
                   train_sequences: Sequence[np.ndarray], cfg: LLMStageConfig, out_dir: str | Path,
                   model: Any = None, tokenizer: Any = None, teacher: Any = None, log: Any = print,
-                  checkpoint_dir: str | Path | None = None) -> dict[str, Any]:
+                  checkpoint_dir: str | Path | None = None, valid_lists: RerankLists | None = None) -> dict[str, Any]:
     """Runs the whole stage; ``model``/``tokenizer``/``teacher`` override the configured ones (tests, benchmarks).
 
     With ``checkpoint_dir`` a killed stage resumes: each finished phase (alignment, each SFT, DAPO) leaves a record
     there (its trained weights as safetensors, its evaluation, logs and trace statistics as JSON) and is not redone;
     the phase that was running resumes from its Trainer checkpoint.
+
+    With ``valid_lists`` every phase is also answered on ``n_valid`` validation lists, and ``deploy`` names the phase
+    whose validation N@5 beat the pre-rank order's (the best one), or None: the funnel's rule that no stage may make
+    its input worse.
 
     Under a multi-process launch every rank calls this and gets the same summary back; only rank 0 logs and writes,
     and every rank returns once rank 0's files are written."""
@@ -211,14 +275,15 @@ def run_llm_stage(catalogue: Catalogue, train_lists: RerankLists, test_lists: Re
     parallel.init(device)
     with contextlib.nullcontext() if main else progress.progress_callback(None):  # the other ranks stay quiet
         summary = _run_stage(catalogue, train_lists, test_lists, train_sequences, cfg, Path(out_dir), device, model,
-                             tokenizer, teacher, log if main else (lambda *_: None), checkpoint_dir)
+                             tokenizer, teacher, log if main else (lambda *_: None), checkpoint_dir, valid_lists)
     parallel.barrier()  # every rank returns with rank 0's files in place
     return summary
 
 
 def _run_stage(catalogue: Catalogue, train_lists: RerankLists, test_lists: RerankLists,
                train_sequences: Sequence[np.ndarray], cfg: LLMStageConfig, out_dir: Path, device: str, model: Any,
-               tokenizer: Any, teacher: Any, log: Any, checkpoint_dir: str | Path | None) -> dict[str, Any]:
+               tokenizer: Any, teacher: Any, log: Any, checkpoint_dir: str | Path | None,
+               valid_lists: RerankLists | None = None) -> dict[str, Any]:
     main = parallel.is_main()
     out_dir.mkdir(parents=True, exist_ok=True)  # every rank: the trainers and trace parts need it at once
     torch.manual_seed(cfg.seed)
@@ -239,15 +304,22 @@ def _run_stage(catalogue: Catalogue, train_lists: RerankLists, test_lists: Reran
     eval_reqs = select_requests(test_lists, cfg.n_eval, cfg.seed, True, "test:", cfg.max_candidates)
     head = np.cumsum(test_lists.mask, axis=1) <= cfg.max_candidates
     coverage = float(((test_lists.labels > 0) & test_lists.mask & head).any(1).mean())
+    valid_reqs = (select_requests(valid_lists, cfg.n_valid, cfg.seed + 2, True, "valid:", cfg.max_candidates)
+                  if valid_lists is not None and cfg.n_valid else [])
     results: dict[str, Any] = {"pre-rank": pre_rank_metrics(eval_reqs)}
+    if valid_reqs:
+        results["pre-rank"]["valid"] = _brief(pre_rank_metrics(valid_reqs))
     phases = ["alignment", *(f"sft-{m}" for m in cfg.sampling), "rl"]  # each ends with its evaluation
 
     def _eval(name: str) -> None:
         results[name] = evaluate(model, tokens, catalogue, eval_reqs, cfg)
+        if valid_reqs:
+            results[name]["valid"] = _brief(evaluate(model, tokens, catalogue, valid_reqs, cfg))
         progress.report("llm phases (alignment, SFT, RL)", phases.index(name) + 1, len(phases))
         m = results[name]
         log(f"  {name}: R@1 {m['recall@1']:.3f} R@5 {m['recall@5']:.3f} N@5 {m['ndcg@5']:.3f} "
-            f"({m['n']} lists, {m['wall_s']:.0f}s, malformed {m['malformed']})")
+            f"changed {m['changed_share']:.2f} τ {m['kendall_tau']:.2f} ({m['n']} lists, {m['wall_s']:.0f}s, "
+            f"malformed {m['malformed']})" + (f"; validation N@5 {m['valid']['ndcg@5']:.3f}" if "valid" in m else ""))
 
     key = config_hash({"llm": cfg, "lists": [len(train_lists), len(test_lists)], "items": len(catalogue.titles),
                        "parameters": n_total})
@@ -291,10 +363,11 @@ def _run_stage(catalogue: Catalogue, train_lists: RerankLists, test_lists: Reran
     # 2. traces + 3. SFT, per sampling mode (each SFT starts from the aligned model)
     # only lists that contain the true item can yield a trace (both sampling modes rank it first)
     train_reqs = select_requests(train_lists, cfg.n_train_requests, cfg.seed + 1, True, "train:", cfg.max_candidates)
-    prompts = {r.request_id: rerank_prompt(catalogue, r.history, r.candidates, cfg.n_history, cfg.with_titles)
-               for r in train_reqs}
+    prompts = {r.request_id: stage_prompt(catalogue, r, cfg) for r in train_reqs}
     sids = {r.request_id: [catalogue.sid_tuple(i) for i in r.candidates] for r in train_reqs}
     teacher = teacher if teacher is not None else make_teacher(cfg, catalogue, train_lists)
+    if hasattr(teacher, "scores"):  # the ceiling: the (programmatic) teacher's own greedy ranking of the test lists
+        results["teacher"] = teacher_metrics(teacher, eval_reqs)
     trace_stats, sft_logs, states = {}, {}, {}
     for mode in cfg.sampling:
         _restore(model, aligned)
@@ -305,7 +378,7 @@ def _run_stage(catalogue: Catalogue, train_lists: RerankLists, test_lists: Reran
         t = time.perf_counter()
         traces, stats = sample_traces(teacher, catalogue, train_reqs, mode, out_dir / f"traces_{mode}.jsonl",
                                       cfg.teacher.max_tries, cfg.teacher.temperature, cfg.n_history, cfg.with_titles,
-                                      cfg.seed)
+                                      cfg.seed, cfg.prompt_ranks, cfg.title_words)
         trace_stats[mode] = {"teacher": teacher.name, **stats.summary()}
         log(f"traces ({mode}, {teacher.name}): {stats.accepted} accepted of {len(train_reqs) - stats.skipped_no_target}"
             f" (acceptance {stats.acceptance_rate:.2f}, tries/sample {stats.tries_per_sample:.2f}, "
@@ -333,12 +406,15 @@ def _run_stage(catalogue: Catalogue, train_lists: RerankLists, test_lists: Reran
         timings["rl_s"] = time.perf_counter() - t
         finish("rl", rl_log)
 
+    deploy, deploy_why = choose_deployment(results, phases)
+    log(f"deployment: {deploy_why}")
     # 5. save (rank 0; the ranks' weights are equal after data-parallel training)
     scaled = {name: {k: m[k] * coverage for k in ("recall@1", "recall@5", "ndcg@5")} for name, m in results.items()}
     summary = {
         "model": cfg.model, "config": asdict(cfg), "parameters": n_total, "trainable": n_trainable,
         "eval_lists_with_target": len(eval_reqs), "coverage": coverage, "metrics": results,
-        "metrics_all_lists": scaled, "traces": trace_stats, "timings": timings,
+        "metrics_all_lists": scaled, "traces": trace_stats, "deploy": deploy, "deploy_why": deploy_why,
+        "valid_lists_with_target": len(valid_reqs), "timings": timings,
         "wall_s": time.perf_counter() - t_stage,
         "logs": {"alignment": align_log, "sft": sft_logs, "rl": rl_log}, "processes": parallel.world()[1],
     }

@@ -373,7 +373,8 @@ def _fork_rng() -> Any:
 
 def sample_traces(teacher: Teacher, catalogue: Catalogue, requests: Sequence[RerankRequest], mode: str,
                   cache: str | Path, max_tries: int = 4, temperature: float = 1.0, n_history: int = 5,
-                  with_titles: bool = True, seed: int = 0) -> tuple[list[dict], TraceStats]:
+                  with_titles: bool = True, seed: int = 0, ranked: bool = False,
+                  title_words: int = 8) -> tuple[list[dict], TraceStats]:
     """Target or reject sampling over ``requests``; returns the accepted traces (cached ones included) in request
     order, and the statistics.
 
@@ -389,7 +390,7 @@ def sample_traces(teacher: Teacher, catalogue: Catalogue, requests: Sequence[Rer
     with _fork_rng():
         traces, stats = _sample(teacher, catalogue, requests[lo:hi], mode, _read_cache(cache),
                                 cache if rank == 0 else _part_file(cache, rank), max_tries, temperature, n_history,
-                                with_titles, seed)
+                                with_titles, seed, ranked, title_words)
     if size == 1:
         return traces, stats
     traces = parallel.gather_lists(traces)
@@ -402,7 +403,7 @@ def sample_traces(teacher: Teacher, catalogue: Catalogue, requests: Sequence[Rer
 
 def _sample(teacher: Teacher, catalogue: Catalogue, requests: Sequence[RerankRequest], mode: str,
             done: dict[str, dict], log_to: Path, max_tries: int, temperature: float, n_history: int,
-            with_titles: bool, seed: int) -> tuple[list[dict], TraceStats]:
+            with_titles: bool, seed: int, ranked: bool = False, title_words: int = 8) -> tuple[list[dict], TraceStats]:
     """One process's sampling: ``done`` rows are reused, new rows are appended to ``log_to`` as they come."""
     stats = TraceStats(requests=len(requests))
     traces: list[dict] = []
@@ -416,7 +417,8 @@ def _sample(teacher: Teacher, catalogue: Catalogue, requests: Sequence[RerankReq
             key = f"{mode}:{req.request_id}"
             cand_sids = [catalogue.sid_tuple(i) for i in req.candidates]
             hint = target_hint(catalogue, req.candidates[req.target]) if mode == "target" else None
-            prompt = rerank_prompt(catalogue, req.history, req.candidates, n_history, with_titles, hint)
+            prompt = rerank_prompt(catalogue, req.history, req.candidates, n_history, with_titles, hint, ranked,
+                                   title_words)
             digest = hashlib.sha256(prompt.encode()).hexdigest()[:16]
             cached = done.get(key)
             # a cached trace counts only for the same teacher and the same prompt (SIDs, history, candidates)

@@ -158,6 +158,10 @@ class RunConfig:
         if "retrieval" in self.stages and not r.models:
             out.append(("retrieval.models", "the retrieval stage is listed but trains no model (list tiger and/or s2gr, "
                                             "or drop 'retrieval' from stages)"))
+        pre = self.llm.pre_rank
+        if pre not in ("funnel", "initial") and pre not in self.rerank.models:
+            out.append(("llm.pre_rank", f"must be funnel, initial or one of rerank.models {self.rerank.models} "
+                                        f"(got {pre!r})"))
         return out
 
 

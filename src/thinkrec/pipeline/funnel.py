@@ -38,8 +38,8 @@ def choose_funnel(root: str | Path, config: RunConfig) -> dict[str, Any]:
     Retriever: the re-ranking lists' candidate generator when the re-rankers were trained on funnel lists, else
     the scorer with the best validation N@10. Re-ranker: only on funnel lists (impression-trained re-rankers
     re-order logged slates, :meth:`Funnel.rerank`), the one with the best validation N@5, ``initial`` included, so
-    a re-ranker that does not beat its input on validation is not used. LLM: not used (it is validated on test
-    lists only so far)."""
+    a re-ranker that does not beat its input on validation is not used. LLM: the phase the LLM stage chose on its
+    validation lists (``deploy``: only one that beat the pre-rank order there), else None."""
     root = Path(root)
     out: dict[str, Any] = {}
     info_file = root / "rerank" / "lists" / "info.json"
@@ -79,9 +79,11 @@ def choose_funnel(root: str | Path, config: RunConfig) -> dict[str, Any]:
                                   where="every validation example; no re-ranker was trained on them"))
         out["reranker_why"] = out["final_why"] + ("; the re-rankers were trained on " + lists_info["source"] +
                                                   " lists, not on the merged candidates") if lists_info else ""
-    out["llm"] = None
-    out["llm_why"] = ("not used: the LLM stage is measured on test lists only, and the funnel uses a stage only "
-                      "where it beat its input on validation") if (root / "llm" / "metrics.json").exists() else "not trained"
+    llm_file = root / "llm" / "metrics.json"
+    llm = read_json(llm_file) if llm_file.exists() else {}
+    out["llm"] = llm.get("deploy")  # the LLM phase whose order beat its input on validation lists, or None
+    out["llm_why"] = (llm.get("deploy_why") or "not used: this LLM run answered no validation lists, and the funnel "
+                      "uses a stage only where it beat its input on validation") if llm else "not trained"
     out["validation"] = valid
     return out
 

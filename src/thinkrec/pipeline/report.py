@@ -164,11 +164,14 @@ def _llm_section(root: Path) -> list[str]:
     lines = [f"## LLM re-ranker (GR2, {res['model']})", "",
              f"{res['eval_lists_with_target']} test lists that contain the true item (coverage of all test lists "
              f"{res['coverage']:.3f}); one greedy, constrained answer per list.", "",
-             "| phase | R@1 | R@5 | N@5 | N@5 (all lists) | malformed |", "|---|---|---|---|---|---|"]
+             "| phase | R@1 | R@5 | N@5 | N@5 (all lists) | changed share | Kendall τ to input | validation N@5 | "
+             "malformed |", "|---|---|---|---|---|---|---|---|---|"]
     for name, m in res["metrics"].items():
+        valid = m.get("valid", {}).get("ndcg@5")
         lines.append(f"| {name} | {m['recall@1']:.4f} | {m['recall@5']:.4f} | {m['ndcg@5']:.4f} | "
-                     f"{res['metrics_all_lists'][name]['ndcg@5']:.4f} | {m['malformed']} |")
-    lines.append("")
+                     f"{res['metrics_all_lists'][name]['ndcg@5']:.4f} | {m.get('changed_share', 0):.2f} | "
+                     f"{m.get('kendall_tau', 1):.2f} | {'' if valid is None else f'{valid:.4f}'} | {m['malformed']} |")
+    lines += ["", f"**Used by the funnel:** {res.get('deploy_why') or 'not validated'}", ""]
     for mode, t in res.get("traces", {}).items():
         lines.append(f"- {mode} sampling ({t['teacher']}): {t['accepted']} traces accepted, acceptance "
                      f"{t['acceptance_rate']:.2f}, {t['tries_per_sample']:.2f} tries per sample, {t['malformed']} malformed")

@@ -447,6 +447,22 @@ def summarize_rerank(ctx: Context) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- LLM
+def llm_pre_ranker(ctx: Context) -> str:
+    """The re-ranker whose order the LLM re-orders (``llm.pre_rank``): for ``funnel`` the configured one with the
+    best comparison-slice N@5 (what the funnel serves; ``initial`` when none beat the lists' own order)."""
+    want = ctx.config.llm.pre_rank
+    if want != "funnel":
+        return want
+    valid = {m: read_json(ctx.root / "rerank" / m / "metrics.json")["valid"]["ndcg@5"] for m in ctx.config.rerank.models}
+    return max(valid, key=lambda n: (round(valid[n], 6), n == "initial")) if valid else "initial"
+
+
+def _llm_upstream(ctx: Context) -> list[str]:
+    want = ctx.config.llm.pre_rank
+    models = ctx.config.rerank.models if want == "funnel" else [] if want == "initial" else [want]
+    return ["rerank/lists", "sids", "data", *(f"rerank/{m}" for m in models)]
+
+
 def run_llm(ctx: Context) -> dict[str, Any]:
     from thinkrec.llm.prompts import Catalogue
     from thinkrec.llm.stage import run_llm_stage
@@ -455,9 +471,19 @@ def run_llm(ctx: Context) -> dict[str, Any]:
     catalogue = Catalogue.from_dataset(ctx.get_dataset(), SIDMap.load(ctx.root / "sids" / "sidmap").codes)
     split = ctx.get_split()
     sequences = [split.train_sequence(u) for u in range(split.n_users)]
-    train, test = _load_lists(ctx, "train", "test")
+    train, valid, test = _load_lists(ctx, "train", "valid", "test")
+    name = llm_pre_ranker(ctx)
+    if name != "initial":  # the LLM re-orders the top-K of that re-ranker's order (the funnel's final list)
+        from thinkrec.rerank.stage import load_reranker
+        from thinkrec.rerank.train import rerank_orders
+
+        _, model = load_reranker(ctx.root / "rerank" / name, ctx.config.run.device)
+        train, valid, test = (ls.reordered(rerank_orders(model, ls, device=ctx.config.run.device))
+                              for ls in (train, valid, test))
+    ctx.log(f"llm: pre-rank order = {name}")
     summary = run_llm_stage(catalogue, train, test, sequences, ctx.config.llm, ctx.root / "llm",
-                            log=lambda m: ctx.log(f"llm: {m}"), checkpoint_dir=ctx.checkpoints("stage"))
+                            log=lambda m: ctx.log(f"llm: {m}"), checkpoint_dir=ctx.checkpoints("stage"),
+                            valid_lists=valid)
     return {f"{name}_ndcg@5": m["ndcg@5"] for name, m in summary["metrics"].items()}
 
 
@@ -619,7 +645,7 @@ def build_nodes() -> list[Node]:
         Node("rerank/evaluator", lambda ctx: {"model": ctx.config.rerank.model, "train": ctx.config.rerank.train},
              lambda ctx: ["rerank/lists"], ("rerank/evaluator",), run_evaluator, distributed=True),
         *(_reranker_node(m) for m in RERANK_MODELS),
-        Node("llm", lambda ctx: {"llm": ctx.config.llm}, lambda ctx: ["rerank/lists", "sids", "data"],
+        Node("llm", lambda ctx: {"llm": ctx.config.llm}, _llm_upstream,
              ("llm/metrics.json",), run_llm, distributed=True),  # data-parallel (thinkrec.llm.parallel)
     ]
     return nodes

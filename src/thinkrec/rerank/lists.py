@@ -110,6 +110,16 @@ class RerankLists:
         return RerankLists(self.users[idx], self.history[idx], self.items[idx], self.labels[idx], self.features[idx],
                            self.item_category, self.source, dict(self.meta))
 
+    def reordered(self, orders: np.ndarray) -> RerankLists:
+        """The same lists with each one's candidates in ``orders`` (``[n, L]`` candidate indices, best first, as
+        :func:`thinkrec.rerank.train.rerank_orders` returns): a re-ranker's order becomes the initial one."""
+        orders = np.asarray(orders, dtype=np.int64)
+        if orders.shape != self.items.shape:
+            raise ValueError(f"orders have shape {orders.shape}, the lists {self.items.shape}")
+        take = lambda a: np.take_along_axis(a, orders.reshape(orders.shape + (1,) * (a.ndim - 2)), 1)  # noqa: E731
+        return RerankLists(self.users.copy(), self.history.copy(), take(self.items), take(self.labels),
+                           take(self.features), self.item_category, self.source, dict(self.meta))
+
     def with_positives(self) -> RerankLists:
         """Only the lists with at least one positive label (supervised ranking losses need one)."""
         return self.subset(np.nonzero((self.labels > 0).any(1))[0])

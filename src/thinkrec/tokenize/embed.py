@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
 import time
 from collections.abc import Sequence
@@ -125,12 +124,11 @@ def _slug(model: str) -> str:
 
 
 def _load_model(path: str, device: str) -> Any:
-    """Load a SentenceTransformer strictly offline (a module-level function so tests can replace it)."""
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    """Load a SentenceTransformer from local files only (a module-level function so tests can replace it); the
+    process's hub settings are left alone, so a hub id elsewhere (``llm.model``) can still download."""
     from sentence_transformers import SentenceTransformer
 
-    return SentenceTransformer(path, device=device)
+    return SentenceTransformer(path, device=device, local_files_only=True)
 
 
 def _l2_normalize(x: np.ndarray) -> np.ndarray:

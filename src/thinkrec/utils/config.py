@@ -352,19 +352,38 @@ def set_dotted(data: dict[str, Any], assignment: str) -> dict[str, Any]:
     return data
 
 
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _read_yaml_file(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """One YAML mapping; a top-level ``base: other.yaml`` (relative to this file) is read first and this file's
+    keys are merged over it, section by section (presets extend a dataset's config without copying it)."""
+    if not path.exists():
+        raise ConfigError(f"{path}: config file not found" + (f" (the base of {seen[-1]})" if seen else ""))
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (yaml.YAMLError, ValueError, AttributeError, TypeError, RecursionError) as exc:  # see set_dotted
+        raise ConfigError(f"{path}: invalid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    if "base" not in data:
+        return data
+    base = data.pop("base")
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(f"{path}: base: must be the path of another config file (got {base!r})")
+    base_path = (path.parent / base).resolve()
+    if base_path in seen or base_path == path.resolve():
+        raise ConfigError(f"{path}: base: {base} includes itself")
+    return _deep_merge(_read_yaml_file(base_path, (*seen, path.resolve())), data)
+
+
 def read_config_data(path: str | Path | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
-    """The raw mapping: YAML file (if any) ← ``--set`` overrides."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.exists():
-            raise ConfigError(f"{path}: config file not found")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except (yaml.YAMLError, ValueError, AttributeError, TypeError, RecursionError) as exc:  # see set_dotted
-            raise ConfigError(f"{path}: invalid YAML ({exc})") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: top level must be a mapping")
+    """The raw mapping: YAML file (if any, with its ``base:`` chain) ← ``--set`` overrides."""
+    data: dict[str, Any] = _read_yaml_file(Path(path)) if path is not None else {}
     for item in overrides or []:
         set_dotted(data, item)
     return data
