@@ -111,13 +111,16 @@ def test_run_writes_a_complete_run_directory_and_resumes(tmp_path):
     res8 = runner.invoke(app, ["train", "llm-reranker", *_args(tmp_path), *llm_args])
     assert res8.exit_code == 0, res8.output
     llm = read_json(root / "llm" / "metrics.json")
-    assert set(llm["metrics"]) == {"pre-rank", "alignment", "sft-target", "rl"}
+    # the programmatic teacher's own ranking is the ceiling row; every phase is also answered on validation lists
+    assert set(llm["metrics"]) == {"pre-rank", "teacher", "alignment", "sft-target", "rl"}
+    assert all("valid" in llm["metrics"][p] for p in ("pre-rank", "alignment", "sft-target", "rl"))
+    assert "pre-rank order = " in res8.output and "LLM order used by the funnel" in res8.output
     assert all(m["malformed"] == 0 for m in llm["metrics"].values()) and llm["traces"]["target"]["accepted"] > 0
     assert "LLM re-ranker" in res8.output and "LLM re-ranker (GR2" in (root / "report.md").read_text()
     assert (root / "llm" / "adapter" / "adapter_config.json").exists()
     res9 = runner.invoke(app, ["run", "--with-llm", *_args(tmp_path), *llm_args])
     assert res9.exit_code == 0 and "llm: up to date" in res9.output.replace("\n", " "), res9.output
-    assert "LLM" in (root / "report.md").read_text() and read_json(root / "funnel.json")["llm"] is None
+    assert "LLM" in (root / "report.md").read_text() and read_json(root / "funnel.json")["llm"] == llm["deploy"]
 
     # recommend with explanations from the trained S²GR, through thinkrec.load
     res4 = runner.invoke(app, ["recommend", "--run", str(root), "--user", "u00003", "--retriever", "s2gr", "-k", "5",
