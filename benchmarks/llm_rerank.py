@@ -63,6 +63,37 @@ def ndcg5(positions: list[int]) -> np.ndarray:
     return rank_metrics(ranks_from_positions(positions), ks=(5,))["ndcg@5"]
 
 
+def learning_curves(summary: dict) -> dict[str, list[dict]]:
+    """Per training phase, the validation points its trainer logged (``llm.curve_every``)."""
+    logs = summary["logs"]
+    phases = {**{f"sft-{m}": log for m, log in logs.get("sft", {}).items()}, "rl": logs.get("rl", [])}
+    return {name: [{"step": r["step"], **{k.split("/", 1)[1]: v for k, v in r.items() if k.startswith("curve/")}}
+                   for r in log if "curve/ndcg@5" in r] for name, log in phases.items()
+            if any("curve/ndcg@5" in r for r in log)}
+
+
+def plot_curves(curves: dict[str, list[dict]], pre_rank: float | None) -> Path:
+    """Validation N@5 against training steps per phase (DAPO steps after the SFT start it continues from)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, pts in curves.items():
+        ax.plot([p["step"] for p in pts], [p["ndcg@5"] for p in pts], marker="o", label=name)
+    if pre_rank is not None:
+        ax.axhline(pre_rank, color="grey", linestyle="--", label="pre-rank order")
+    ax.set_xlabel("optimizer steps")
+    ax.set_ylabel("validation N@5 (lists with the true item)")
+    ax.legend()
+    out = Path(__file__).resolve().parent / "results" / "llm_curves.png"
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="configs/llm_beauty.yaml", help="LLM preset (a run config; its llm: section and run.device)")
@@ -112,6 +143,12 @@ def main() -> None:
             extra["rl_log"] = [r for r in summary["logs"]["rl"] if "reward" in r]
         rows.append(row("llm_rerank", "beauty-funnel", NAMES[phase], out, wall, deploy=summary.get("deploy"),
                         deploy_why=summary.get("deploy_why"), **extra))
+    curves = learning_curves(summary)
+    if curves:
+        for r in rows:
+            if r["variant"] in curves:
+                r["curve"] = curves[r["variant"]]
+        print("learning curves:", plot_curves(curves, metrics["pre-rank"].get("valid", {}).get("ndcg@5")), flush=True)
     save_rows("llm_rerank", rows, key="variant")
     for r in rows:
         print(r["variant"], r["metrics"], r.get("vs_prerank_ndcg@5", ""), flush=True)

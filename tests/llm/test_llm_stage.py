@@ -40,7 +40,7 @@ def test_whole_stage_on_a_tiny_qwen3_with_an_http_teacher(tmp_path):
         sampling=["target", "reject"], n_train_requests=16,
         sft=SFTSettings(steps=3, batch_size=2, lr=1e-3, max_len=384),
         rl=DAPOSettings(steps=2, prompts_per_step=1, num_generations=4, max_reasoning_tokens=6),
-        n_eval=6, eval_batch_size=3, n_valid=4,
+        n_eval=6, eval_batch_size=3, n_valid=4, curve_every=2,
     )
     with OpenAICompatibleServer(hf_backend(teacher_model, teacher_tok, 6), "tiny-teacher") as srv:
         assert httpx.get(srv.base_url + "/models").json()["data"][0]["id"] == "tiny-teacher"
@@ -71,6 +71,11 @@ def test_whole_stage_on_a_tiny_qwen3_with_an_http_teacher(tmp_path):
         for r in accepted:  # an accepted trace ranks the true next item first and cites every candidate once
             user = int(r["request_id"].split(":")[-1])
             assert r["order"][0] == int(np.argmax(train.labels[user])) and sorted(r["order"]) == list(range(5))
+    # learning curves: validation answers every 2 steps and at the last (SFT 3 steps, DAPO 2)
+    curve = [r["step"] for r in summary["logs"]["sft"]["target"] if "curve/ndcg@5" in r]
+    assert curve == [2, 3] and [r["step"] for r in summary["logs"]["rl"] if "curve/ndcg@5" in r] == [2]
+    last = next(r for r in summary["logs"]["sft"]["target"] if r.get("step") == 3 and "curve/ndcg@5" in r)
+    assert last["curve/ndcg@5"] == pytest.approx(m["sft-target"]["valid"]["ndcg@5"])  # the same model, same lists
     rl_steps = [r for r in summary["logs"]["rl"] if "loss" in r]
     assert len(rl_steps) == 2
     # the saved adapter (LoRA + trained SID rows, not the whole embedding) reloads onto the base model exactly

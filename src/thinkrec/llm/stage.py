@@ -100,6 +100,9 @@ class LLMStageConfig:
     # validation lists (with the true item) every phase is also answered on: the funnel uses the LLM's order only if
     # a phase beat its input there (0: not validated, never used)
     n_valid: int = spec(64, ge=0)
+    # learning curves: every this many SFT / DAPO steps the n_valid validation lists are answered and their N@5
+    # logged (``curve/ndcg@5`` in the phase logs); 0 = off
+    curve_every: int = spec(0, ge=0)
     eval_batch_size: int = spec(8, ge=1)
 
     def _checks(self) -> list[tuple[str, str]]:
@@ -324,6 +327,18 @@ def _run_stage(catalogue: Catalogue, train_lists: RerankLists, test_lists: Reran
     key = config_hash({"llm": cfg, "lists": [len(train_lists), len(test_lists)], "items": len(catalogue.titles),
                        "parameters": n_total})
 
+    def curve(name: str) -> Any:
+        """The learning-curve probe of a training phase: validation N@5 (and how much it re-orders) at a step."""
+        if not valid_reqs:
+            return None
+
+        def point(step: int) -> dict[str, float]:
+            m = evaluate(model, tokens, catalogue, valid_reqs, cfg)
+            log(f"    {name} step {step}: validation N@5 {m['ndcg@5']:.3f}, changed {m['changed_share']:.2f}")
+            return {k: m[k] for k in ("ndcg@5", "recall@1", "changed_share", "kendall_tau")}
+
+        return point
+
     def record(name: str) -> Checkpointer:
         return Checkpointer(subdir(checkpoint_dir, f"phase-{name}"), key, log)
 
@@ -385,7 +400,8 @@ def _run_stage(catalogue: Catalogue, train_lists: RerankLists, test_lists: Reran
             f"malformed {stats.malformed})")
         feats = sft_features(tokens, traces, prompts, sids, cfg.sft)
         sft_logs[mode] = train_lm(model, tokenizer, feats, cfg.sft, out_dir / "trainer", device, bf16, log,
-                                  checkpoint_dir=subdir(checkpoint_dir, f"trainer-sft-{mode}"))
+                                  checkpoint_dir=subdir(checkpoint_dir, f"trainer-sft-{mode}"),
+                                  curve=curve(f"sft-{mode}"), curve_every=cfg.curve_every)
         timings[f"sft_{mode}_s"] = time.perf_counter() - t
         finish(f"sft-{mode}", sft_logs[mode], traces=trace_stats[mode])
         states[mode] = _snapshot(model)
@@ -402,7 +418,8 @@ def _run_stage(catalogue: Catalogue, train_lists: RerankLists, test_lists: Reran
         max_completion = max_answer_tokens(tokens, n_cand, catalogue.codes.shape[1], cfg.rl.max_reasoning_tokens)
         rl_log = train_dapo(model, tokenizer, [prompts[r.request_id] for r in rl_reqs], [r.target for r in rl_reqs],
                             cfg.rl, out_dir / "trainer", max_completion, device, bf16, log,
-                            checkpoint_dir=subdir(checkpoint_dir, "trainer-rl"))
+                            checkpoint_dir=subdir(checkpoint_dir, "trainer-rl"), curve=curve("rl"),
+                            curve_every=cfg.curve_every)
         timings["rl_s"] = time.perf_counter() - t
         finish("rl", rl_log)
 

@@ -14,7 +14,7 @@ share of the ``prompts_per_step × num_generations`` completions. Both must divi
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -149,7 +149,8 @@ def checkpointing(checkpoint_dir: str | Path | None, steps: int) -> tuple[dict[s
 
 def train_lm(model: Any, tokenizer: Any, features: list[dict[str, list]], settings: SFTSettings, out_dir: str | Path,
              device: str = "cpu", bf16: bool = False, log: Any = print,
-             checkpoint_dir: str | Path | None = None) -> list[dict]:
+             checkpoint_dir: str | Path | None = None, curve: Callable[[int], dict[str, float]] | None = None,
+             curve_every: int = 0) -> list[dict]:
     """Weighted next-token training with transformers' Trainer (AdamW, warm-up, cosine decay). Returns the log.
     With ``checkpoint_dir`` a killed run resumes from the Trainer's last checkpoint there (same data order)."""
     from datasets import Dataset as HFDataset
@@ -181,6 +182,7 @@ def train_lm(model: Any, tokenizer: Any, features: list[dict[str, list]], settin
                               data_collator=LeftPadCollator(int(tokenizer.pad_token_id)))
     _route_logs(trainer, log)
     _watch_steps(trainer, "llm sft")
+    _add_curve(trainer, curve, curve_every)
     if resume:
         log(f"    resuming from {resume}")
     trainer.train(resume_from_checkpoint=resume)
@@ -217,6 +219,26 @@ def pin_device(args: Any, device: str) -> None:
     args._n_gpu = int(dev.type != "cpu")  # one device: no DataParallel
     if args.device != dev or args.n_gpu != int(dev.type != "cpu"):
         raise RuntimeError(f"could not pin the Trainer to {device} (it would use {args.device}, {args.n_gpu} GPUs)")
+
+
+def _add_curve(trainer: Any, curve: Callable[[int], dict[str, float]] | None, every: int) -> None:
+    """Every ``every`` optimizer steps (and at the last) ``curve(step)`` measures the model (validation N@5 of its
+    answers); the point joins the Trainer's log history, so it is in the returned log and in resume checkpoints."""
+    if curve is None or every <= 0:
+        return
+    from transformers.trainer_callback import TrainerCallback
+
+    class Curve(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **_: Any) -> None:
+            if state.global_step % every and state.global_step != state.max_steps:
+                return
+            was_training = model.training if model is not None else True
+            point = curve(state.global_step)
+            if model is not None and was_training:
+                model.train()
+            state.log_history.append({"step": state.global_step, **{f"curve/{k}": v for k, v in point.items()}})
+
+    trainer.add_callback(Curve())
 
 
 def _route_logs(trainer: Any, log: Any) -> None:
@@ -282,7 +304,8 @@ def dapo_trainer_class():
 
 def train_dapo(model: Any, tokenizer: Any, prompts: Sequence[str], targets: Sequence[int], settings: DAPOSettings,
                out_dir: str | Path, max_completion_length: int, device: str = "cpu", bf16: bool = False,
-               log: Any = print, checkpoint_dir: str | Path | None = None) -> list[dict]:
+               log: Any = print, checkpoint_dir: str | Path | None = None,
+               curve: Callable[[int], dict[str, float]] | None = None, curve_every: int = 0) -> list[dict]:
     """DAPO (token-level loss, clip-higher, overlong masking, no KL) on re-ranking prompts with rank and format
     rewards; rollouts are constrained to permutations of each prompt's candidates.
 
@@ -315,6 +338,7 @@ def train_dapo(model: Any, tokenizer: Any, prompts: Sequence[str], targets: Sequ
     unwrapped.generate = constrained_generate(unwrapped, AnswerTokens(tokenizer), settings.max_reasoning_tokens)
     _route_logs(trainer, log)
     _watch_steps(trainer, "llm dapo")
+    _add_curve(trainer, curve, curve_every)
     if resume:
         log(f"    resuming from {resume}")
     try:
