@@ -129,7 +129,7 @@ def main() -> None:
                  "llm": ctx.config.llm.model, "config": summary["config"], "timings": summary["timings"],
                  "run_dir": str(ctx.root)}
         if phase != "pre-rank":
-            extra["vs_prerank_ndcg@5"] = paired_test(per, base, 1000, seed=0)
+            extra["vs_prerank_ndcg@5"] = paired_test(per, base[:len(per)], 1000, seed=0)  # alignment: first n lists
             extra["eval_wall_s"] = round(m["wall_s"], 1)
             extra["examples"] = m["examples"][:1]
         if "valid" in m:
@@ -139,7 +139,8 @@ def main() -> None:
         if phase in ("sft-target", "sft-reject"):
             extra["traces"] = summary["traces"][phase.split("-")[1]]
         if phase == "rl":
-            extra["vs_sft_ndcg@5"] = paired_test(per, ndcg5(metrics[f"sft-{ctx.config.llm.rl_from}"]["ranks"]), 1000, seed=0)
+            extra["vs_sft_ndcg@5"] = paired_test(per, ndcg5(metrics[f"sft-{summary.get('rl_from', ctx.config.llm.rl_from)}"]["ranks"]), 1000, seed=0)
+            extra["rl_from"] = summary.get("rl_from", ctx.config.llm.rl_from)
             extra["rl_log"] = [r for r in summary["logs"]["rl"] if "reward" in r]
         rows.append(row("llm_rerank", "beauty-funnel", NAMES[phase], out, wall, deploy=summary.get("deploy"),
                         deploy_why=summary.get("deploy_why"), **extra))

@@ -87,6 +87,41 @@ def test_constrained_sampling_always_yields_a_permutation_of_the_prompt_candidat
         assert row.index(tokens.ranking_open[0], start) - start <= 5
 
 
+def test_greedy_decoding_with_the_head_only_where_there_is_a_choice_equals_generate(tiny):
+    """The fast greedy path gives generate's answers token for token: a LoRA model with non-zero adapters and
+    trained SID rows (so merging matters), prompts of different lengths (left padding), a row without candidates
+    (unconstrained), and reasoning caps from none to long enough to end on its own."""
+    import copy
+
+    from thinkrec.llm.answer import greedy_constrained, max_answer_tokens
+    from thinkrec.llm.model import LoraSettings, apply_lora
+
+    cat, train, tok, base = tiny
+    new_ids = add_sid_tokens(base, tok, cat.radix)
+    model = apply_lora(copy.deepcopy(base), LoraSettings(r=4, alpha=8), new_ids)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:  # LoRA A/B and the trainable SID rows: move them off their initial values
+                p.add_(torch.randn_like(p) * 0.5)
+    model.eval()
+    tokens = AnswerTokens(tok)
+    prompts = [rerank_prompt(cat, (train.history[n] - 1).tolist()[: 1 + n % 4], train.items[n].tolist())
+               for n in range(5)] + ["Item list without candidates:"]
+    enc = tok(prompts, return_tensors="pt", padding=True)
+    for cap in (0, 3, 40):
+        max_new = max_answer_tokens(tokens, 5, 3, cap)
+        slow = constrained_generate(model, tokens, cap)(**enc, do_sample=False, max_new_tokens=max_new,
+                                                        pad_token_id=tok.pad_token_id)[:, enc["input_ids"].shape[1]:]
+        fast = greedy_constrained(model, tokens, enc["input_ids"], enc["attention_mask"], max_new, cap)
+        assert fast.tolist() == slow[:, : fast.shape[1]].tolist()
+        assert (slow[:, fast.shape[1]:] == tok.pad_token_id).all()  # generate only padded on after every EOS
+        for n in range(5):  # and the constrained rows are permutations of their candidates
+            cands = [cat.sid_tuple(i) for i in train.items[n]]
+            order = parse_output(tok.decode(fast[n], skip_special_tokens=True), cands)
+            assert order is not None and sorted(order) == list(range(5))
+
+
 def test_weighted_loss_equals_an_independent_per_token_computation(tiny):
     _, _, tok, model = tiny
     a = tokenize_example(tok, "Item one is", [10, 11, 12, 2], [0.5, 0.5, 1.0, 1.0], 64)

@@ -15,10 +15,12 @@ plugs into any ``generate`` call — our evaluation, the teacher server, and TRL
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from thinkrec.llm.sid_tokens import SID_BEGIN, SID_END, format_sid, parse_sids
 
@@ -203,6 +205,33 @@ class RankingConstraint:
         return scores.masked_fill(~mask, float("-inf"))
 
 
+@contextmanager
+def merged_adapter(model: Any) -> Iterator[None]:
+    """LoRA (and trainable-token rows) merged into the base weights for the block, then put back exactly.
+
+    Unmerged LoRA + trainable-token rows rebuild the 262k-row embedding on every decoding step (≈ 4× slower
+    generation on CPU); merging for the call and unmerging after gives the same outputs at plain speed. Unmerging
+    subtracts B·A again, which leaves the base weights off by rounding (W + BA − BA ≠ W) and so makes every later
+    step depend on how many generations came before (a resumed run would differ from an uninterrupted one); the
+    LoRA layers' base weights are copied before the merge and put back exactly."""
+    merge = hasattr(model, "merge_adapter") and not getattr(model, "_thinkrec_merged", False)
+    if merge:
+        with torch.no_grad():
+            bases = _lora_base_weights(model)
+            saved = [w.detach().clone() for w in bases]
+            model.merge_adapter()
+        model._thinkrec_merged = True
+    try:
+        yield
+    finally:
+        if merge:
+            with torch.no_grad():
+                model.unmerge_adapter()
+                for w, copy in zip(bases, saved, strict=True):
+                    w.copy_(copy)
+            model._thinkrec_merged = False
+
+
 def constrained_generate(model: Any, tokens: AnswerTokens, max_reasoning_tokens: int = 64) -> Callable[..., Any]:
     """``model.generate`` with a fresh ``RankingConstraint`` per call (install with ``model.generate = …``)."""
     from transformers import LogitsProcessorList
@@ -212,30 +241,87 @@ def constrained_generate(model: Any, tokens: AnswerTokens, max_reasoning_tokens:
     def generate(*args: Any, **kwargs: Any) -> Any:
         processors = LogitsProcessorList(kwargs.pop("logits_processor", None) or [])
         processors.append(RankingConstraint(tokens, max_reasoning_tokens))
-        # Unmerged LoRA + trainable-token rows rebuild the 262k-row embedding on every decoding step (≈ 4× slower
-        # generation on CPU); merging for the call and unmerging after gives the same outputs at plain speed.
-        # Unmerging subtracts B·A again, which leaves the base weights off by rounding (W + BA − BA ≠ W) and so
-        # makes every later step depend on how many generations came before (a resumed run would differ from an
-        # uninterrupted one); the LoRA layers' base weights are copied before the merge and put back exactly.
-        merge = hasattr(model, "merge_adapter") and not getattr(model, "_thinkrec_merged", False)
-        if merge:
-            with torch.no_grad():
-                bases = _lora_base_weights(model)
-                saved = [w.detach().clone() for w in bases]
-                model.merge_adapter()
-            model._thinkrec_merged = True
-        try:
+        with merged_adapter(model):
             return original(*args, logits_processor=processors, **kwargs)
-        finally:
-            if merge:
-                with torch.no_grad():
-                    model.unmerge_adapter()
-                    for w, copy in zip(bases, saved, strict=True):
-                        w.copy_(copy)
-                model._thinkrec_merged = False
 
     generate.__wrapped__ = original  # type: ignore[attr-defined]
     return generate
+
+
+@torch.inference_mode()
+def greedy_constrained(model: Any, tokens: AnswerTokens, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                       max_new_tokens: int, max_reasoning_tokens: int = 64) -> torch.Tensor:
+    """The greedy answers ``constrained_generate`` gives (``[B, new]`` token ids, pad after EOS), computed with
+    the output head only where the model has a choice.
+
+    With a 262k-token vocabulary the head is ≈ 60 % of a decoding step, yet most answer tokens are forced (the
+    JSON scaffold, ``<|sid_begin|>``/``<|sid_end|>``, separators, and a SID's later codes once its first code picks
+    the candidate): those rows skip the head, a row choosing among a few SID tokens multiplies its hidden state with
+    those rows of the head only, and only rows writing free reasoning compute the full head. The transformer body
+    runs exactly as in ``generate`` (same positions and KV cache), so the argmax over the same allowed set is
+    the same token (final-logit soft-capping is monotonic and does not change it)."""
+    head_module = model.get_output_embeddings()
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    body = base.get_decoder()
+    pad = tokens.tokenizer.pad_token_id
+    pad = int(pad if pad is not None else tokens.eos)
+    device = input_ids.device
+    with merged_adapter(model):
+        head = head_module.weight
+        bias = getattr(head_module, "bias", None)
+        free = tokens.free_mask(head.shape[0]).to(device).clone()
+        constraint = RankingConstraint(tokens, max_reasoning_tokens)
+        constraint._start(input_ids)
+        free[constraint.end_reasoning] = True
+        rows = constraint.rows
+        B = input_ids.shape[0]
+        mask = attention_mask.long()
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = body(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        past, hidden = out.past_key_values, out.last_hidden_state[:, -1]
+        position = positions[:, -1]
+        done = [False] * B
+        generated: list[torch.Tensor] = []
+        for _ in range(max_new_tokens):
+            choice = [pad] * B
+            full: list[int] = []
+            few: list[tuple[int, list[int]]] = []
+            for b, row in enumerate(rows):
+                if done[b]:
+                    continue
+                allowed = constraint._allowed(row) if row is not None else None
+                if allowed is None:
+                    full.append(b)
+                elif len(allowed) == 1:
+                    choice[b] = allowed[0]
+                else:
+                    few.append((b, allowed))
+            if full:
+                logits = F.linear(hidden[full], head, bias)
+                constrained = torch.tensor([rows[b] is not None for b in full], device=device)
+                logits = logits.masked_fill(constrained[:, None] & ~free, float("-inf"))
+                for b, t in zip(full, logits.argmax(-1).tolist(), strict=True):
+                    choice[b] = int(t)
+            for b, allowed in few:
+                ids = torch.tensor(allowed, device=device)
+                w = head[ids]
+                scores = w @ hidden[b] + (bias[ids] if bias is not None else 0)
+                choice[b] = allowed[int(scores.argmax())]
+            for b, row in enumerate(rows):
+                if not done[b]:
+                    if row is not None:
+                        constraint._advance(row, choice[b])
+                    done[b] = choice[b] == tokens.eos
+            step = torch.tensor(choice, device=device)
+            generated.append(step)
+            if all(done):
+                break
+            mask = torch.cat([mask, mask.new_ones(B, 1)], 1)
+            position = position + 1
+            out = body(input_ids=step[:, None], attention_mask=mask, position_ids=position[:, None],
+                       past_key_values=past, use_cache=True)
+            past, hidden = out.past_key_values, out.last_hidden_state[:, -1]
+    return torch.stack(generated, 1) if generated else input_ids.new_zeros(B, 0)
 
 
 def _lora_base_weights(model: Any) -> list[torch.Tensor]:

@@ -95,8 +95,11 @@ class LLMStageConfig:
     n_train_requests: int = spec(200, ge=1)
     sft: SFTSettings = field(default_factory=SFTSettings)
     rl: DAPOSettings = field(default_factory=DAPOSettings)
-    rl_from: str = spec("target", choices=SAMPLING_MODES)  # which SFT model RL continues from
+    # which SFT model RL continues from; "best" = the one with the higher validation N@5 (the first without n_valid)
+    rl_from: str = spec("target", choices=(*SAMPLING_MODES, "best"))
     n_eval: int = spec(100, ge=1)  # test lists (with the true item among the candidates) to generate for
+    # test lists the alignment phase (not a final phase) is answered on: the first this many of the n_eval (0 = all)
+    n_eval_alignment: int = spec(0, ge=0)
     # validation lists (with the true item) every phase is also answered on: the funnel uses the LLM's order only if
     # a phase beat its input there (0: not validated, never used)
     n_valid: int = spec(64, ge=0)
@@ -156,20 +159,25 @@ def evaluate(model: Any, tokens: AnswerTokens, catalogue: Catalogue, requests: S
     model.eval()
     t0 = time.perf_counter()
     sid_len = catalogue.codes.shape[1]
-    batches = [requests[b:b + cfg.eval_batch_size] for b in range(0, len(requests), cfg.eval_batch_size)]
+    prompts = [stage_prompt(catalogue, r, cfg) for r in requests]
+    # batches of similar prompt length: less left padding to run through the model (answers do not depend on it)
+    lengths = [len(ids) for ids in tokens.tokenizer(prompts)["input_ids"]] if prompts else []
+    by_length = sorted(range(len(requests)), key=lambda k: (lengths[k], k))
+    batches = [by_length[b:b + cfg.eval_batch_size] for b in range(0, len(by_length), cfg.eval_batch_size)]
     lo, hi = parallel.bounds(len(batches), *parallel.world())
-    answered: list[tuple[int, bool, str, list[int]]] = []  # per list: the true item's position, malformed, the
-    # answer, the order (candidate indices of the pre-rank, best first)
+    answered: list[tuple[int, int, bool, str, list[int]]] = []  # per list: its index, the true item's position,
+    # malformed, the answer, the order (candidate indices of the pre-rank, best first)
     for done, chunk in enumerate(batches[lo:hi], 1):
-        prompts = [stage_prompt(catalogue, r, cfg) for r in chunk]
-        n_cand = max(len(r.candidates) for r in chunk)
-        answers = generate_answers(model, tokens, prompts, 1, 0.0, cfg.max_reasoning_tokens, n_cand, sid_len)
-        for r, (text,) in zip(chunk, answers, strict=True):
+        n_cand = max(len(requests[k].candidates) for k in chunk)
+        answers = generate_answers(model, tokens, [prompts[k] for k in chunk], 1, 0.0, cfg.max_reasoning_tokens,
+                                   n_cand, sid_len)
+        for k, (text,) in zip(chunk, answers, strict=True):
+            r = requests[k]
             order = parse_output(text, [catalogue.sid_tuple(i) for i in r.candidates])
             kept = order if order is not None else list(range(len(r.candidates)))
-            answered.append((kept.index(r.target) + 1 if r.target >= 0 else 0, order is None, text, list(kept)))
+            answered.append((k, kept.index(r.target) + 1 if r.target >= 0 else 0, order is None, text, list(kept)))
         progress.report("llm evaluation batches", done, hi - lo)
-    answered = parallel.gather_lists(answered)
+    answered = [a[1:] for a in sorted(parallel.gather_lists(answered))]  # back in list order
     ranks = [a[0] for a in answered]
     orders = [a[3] for a in answered]
     out = {**answer_metrics(np.array(ranks)), **order_change(orders)}
@@ -225,6 +233,15 @@ def _restore(model: torch.nn.Module, snap: dict[str, torch.Tensor]) -> None:
             params[k].copy_(v)
 
 
+def rl_start(cfg: LLMStageConfig, results: dict[str, Any]) -> str:
+    """The sampling mode whose SFT model DAPO continues from: ``rl_from``, or for "best" the one with the higher
+    validation N@5 (ties and no validation: the first of ``sampling``)."""
+    if cfg.rl_from != "best":
+        return cfg.rl_from
+    scores = [results.get(f"sft-{m}", {}).get("valid", {}).get("ndcg@5", float("-inf")) for m in cfg.sampling]
+    return cfg.sampling[int(np.argmax(scores))]
+
+
 def make_teacher(cfg: LLMStageConfig, catalogue: Catalogue, train_lists: RerankLists) -> Teacher:
     """The teacher ``llm.teacher.kind`` names in :data:`thinkrec.llm.teacher.TEACHERS` (a local one on this rank's
     device)."""
@@ -270,7 +287,7 @@ def run_llm_stage(catalogue: Catalogue, train_lists: RerankLists, test_lists: Re
     and every rank returns once rank 0's files are written."""
     if not cfg.sampling or any(m not in ("target", "reject") for m in cfg.sampling):
         raise ValueError(f"llm.sampling must list target and/or reject, got {cfg.sampling}")
-    if cfg.rl_from not in cfg.sampling:
+    if cfg.rl_from != "best" and cfg.rl_from not in cfg.sampling:
         raise ValueError(f"llm.rl_from={cfg.rl_from!r} must be one of llm.sampling {cfg.sampling}")
     main = parallel.is_main()
     check_world(cfg, parallel.world()[1])
@@ -314,10 +331,17 @@ def _run_stage(catalogue: Catalogue, train_lists: RerankLists, test_lists: Reran
         results["pre-rank"]["valid"] = _brief(pre_rank_metrics(valid_reqs))
     phases = ["alignment", *(f"sft-{m}" for m in cfg.sampling), "rl"]  # each ends with its evaluation
 
+    final_step = {**{f"sft-{m}": cfg.sft.steps for m in cfg.sampling}, "rl": cfg.rl.steps}
+    last_point: dict[str, tuple[int, dict[str, Any]]] = {}  # per phase: its latest learning-curve evaluation
+
     def _eval(name: str) -> None:
-        results[name] = evaluate(model, tokens, catalogue, eval_reqs, cfg)
+        n_test = cfg.n_eval_alignment if name == "alignment" and cfg.n_eval_alignment else len(eval_reqs)
+        results[name] = evaluate(model, tokens, catalogue, eval_reqs[:n_test], cfg)
         if valid_reqs:
-            results[name]["valid"] = _brief(evaluate(model, tokens, catalogue, valid_reqs, cfg))
+            step, m = last_point.get(name, (-1, None))
+            # the curve's point at the phase's last step answered the same lists with the same weights
+            results[name]["valid"] = _brief(m if step == final_step.get(name) else
+                                            evaluate(model, tokens, catalogue, valid_reqs, cfg))
         progress.report("llm phases (alignment, SFT, RL)", phases.index(name) + 1, len(phases))
         m = results[name]
         log(f"  {name}: R@1 {m['recall@1']:.3f} R@5 {m['recall@5']:.3f} N@5 {m['ndcg@5']:.3f} "
@@ -334,6 +358,7 @@ def _run_stage(catalogue: Catalogue, train_lists: RerankLists, test_lists: Reran
 
         def point(step: int) -> dict[str, float]:
             m = evaluate(model, tokens, catalogue, valid_reqs, cfg)
+            last_point[name] = (step, m)
             log(f"    {name} step {step}: validation N@5 {m['ndcg@5']:.3f}, changed {m['changed_share']:.2f}")
             return {k: m[k] for k in ("ndcg@5", "recall@1", "changed_share", "kendall_tau")}
 
@@ -407,7 +432,9 @@ def _run_stage(catalogue: Catalogue, train_lists: RerankLists, test_lists: Reran
         states[mode] = _snapshot(model)
 
     # 4. DAPO from the chosen SFT model, on training lists that contain the true item
-    _restore(model, states[cfg.rl_from])
+    rl_from = rl_start(cfg, results)
+    log(f"DAPO starts from SFT ({rl_from} sampling)" + (" — the better on validation" if cfg.rl_from == "best" else ""))
+    _restore(model, states[rl_from])
     if (done := finished("rl")) is not None:
         rl_log = done["log"]
     else:
@@ -431,7 +458,7 @@ def _run_stage(catalogue: Catalogue, train_lists: RerankLists, test_lists: Reran
         "model": cfg.model, "config": asdict(cfg), "parameters": n_total, "trainable": n_trainable,
         "eval_lists_with_target": len(eval_reqs), "coverage": coverage, "metrics": results,
         "metrics_all_lists": scaled, "traces": trace_stats, "deploy": deploy, "deploy_why": deploy_why,
-        "valid_lists_with_target": len(valid_reqs), "timings": timings,
+        "valid_lists_with_target": len(valid_reqs), "timings": timings, "rl_from": rl_from,
         "wall_s": time.perf_counter() - t_stage,
         "logs": {"alignment": align_log, "sft": sft_logs, "rl": rl_log}, "processes": parallel.world()[1],
     }

@@ -36,7 +36,13 @@ import numpy as np
 import torch
 
 from thinkrec.llm import parallel
-from thinkrec.llm.answer import AnswerTokens, constrained_generate, max_answer_tokens, render_answer
+from thinkrec.llm.answer import (
+    AnswerTokens,
+    constrained_generate,
+    greedy_constrained,
+    max_answer_tokens,
+    render_answer,
+)
 from thinkrec.llm.model import add_sid_tokens, load_causal_lm
 from thinkrec.llm.prompts import Catalogue, rerank_prompt
 from thinkrec.llm.rewards import parse_output
@@ -152,14 +158,17 @@ def generate_answers(model: Any, tokens: AnswerTokens, prompts: Sequence[str], n
     """``n`` constrained answers per prompt (greedy when ``temperature`` is 0)."""
     tok = tokens.tokenizer
     enc = tok(list(prompts), return_tensors="pt", padding=True).to(model.device)
-    gen = constrained_generate(model, tokens, max_reasoning_tokens)
-    kwargs: dict[str, Any] = {"do_sample": temperature > 0, "num_return_sequences": n,
-                              "max_new_tokens": max_answer_tokens(tokens, n_candidates, sid_len, max_reasoning_tokens),
-                              "pad_token_id": tok.pad_token_id}
-    if temperature > 0:
-        kwargs.update(temperature=temperature, top_k=0, top_p=1.0)
-    out = gen(**enc, **kwargs)
-    texts = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    max_new = max_answer_tokens(tokens, n_candidates, sid_len, max_reasoning_tokens)
+    if temperature <= 0 and n == 1:  # greedy: the same answers as generate's, the head only where there is a choice
+        new = greedy_constrained(model, tokens, enc["input_ids"], enc["attention_mask"], max_new, max_reasoning_tokens)
+    else:
+        gen = constrained_generate(model, tokens, max_reasoning_tokens)
+        kwargs: dict[str, Any] = {"do_sample": temperature > 0, "num_return_sequences": n, "max_new_tokens": max_new,
+                                  "pad_token_id": tok.pad_token_id}
+        if temperature > 0:
+            kwargs.update(temperature=temperature, top_k=0, top_p=1.0)
+        new = gen(**enc, **kwargs)[:, enc["input_ids"].shape[1]:]
+    texts = tok.batch_decode(new, skip_special_tokens=True)
     return [texts[i * n:(i + 1) * n] for i in range(len(prompts))]
 
 

@@ -241,11 +241,32 @@ def _add_curve(trainer: Any, curve: Callable[[int], dict[str, float]] | None, ev
     trainer.add_callback(Curve())
 
 
+def _add_drift(trainer: Any, model: Any) -> None:
+    """DAPO has no KL term (``beta`` 0), so nothing holds the policy near its SFT start; log how far it went instead:
+    ``drift`` = ‖θ − θ₀‖ / ‖θ₀‖ over the trainable parameters (LoRA, SID rows) at every logged step."""
+    from transformers.trainer_callback import TrainerCallback
+
+    start = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    norm0 = torch.sqrt(sum(p.double().square().sum() for p in start.values())).item() or 1.0
+
+    class Drift(TrainerCallback):
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **_: Any) -> None:
+            if not logs or "reward" not in logs:
+                return
+            params = dict(trainer.accelerator.unwrap_model(trainer.model).named_parameters())
+            d = sum((params[n].detach().double() - p.double()).square().sum() for n, p in start.items() if n in params)
+            logs["drift"] = float(torch.sqrt(torch.as_tensor(d)).item() / norm0)
+            if state.log_history:  # the Trainer appended this step's record (a copy of ``logs``) just before
+                state.log_history[-1]["drift"] = logs["drift"]
+
+    trainer.add_callback(Drift())
+
+
 def _route_logs(trainer: Any, log: Any) -> None:
     """Training logs go to the stage's logger (run log / console) instead of transformers' raw dict printer."""
     from transformers.trainer_callback import PrinterCallback, TrainerCallback
 
-    keys = ("loss", "reward", "reward_std", "dynamic_sampling/kept_group_frac", "grad_norm", "learning_rate")
+    keys = ("loss", "reward", "reward_std", "dynamic_sampling/kept_group_frac", "grad_norm", "learning_rate", "drift")
 
     class Forward(TrainerCallback):
         def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **_: Any) -> None:
@@ -336,6 +357,7 @@ def train_dapo(model: Any, tokenizer: Any, prompts: Sequence[str], targets: Sequ
                                    train_dataset=data, processing_class=tokenizer)
     unwrapped = trainer.accelerator.unwrap_model(trainer.model)
     unwrapped.generate = constrained_generate(unwrapped, AnswerTokens(tokenizer), settings.max_reasoning_tokens)
+    _add_drift(trainer, model)  # before the log router, so the routed line shows it
     _route_logs(trainer, log)
     _watch_steps(trainer, "llm dapo")
     _add_curve(trainer, curve, curve_every)
