@@ -64,12 +64,27 @@ def ndcg5(positions: list[int]) -> np.ndarray:
 
 
 def learning_curves(summary: dict) -> dict[str, list[dict]]:
-    """Per training phase, the validation points its trainer logged (``llm.curve_every``)."""
-    logs = summary["logs"]
-    phases = {**{f"sft-{m}": log for m, log in logs.get("sft", {}).items()}, "rl": logs.get("rl", [])}
-    return {name: [{"step": r["step"], **{k.split("/", 1)[1]: v for k, v in r.items() if k.startswith("curve/")}}
-                   for r in log if "curve/ndcg@5" in r] for name, log in phases.items()
-            if any("curve/ndcg@5" in r for r in log)}
+    """Per training phase, the validation points its trainer logged (``llm.curve_every``), after the point of the
+    model it started from at step 0 (SFT: the aligned model; DAPO: its SFT start). DAPO's steps count on from the
+    SFT steps before them (``step`` is cumulative; ``phase_step`` its own)."""
+    logs, metrics = summary["logs"], summary["metrics"]
+    sft_steps = int(summary["config"]["sft"]["steps"])
+    rl_from = f"sft-{summary.get('rl_from', summary['config']['rl_from'])}"
+    phases = {**{f"sft-{m}": (log, "alignment", 0) for m, log in logs.get("sft", {}).items()},
+              "rl": (logs.get("rl", []), rl_from, sft_steps)}
+    keys = ("ndcg@5", "recall@1", "changed_share", "kendall_tau")
+    out = {}
+    for name, (log, start, offset) in phases.items():
+        pts = [{"step": offset + r["step"], "phase_step": r["step"],
+                **{k.split("/", 1)[1]: v for k, v in r.items() if k.startswith("curve/")}}
+               for r in log if "curve/ndcg@5" in r]
+        if not pts:
+            continue
+        first = metrics.get(start, {}).get("valid")
+        if first is not None:
+            pts.insert(0, {"step": offset, "phase_step": 0, **{k: first[k] for k in keys if k in first}})
+        out[name] = pts
+    return out
 
 
 def plot_curves(curves: dict[str, list[dict]], pre_rank: float | None) -> Path:
@@ -84,7 +99,7 @@ def plot_curves(curves: dict[str, list[dict]], pre_rank: float | None) -> Path:
         ax.plot([p["step"] for p in pts], [p["ndcg@5"] for p in pts], marker="o", label=name)
     if pre_rank is not None:
         ax.axhline(pre_rank, color="grey", linestyle="--", label="pre-rank order")
-    ax.set_xlabel("optimizer steps")
+    ax.set_xlabel("optimizer steps (SFT; DAPO continues from its SFT start)")
     ax.set_ylabel("validation N@5 (lists with the true item)")
     ax.legend()
     out = Path(__file__).resolve().parent / "results" / "llm_curves.png"
@@ -99,7 +114,7 @@ def main() -> None:
     p.add_argument("--preset", default="configs/llm_beauty.yaml", help="LLM preset (a run config; its llm: section and run.device)")
     p.add_argument("--set", action="append", default=[], help="RunConfig override, e.g. llm.sft.steps=40")
     p.add_argument("--lists-run", default="runs/bench-rerank/beauty-funnel/initial",
-                   help="a run directory of benchmarks/rerank.py --datasets beauty-funnel (its lists, SIDs and data)")
+                   help="a funnel run directory (thinkrec run --config configs/beauty.yaml, or benchmarks/rerank.py --datasets beauty-funnel): its lists, re-rankers, SIDs and data")
     p.add_argument("--out", default="runs/bench-llm/beauty")
     p.add_argument("--threads", type=int, default=2, help="run.threads")
     args = p.parse_args()
@@ -108,7 +123,8 @@ def main() -> None:
         raise SystemExit(f"{src}: no re-ranking lists (run benchmarks/rerank.py --datasets beauty-funnel first)")
     cfg = bench_config(src / "config.yaml", [*llm_preset(args.preset), *args.set], args.threads)
     ctx = open_variant(cfg, args.out)
-    share_nodes(ctx, src, upstream_closure(ctx, "rerank/lists", "sids", "data"))
+    # everything the llm node reads: the lists, SIDs and data, and the re-rankers its pre-rank order comes from
+    share_nodes(ctx, src, upstream_closure(ctx, *ctx.graph.nodes["llm"].upstream(ctx)))
     run_pipeline(cfg, ["llm"], run_dir=args.out)
 
     ctx = open_variant(cfg, args.out)

@@ -14,6 +14,7 @@ plugs into any ``generate`` call — our evaluation, the teacher server, and TRL
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -277,8 +278,10 @@ def greedy_constrained(model: Any, tokens: AnswerTokens, input_ids: torch.Tensor
         B = input_ids.shape[0]
         mask = attention_mask.long()
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        # the KV cache's keyword: ``cache`` in transformers ≥ 5.2x, ``past_key_values`` before (deprecated after)
+        cache_kw = "cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values"
         out = body(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True)
-        past, hidden = out.past_key_values, out.last_hidden_state[:, -1]
+        past, hidden = out[cache_kw], out.last_hidden_state[:, -1]
         position = positions[:, -1]
         done = [False] * B
         generated: list[torch.Tensor] = []
@@ -319,8 +322,8 @@ def greedy_constrained(model: Any, tokens: AnswerTokens, input_ids: torch.Tensor
             mask = torch.cat([mask, mask.new_ones(B, 1)], 1)
             position = position + 1
             out = body(input_ids=step[:, None], attention_mask=mask, position_ids=position[:, None],
-                       past_key_values=past, use_cache=True)
-            past, hidden = out.past_key_values, out.last_hidden_state[:, -1]
+                       use_cache=True, **{cache_kw: past})
+            past, hidden = out[cache_kw], out.last_hidden_state[:, -1]
     return torch.stack(generated, 1) if generated else input_ids.new_zeros(B, 0)
 
 
