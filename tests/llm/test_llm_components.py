@@ -320,3 +320,32 @@ def test_the_teacher_ceiling_scores_its_own_greedy_ranking():
     m = teacher_metrics(teacher, reqs)
     first = [int(np.argmax(teacher.scores(r))) == r.target for r in reqs]
     assert m["recall@1"] == pytest.approx(np.mean(first)) and m["n"] == len(reqs)
+
+
+def test_a_keep_order_teacher_promotes_one_candidate_and_keeps_the_rest_in_input_order(tmp_path):
+    """``teacher.keep_order``: every trace (target and reject sampling) and the greedy ceiling are the input order
+    with one candidate moved to the top — the target under target sampling, the teacher's pick otherwise."""
+    from thinkrec.llm.stage import teacher_metrics
+    from thinkrec.llm.teacher import ProgrammaticTeacher, requests_from_lists
+
+    cat = fixtures.catalogue()
+    train = fixtures.lists(30, seed=1)
+    teacher = ProgrammaticTeacher.fit(cat, train, seed=0, keep_order=True)
+    assert teacher.name != ProgrammaticTeacher.fit(cat, train, seed=0).name  # separate trace caches
+    reqs = [r for r in requests_from_lists(fixtures.lists(20, seed=2)) if r.target >= 0]
+
+    def minimal_edit(order, n):
+        return order == [order[0]] + [i for i in range(n) if i != order[0]]
+
+    for mode in ("target", "reject"):
+        traces, stats = sample_traces(teacher, cat, reqs, mode, tmp_path / f"{mode}.jsonl", 8, 2.0)
+        assert stats.accepted == len(traces) > 0
+        by_id = {f"{mode}:{r.request_id}": r for r in reqs}
+        for t in traces:
+            r = by_id[t["request_id"]]
+            assert t["order"][0] == r.target and minimal_edit(t["order"], len(r.candidates))
+    m = teacher_metrics(teacher, reqs)
+    top = [int(np.argmax(teacher.scores(r))) for r in reqs]
+    moved = [t != 0 for t in top]  # the greedy order differs from the input exactly when the pick is not first
+    assert m["changed_share"] == pytest.approx(np.mean(moved))
+    assert m["recall@1"] == pytest.approx(np.mean([t == r.target for t, r in zip(top, reqs, strict=True)]))

@@ -62,6 +62,9 @@ class TeacherSettings:
     api_key_env: str = "OPENAI_API_KEY"
     temperature: float = spec(1.0, ge=0.0)
     max_tries: int = spec(4, ge=1)
+    # programmatic: traces are minimal edits of the input order (the top pick promoted, the rest in pre-rank order),
+    # so what the student must learn is the one move, not the teacher's whole ranking
+    keep_order: bool = False
 
     def _checks(self) -> list[tuple[str, str]]:
         if self.kind in ("openai", "hf") and not self.model.strip():
@@ -199,8 +202,8 @@ def _brief(m: dict[str, Any]) -> dict[str, Any]:
 
 
 def teacher_metrics(teacher: Any, requests: Sequence[RerankRequest]) -> dict[str, Any]:
-    """The teacher's own rankings scored like the student's (its scores, best first; no hint of the true item)."""
-    orders = [np.argsort(-np.asarray(teacher.scores(r)), kind="stable").tolist() for r in requests]
+    """The teacher's own greedy rankings scored like the student's (no hint of the true item)."""
+    orders = [teacher.greedy_order(r) for r in requests]
     ranks = np.array([o.index(r.target) + 1 if r.target >= 0 else 0 for o, r in zip(orders, requests, strict=True)])
     return {**answer_metrics(ranks), **order_change(orders), "malformed": 0, "n": len(ranks), "ranks": ranks.tolist()}
 

@@ -177,15 +177,20 @@ class ProgrammaticTeacher:
 
     name = "programmatic"
 
-    def __init__(self, catalogue: Catalogue, weights: np.ndarray, bias: float = 0.0, seed: int = 0):
+    def __init__(self, catalogue: Catalogue, weights: np.ndarray, bias: float = 0.0, seed: int = 0,
+                 keep_order: bool = False):
         self.catalogue, self.weights, self.bias = catalogue, np.asarray(weights, dtype=np.float64), float(bias)
         self.rng = np.random.default_rng(seed)
+        self.keep_order = bool(keep_order)  # answers promote one candidate and keep the rest in the input order
+        if self.keep_order:  # its traces differ, so they must not be served from the other teacher's cache
+            self.name = "programmatic-keep-order"
 
     def reseed(self, seed: int) -> None:
         self.rng = np.random.default_rng(seed)
 
     @classmethod
-    def fit(cls, catalogue: Catalogue, lists: RerankLists, seed: int = 0, steps: int = 200) -> ProgrammaticTeacher:
+    def fit(cls, catalogue: Catalogue, lists: RerankLists, seed: int = 0, steps: int = 200,
+            keep_order: bool = False) -> ProgrammaticTeacher:
         """Logistic regression of the click label on the features (training lists only)."""
         m = lists.mask
         x = torch.from_numpy(lists.features[m]).double()
@@ -201,7 +206,7 @@ class ProgrammaticTeacher:
 
         opt.step(closure)
         w = w.detach().numpy()
-        return cls(catalogue, w[:-1], float(w[-1]), seed)
+        return cls(catalogue, w[:-1], float(w[-1]), seed, keep_order)
 
     def scores(self, request: RerankRequest) -> np.ndarray:
         if request.features is None:
@@ -219,9 +224,16 @@ class ProgrammaticTeacher:
                 order = np.argsort(-(s / temperature + self.rng.gumbel(size=s.shape))).tolist()
             else:
                 order = np.argsort(-s, kind="stable").tolist()
+            if self.keep_order:  # a minimal edit of the input: the top pick promoted, the rest where they were
+                order = [order[0]] + [i for i in range(len(s)) if i != order[0]]
             ranking = [self.catalogue.sid_tuple(request.candidates[i]) for i in order]
             out.append(render_answer(self.explain(request, order), ranking))
         return out
+
+    def greedy_order(self, request: RerankRequest) -> list[int]:
+        """The teacher's own ranking without a hint (what its greedy answer would be): candidate indices, best first."""
+        order = np.argsort(-self.scores(request), kind="stable").tolist()
+        return [order[0]] + [i for i in range(len(order)) if i != order[0]] if self.keep_order else order
 
     def explain(self, request: RerankRequest, order: Sequence[int]) -> str:
         cat = self.catalogue
@@ -260,7 +272,7 @@ TEACHERS: Registry[TeacherBuilder] = Registry("teacher")
 
 
 def _programmatic(cfg: Any, catalogue: Catalogue, train_lists: RerankLists) -> Teacher:
-    return ProgrammaticTeacher.fit(catalogue, train_lists, seed=cfg.seed)
+    return ProgrammaticTeacher.fit(catalogue, train_lists, seed=cfg.seed, keep_order=cfg.teacher.keep_order)
 
 
 def _openai(cfg: Any, catalogue: Catalogue, train_lists: RerankLists) -> Teacher:
