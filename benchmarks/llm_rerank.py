@@ -1,17 +1,21 @@
-"""GR2 LLM re-ranker on Beauty funnel lists (TIGER's top-10): pre-rank vs alignment-only vs SFT (target and reject
-sampling) vs SFT + DAPO, with Gemma 3 270M (the PyPI GGUF package) on CPU.
+"""GR2 LLM re-ranker on Beauty funnel lists (the top-10 of the funnel's final list): the pre-rank order, the
+programmatic teacher's own ranking (the ceiling), alignment only, SFT (target and reject sampling) and SFT + DAPO,
+with Gemma 3 270M (the PyPI GGUF package) on CPU.
 
-    python benchmarks/llm_rerank.py [--preset configs/llm_beauty.yaml] [--set llm.sft.steps=40 ...]
-        [--lists-run runs/bench-rerank/beauty-funnel/initial] [--out runs/bench-llm/beauty]
+    python benchmarks/llm_rerank.py --lists-run runs/beauty [--preset configs/llm_beauty.yaml]
+        [--set llm.sft.steps=40 ...] [--out runs/bench-llm/beauty]
 
-The run directory ``--out`` starts from the config of a ``benchmarks/rerank.py --datasets beauty-funnel`` run
-(``--lists-run``) and reuses its data, SIDs and re-ranking lists (``common.share_nodes``); the pipeline's ``llm``
-node trains and evaluates there (``llm/metrics.json``, traces and adapters; a rerun resumes). ``--preset`` is an LLM
-stage preset (the ``llm:`` section: ``LLMStageConfig`` fields); its ``device`` becomes ``run.device`` and its
-``seed`` is dropped (``run.seed`` derives every stage's). Evaluation generates one greedy constrained answer per
-test list that contains the true item (``n_eval`` of them; other lists score 0 whatever the order) and reports
-R@1/R@5/N@5 on those lists and scaled to all test lists; paired tests on per-list N@5. Writes
-benchmarks/results/llm_rerank.json.
+``--lists-run`` is a finished funnel run (``thinkrec run --config configs/beauty.yaml``, or a
+``benchmarks/rerank.py --datasets beauty-funnel`` variant); the run directory ``--out`` starts from its config and
+reuses everything the llm node reads (data, SIDs, re-ranking lists, the re-rankers the pre-rank order comes from;
+``common.share_nodes``); the pipeline's ``llm`` node trains and evaluates there (``llm/metrics.json``, traces,
+phase records, adapter; a rerun resumes, and a finished one only rewrites the rows). ``--preset`` is a run config
+whose ``llm:`` section (``LLMStageConfig``) and ``run.device`` are applied over the lists run's config. Evaluation
+generates one greedy constrained answer per test list that contains the true item (``n_eval``; alignment the first
+``n_eval_alignment``; other lists score 0 whatever the order) and reports R@1/R@5/N@5 on those lists and scaled to
+all test lists, the share of lists whose order changed and Kendall τ to the input; paired tests on per-list N@5
+against the pre-rank, reject vs target and RL vs its SFT start; learning curves (validation N@5 every
+``curve_every`` steps) in benchmarks/results/llm_curves.png. Writes benchmarks/results/llm_rerank.json.
 """
 
 from __future__ import annotations
@@ -109,6 +113,16 @@ def plot_curves(curves: dict[str, list[dict]], pre_rank: float | None) -> Path:
     return out
 
 
+def partial(ctx) -> dict:  # noqa: ANN001 - a pipeline Context
+    """The summary of a run cut short (``--partial``): finished phases from their records, pre-rank and teacher rows
+    recomputed on the same lists (``wall_s`` of the rows is then 0: the stage has not finished)."""
+    from thinkrec.llm.stage import partial_summary
+    from thinkrec.pipeline.run import llm_inputs
+
+    catalogue, _, train, valid, test, _ = llm_inputs(ctx)
+    return partial_summary(catalogue, train, test, valid, ctx.config.llm, ctx.root / "checkpoints" / "llm" / "stage")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="configs/llm_beauty.yaml", help="LLM preset (a run config; its llm: section and run.device)")
@@ -117,6 +131,8 @@ def main() -> None:
                    help="a funnel run directory (thinkrec run --config configs/beauty.yaml, or benchmarks/rerank.py --datasets beauty-funnel): its lists, re-rankers, SIDs and data")
     p.add_argument("--out", default="runs/bench-llm/beauty")
     p.add_argument("--threads", type=int, default=2, help="run.threads")
+    p.add_argument("--partial", action="store_true",
+                   help="no training: rows from the phases a cut-short run has finished so far (their records)")
     args = p.parse_args()
     src = Path(args.lists_run)
     if not (src / "config.yaml").exists() or not (src / "rerank" / "lists").exists():
@@ -125,11 +141,14 @@ def main() -> None:
     ctx = open_variant(cfg, args.out)
     # everything the llm node reads: the lists, SIDs and data, and the re-rankers its pre-rank order comes from
     share_nodes(ctx, src, upstream_closure(ctx, *ctx.graph.nodes["llm"].upstream(ctx)))
-    run_pipeline(cfg, ["llm"], run_dir=args.out)
-
-    ctx = open_variant(cfg, args.out)
-    summary = read_json(ctx.root / "llm" / "metrics.json")
-    wall = summary.get("wall_s", node_info(ctx, "llm").get("wall_s", 0.0))
+    if args.partial:
+        summary = partial(ctx)
+        wall = 0.0
+    else:
+        run_pipeline(cfg, ["llm"], run_dir=args.out)
+        ctx = open_variant(cfg, args.out)
+        summary = read_json(ctx.root / "llm" / "metrics.json")
+        wall = summary.get("wall_s", node_info(ctx, "llm").get("wall_s", 0.0))
     metrics, scaled = summary["metrics"], summary["metrics_all_lists"]
     base = ndcg5(metrics["pre-rank"]["ranks"])
     rows = []
@@ -146,27 +165,27 @@ def main() -> None:
                  "run_dir": str(ctx.root)}
         if phase != "pre-rank":
             extra["vs_prerank_ndcg@5"] = paired_test(per, base[:len(per)], 1000, seed=0)  # alignment: first n lists
-            extra["eval_wall_s"] = round(m["wall_s"], 1)
-            extra["examples"] = m["examples"][:1]
+            extra["eval_wall_s"] = round(m.get("wall_s", 0.0), 1)
+            extra["examples"] = m.get("examples", [])[:1]
         if "valid" in m:
             extra["valid"] = {k: v for k, v in m["valid"].items() if k != "ranks"}
         if phase == "sft-reject" and "sft-target" in metrics:  # equal SFT steps, the traces differ
             extra["vs_sft_target_ndcg@5"] = paired_test(per, ndcg5(metrics["sft-target"]["ranks"]), 1000, seed=0)
         if phase in ("sft-target", "sft-reject"):
             extra["traces"] = summary["traces"][phase.split("-")[1]]
-        if phase == "rl":
+        if phase == "rl" and summary.get("rl_from"):
             extra["vs_sft_ndcg@5"] = paired_test(per, ndcg5(metrics[f"sft-{summary.get('rl_from', ctx.config.llm.rl_from)}"]["ranks"]), 1000, seed=0)
             extra["rl_from"] = summary.get("rl_from", ctx.config.llm.rl_from)
             extra["rl_log"] = [r for r in summary["logs"]["rl"] if "reward" in r]
         rows.append(row("llm_rerank", "beauty-funnel", NAMES[phase], out, wall, deploy=summary.get("deploy"),
-                        deploy_why=summary.get("deploy_why"), **extra))
+                        deploy_why=summary.get("deploy_why"), partial=bool(summary.get("partial")), **extra))
     curves = learning_curves(summary)
     if curves:
         for r in rows:
             if r["variant"] in curves:
                 r["curve"] = curves[r["variant"]]
         print("learning curves:", plot_curves(curves, metrics["pre-rank"].get("valid", {}).get("ndcg@5")), flush=True)
-    save_rows("llm_rerank", rows, key="variant")
+    save_rows("llm_rerank", rows, key="dataset")  # the run replaces every beauty-funnel row (no stale phases)
     for r in rows:
         print(r["variant"], r["metrics"], r.get("vs_prerank_ndcg@5", ""), flush=True)
 

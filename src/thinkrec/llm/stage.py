@@ -49,7 +49,7 @@ from thinkrec.rerank.lists import RerankLists
 from thinkrec.utils import progress
 from thinkrec.utils.checkpoint import Checkpointer, subdir
 from thinkrec.utils.config import config_hash, device_error, non_empty, spec
-from thinkrec.utils.io import write_json
+from thinkrec.utils.io import read_json, write_json
 
 SAMPLING_MODES = ("target", "reject")
 
@@ -234,6 +234,42 @@ def _restore(model: torch.nn.Module, snap: dict[str, torch.Tensor]) -> None:
     with torch.no_grad():
         for k, v in snap.items():
             params[k].copy_(v)
+
+
+def partial_summary(catalogue: Catalogue, train_lists: RerankLists, test_lists: RerankLists,
+                    valid_lists: RerankLists | None, cfg: LLMStageConfig, checkpoint_dir: str | Path) -> dict[str, Any]:
+    """The stage's summary from the phases that finished so far (their records under ``checkpoint_dir``), for a run
+    cut short: the pre-rank and teacher rows recomputed on the same lists, no deployment decision, no timings."""
+    eval_reqs = select_requests(test_lists, cfg.n_eval, cfg.seed, True, "test:", cfg.max_candidates)
+    valid_reqs = (select_requests(valid_lists, cfg.n_valid, cfg.seed + 2, True, "valid:", cfg.max_candidates)
+                  if valid_lists is not None and cfg.n_valid else [])
+    results: dict[str, Any] = {"pre-rank": pre_rank_metrics(eval_reqs)}
+    if valid_reqs:
+        results["pre-rank"]["valid"] = _brief(pre_rank_metrics(valid_reqs))
+    if cfg.teacher.kind == "programmatic":
+        results["teacher"] = teacher_metrics(make_teacher(cfg, catalogue, train_lists), eval_reqs)
+    logs: dict[str, Any] = {"alignment": [], "sft": {}, "rl": []}
+    traces, timings = {}, {}
+    for name in ["alignment", *(f"sft-{m}" for m in cfg.sampling), "rl"]:
+        path = Path(checkpoint_dir) / f"phase-{name}" / "state.json"
+        if not path.exists():
+            continue
+        state = read_json(path)
+        results[name], log = state["results"], state.get("log", [])
+        timings.update(state.get("timings", {}))
+        if name.startswith("sft-"):
+            logs["sft"][name[4:]] = log
+            traces[name[4:]] = state.get("traces", {})
+        else:
+            logs[name] = log
+    head = np.cumsum(test_lists.mask, axis=1) <= cfg.max_candidates
+    coverage = float(((test_lists.labels > 0) & test_lists.mask & head).any(1).mean())
+    scaled = {name: {k: m[k] * coverage for k in ("recall@1", "recall@5", "ndcg@5")} for name, m in results.items()}
+    return {"model": cfg.model, "config": asdict(cfg), "eval_lists_with_target": len(eval_reqs), "coverage": coverage,
+            "metrics": results, "metrics_all_lists": scaled, "traces": traces, "deploy": None,
+            "deploy_why": "partial: the stage has not finished", "valid_lists_with_target": len(valid_reqs),
+            "timings": timings, "logs": logs, "partial": True,
+            "rl_from": rl_start(cfg, results) if all(f"sft-{m}" in results for m in cfg.sampling) else None}
 
 
 def rl_start(cfg: LLMStageConfig, results: dict[str, Any]) -> str:

@@ -463,9 +463,10 @@ def _llm_upstream(ctx: Context) -> list[str]:
     return ["rerank/lists", "sids", "data", *(f"rerank/{m}" for m in models)]
 
 
-def run_llm(ctx: Context) -> dict[str, Any]:
+def llm_inputs(ctx: Context) -> tuple[Any, list[np.ndarray], Any, Any, Any, str]:
+    """What stage 4 reads: the catalogue, the training sequences, the train / valid / test lists in the pre-rank
+    order (``llm.pre_rank``; the funnel's final list by default) and that pre-ranker's name."""
     from thinkrec.llm.prompts import Catalogue
-    from thinkrec.llm.stage import run_llm_stage
     from thinkrec.tokenize.sids import SIDMap
 
     catalogue = Catalogue.from_dataset(ctx.get_dataset(), SIDMap.load(ctx.root / "sids" / "sidmap").codes)
@@ -480,6 +481,13 @@ def run_llm(ctx: Context) -> dict[str, Any]:
         _, model = load_reranker(ctx.root / "rerank" / name, ctx.config.run.device)
         train, valid, test = (ls.reordered(rerank_orders(model, ls, device=ctx.config.run.device))
                               for ls in (train, valid, test))
+    return catalogue, sequences, train, valid, test, name
+
+
+def run_llm(ctx: Context) -> dict[str, Any]:
+    from thinkrec.llm.stage import run_llm_stage
+
+    catalogue, sequences, train, valid, test, name = llm_inputs(ctx)
     ctx.log(f"llm: pre-rank order = {name}")
     summary = run_llm_stage(catalogue, train, test, sequences, ctx.config.llm, ctx.root / "llm",
                             log=lambda m: ctx.log(f"llm: {m}"), checkpoint_dir=ctx.checkpoints("stage"),
