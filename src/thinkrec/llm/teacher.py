@@ -224,15 +224,17 @@ class ProgrammaticTeacher:
                 order = np.argsort(-(s / temperature + self.rng.gumbel(size=s.shape))).tolist()
             else:
                 order = np.argsort(-s, kind="stable").tolist()
-            if self.keep_order:  # a minimal edit of the input: the top pick promoted, the rest where they were
-                order = [order[0]] + [i for i in range(len(s)) if i != order[0]]
+            order = self._edit(order)
             ranking = [self.catalogue.sid_tuple(request.candidates[i]) for i in order]
             out.append(render_answer(self.explain(request, order), ranking))
         return out
 
     def greedy_order(self, request: RerankRequest) -> list[int]:
         """The teacher's own ranking without a hint (what its greedy answer would be): candidate indices, best first."""
-        order = np.argsort(-self.scores(request), kind="stable").tolist()
+        return self._edit(np.argsort(-self.scores(request), kind="stable").tolist())
+
+    def _edit(self, order: list[int]) -> list[int]:
+        """With ``keep_order`` a minimal edit of the input: ``order``'s top pick promoted, the rest where they were."""
         return [order[0]] + [i for i in range(len(order)) if i != order[0]] if self.keep_order else order
 
     def explain(self, request: RerankRequest, order: Sequence[int]) -> str:
