@@ -41,12 +41,16 @@ def row(benchmark: str, dataset: str, model: str, metrics: dict[str, Any], wall_
             "command": command_line(), "machine": machine(), **extra}
 
 
-def save_rows(benchmark: str, rows: list[dict[str, Any]], key: str = "model") -> Path:
-    """Write ``results/<benchmark>.json``; rows measured again (same dataset and ``key``) replace the old ones."""
+def save_rows(benchmark: str, rows: list[dict[str, Any]], key: str | tuple[str, ...] = "model",
+              stale: Any = None) -> Path:
+    """Write ``results/<benchmark>.json``; rows measured again (same dataset and ``key`` field(s)) replace the old
+    ones, and so does every old row for which ``stale(row)`` is true (rows of an earlier protocol)."""
     path = RESULTS / f"{benchmark}.json"
     old = read_json(path) if path.exists() else []
-    new_keys = {(r["dataset"], r.get(key)) for r in rows}
-    old = [r for r in old if (r["dataset"], r.get(key)) not in new_keys]
+    fields = (key,) if isinstance(key, str) else tuple(key)
+    ident = lambda r: (r["dataset"], *(repr(r.get(f)) for f in fields))  # noqa: E731
+    new_keys = {ident(r) for r in rows}
+    old = [r for r in old if ident(r) not in new_keys and not (stale and stale(r))]
     write_json(path, old + rows)
     return path
 
@@ -131,7 +135,7 @@ def ranks(ctx: Any, scorer: Any, part: str = "test") -> tuple[np.ndarray, float]
     ev = ctx.config.eval
     t = time.perf_counter()
     r = compute_ranks(scorer.score, getattr(ctx.get_split(), part), ctx.config.sasrec.max_len, ev.batch_size,
-                      ev.mask_history, ctx.config.run.device)
+                      ctx.seen().exclude, ctx.config.run.device)
     return r, time.perf_counter() - t
 
 

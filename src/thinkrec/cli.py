@@ -437,7 +437,7 @@ def recommend_cmd(
     retriever: Annotated[str | None, typer.Option("--retriever", help="Override funnel.json's retriever.")] = None,
     no_rerank: Annotated[bool, typer.Option("--no-rerank", help="The retriever's order only.")] = False,
     as_of: Annotated[str | None, typer.Option("--as-of", help="test | valid: the history evaluation saw.")] = None,
-    exclude_seen: Annotated[bool | None, typer.Option("--exclude-seen/--keep-seen", help="Drop items of the history (default: the run's eval.mask_history).")] = None,
+    exclude_seen: Annotated[bool | None, typer.Option("--exclude-seen/--keep-seen", help="Drop items of the history (default: the run's seen-item policy, eval.seen).")] = None,
     explain: Annotated[bool, typer.Option("--explain", help="Thinking tokens' nearest clusters (S²GR) and EGLR's reasoning per position.")] = False,
     batch_size: Annotated[int, typer.Option(help="Users per batch.")] = 256,
     device: Annotated[str | None, typer.Option(help="cpu | cuda (default: the run's run.device).")] = None,

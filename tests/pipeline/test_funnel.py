@@ -89,7 +89,8 @@ def test_recommend_matches_evaluation_and_ignores_batching(funnel_run):
         ev = funnel.config.eval
         from thinkrec.eval.protocol import compute_ranks
 
-        ranks = compute_ranks(funnel.scorer(name).score, split.test, funnel.config.sasrec.max_len, ev.batch_size, False)
+        ranks = compute_ranks(funnel.scorer(name).score, split.test, funnel.config.sasrec.max_len, ev.batch_size,
+                              funnel.seen["exclude"])
         ids = funnel.dataset.items.sort("item")["item_id"].to_list()
         for r, target, rank in zip(recs, split.test.targets, ranks, strict=True):
             got = [it.item_id for it in r.items]
@@ -117,6 +118,37 @@ def test_recommend_matches_evaluation_and_ignores_batching(funnel_run):
     seen = funnel.recommend(users=some[:5], k=10, exclude_seen=True)
     for r in seen:
         assert not set(r.history) & {i.item_id for i in r.items}
+
+
+def test_the_seen_policy_reaches_every_served_list(funnel_run):
+    from thinkrec.data.seen import repeat_share
+
+    funnel = thinkrec.load(funnel_run)
+    split = funnel.split
+    record, metrics = read_json(funnel_run / "funnel.json"), read_json(funnel_run / "metrics.json")
+    # auto on data without repeats: measured share recorded, seen items excluded — in the record, the metrics, the report
+    share = repeat_share(split.train_offsets, split.train_items)
+    assert record["seen"]["policy"] == "auto" and record["seen"]["repeat_share"] == pytest.approx(share)
+    assert record["seen"]["exclude"] == (share < record["seen"]["threshold"]) and metrics["seen"] == record["seen"]
+    assert "seen items" in (funnel_run / "report.md").read_text()
+    assert funnel.seen["exclude"], "the synthetic data has almost no repeats: auto must exclude"
+    users = funnel.user_ids[:80]
+    for retriever, reranker in (("merged", None), ("merged", True), ("sasrec", None), ("tiger", None), ("cooc", None),
+                                ("s2gr", None)):
+        for as_of in (None, "test"):
+            recs = funnel.recommend(users=users, k=10, as_of=as_of, retriever=retriever, reranker=reranker)
+            for r in recs:
+                assert r.items and not set(r.history) & {i.item_id for i in r.items}, (retriever, reranker, as_of)
+    # the candidates every list was built from hold no seen item either (evaluation = serving)
+    from thinkrec.data.seen import seen_mask
+    from thinkrec.retrieval.candidates import CandidateSet
+
+    for part in ("valid", "test"):
+        cand, ex = CandidateSet.load(funnel_run / "candidates" / part), getattr(split, part)
+        assert not seen_mask(cand.items, [ex.history(i) for i in range(len(ex))]).any(), part
+    # keep: the switch reaches the served list (SASRec's top-50 of a long history then holds seen items)
+    kept = funnel.recommend(users=users, k=50, retriever="sasrec", reranker=None, exclude_seen=False)
+    assert any(set(r.history) & {i.item_id for i in r.items} for r in kept)
 
 
 def test_merged_funnel_serves_exactly_the_evaluated_lists(funnel_run):

@@ -9,7 +9,14 @@ import polars as pl
 from thinkrec.data.dataset import Dataset
 from thinkrec.data.splits import EvalExamples, leave_one_out
 from thinkrec.rerank import RerankModelConfig, RerankTrainConfig, order_metrics, rerank_orders, train_reranker
-from thinkrec.rerank.lists import FEATURES, SOURCE_FEATURES, ItemStats, ListFeaturizer, RerankLists
+from thinkrec.rerank.lists import (
+    FEATURE_GROUPS,
+    FEATURES,
+    SOURCE_FEATURES,
+    ItemStats,
+    ListFeaturizer,
+    RerankLists,
+)
 from thinkrec.rerank.stage import RerankStageConfig, merged_sets
 from thinkrec.retrieval.candidates import merge_candidates
 
@@ -47,11 +54,14 @@ def test_three_disjoint_validation_slices_and_source_features():
     users = [set(x.users.tolist()) for x in (train, hold, compare)]
     assert not (users[0] & users[1]) and not (users[0] & users[2]) and not (users[1] & users[2])
     assert sum(map(len, users)) == len(split.valid) and len(test) == len(split.test)
-    assert train.n_features == len(FEATURES) + 2 * len(SOURCE_FEATURES) and train.sources == ("next", "hash")
+    # no SID codes or brands in this fixture: of the default groups only cooc and trend can be computed
+    assert train.groups == ("cooc", "trend") and train.sources == ("next", "hash")
+    extra = len(FEATURE_GROUPS["cooc"]) + len(FEATURE_GROUPS["trend"])
+    assert train.n_features == len(FEATURES) + extra + 2 * len(SOURCE_FEATURES)
     # the comparison slice keeps its rows into the validation examples (single sources are scored there)
     assert np.array_equal(split.valid.users[compare.meta["rows"]], compare.users)
     # recip-rank feature of source "next": 1 / (1 + its rank) where it returned the item, else 0 with the flag
-    col = len(FEATURES)
+    col = train.feature_names.index("next:recip_rank")
     items = train.items[0]
     nxt = (split.valid.history(np.searchsorted(split.valid.users, train.users[0]))[-1] + np.arange(1, 9)) % split.n_items
     for j, it in enumerate(items):

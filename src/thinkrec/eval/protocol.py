@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from thinkrec.data.batching import pad_histories
+from thinkrec.data.seen import mask_seen_scores
 from thinkrec.data.splits import EvalExamples
 from thinkrec.eval.metrics import mean_metrics, rank_metrics, ranks_from_scores
 from thinkrec.utils.faults import check_finite
@@ -22,10 +23,12 @@ def compute_ranks(
     examples: EvalExamples,
     max_len: int = 50,
     batch_size: int = 1024,
-    mask_history: bool = False,
+    exclude_seen: bool = False,
     device: str | torch.device = "cpu",
 ) -> np.ndarray:
-    """0-based rank of every example's target among all items."""
+    """0-based rank of every example's target among all items. ``exclude_seen`` (the seen-item policy,
+    :mod:`thinkrec.data.seen`): the whole history's items are ranked last; a target the user already had is a miss
+    (rank = number of items), as in the list a live request gets."""
     ranks = np.empty(len(examples), dtype=np.int64)
     # Visit examples by history length so each batch pads little (models may trim all-padding columns).
     by_length = np.argsort(examples.offsets[1:] - examples.offsets[:-1], kind="stable")
@@ -35,22 +38,15 @@ def compute_ranks(
         users = torch.from_numpy(examples.users[rows]).to(device)
         scores = score_fn(users, tokens).float()
         check_finite(scores, "evaluate", f"batch {start // batch_size}", "scores", allow_neg_inf=True)
-        if mask_history:
-            scores = _mask_full_history(scores, examples, rows, device)
         targets = torch.from_numpy(examples.targets[rows]).to(device)
-        ranks[rows] = ranks_from_scores(scores, targets).cpu().numpy()
+        if exclude_seen:  # the whole (untruncated) history, not only the model's window
+            scores = mask_seen_scores(scores, [examples.history(i) for i in rows])
+            r = ranks_from_scores(scores, targets)
+            r = torch.where(torch.isneginf(scores.gather(1, targets.view(-1, 1))).squeeze(1), scores.shape[1], r)
+        else:
+            r = ranks_from_scores(scores, targets)
+        ranks[rows] = r.cpu().numpy()
     return ranks
-
-
-def _mask_full_history(scores: torch.Tensor, ex: EvalExamples, rows: np.ndarray, device) -> torch.Tensor:
-    """Set items of the whole (untruncated) history to −inf, except the target itself (repeat consumption)."""
-    lengths = ex.offsets[rows + 1] - ex.offsets[rows]
-    r = np.repeat(np.arange(len(rows)), lengths)
-    cols = np.concatenate([ex.items[ex.offsets[i] : ex.offsets[i + 1]] for i in rows]) if len(rows) else np.zeros(0, np.int64)
-    keep = cols != ex.targets[rows][r]
-    scores = scores.clone()
-    scores[torch.from_numpy(r[keep]).to(device), torch.from_numpy(cols[keep]).to(device)] = float("-inf")
-    return scores
 
 
 def evaluate_full_ranking(
@@ -59,10 +55,10 @@ def evaluate_full_ranking(
     ks: Sequence[int] = (5, 10, 20),
     max_len: int = 50,
     batch_size: int = 1024,
-    mask_history: bool = False,
+    exclude_seen: bool = False,
     device: str | torch.device = "cpu",
 ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """Mean metrics and per-example metrics (for bootstrap CIs and paired tests)."""
-    ranks = compute_ranks(score_fn, examples, max_len, batch_size, mask_history, device)
+    ranks = compute_ranks(score_fn, examples, max_len, batch_size, exclude_seen, device)
     per_example = rank_metrics(ranks, ks)
     return mean_metrics(per_example), per_example

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from thinkrec.baselines.sasrec import SASRecConfig
+from thinkrec.data.seen import DEFAULT_THRESHOLD, SEEN_POLICIES
 from thinkrec.llm.stage import LLMStageConfig
 from thinkrec.rerank.stage import RerankStageConfig
 from thinkrec.retrieval.candidates import CandidateConfig
@@ -116,7 +117,10 @@ class DataSection:
 @dataclass
 class EvalSection:
     ks: list[int] = spec(default_factory=lambda: [5, 10, 20], ge=1, min_len=1)
-    mask_history: bool = False
+    # seen-item policy of every list, evaluated and served (thinkrec.data.seen): exclude | keep | auto (exclude when
+    # the training split's repeat share is below seen_threshold)
+    seen: str = spec("auto", choices=SEEN_POLICIES)
+    seen_threshold: float = spec(DEFAULT_THRESHOLD, ge=0.0, le=1.0)
     batch_size: int = spec(1024, ge=1)
     bootstrap: int = spec(1000, ge=1)  # resamples for confidence intervals
 

@@ -18,6 +18,7 @@ import torch
 
 from thinkrec.data.batching import pad_histories
 from thinkrec.data.dataset import Dataset
+from thinkrec.data.seen import drop_seen, mask_seen_scores, seen_mask
 from thinkrec.errors import InvalidArgumentError, MissingInputError, UnknownNameError
 from thinkrec.eval.metrics import mean_metrics, rank_metrics
 from thinkrec.eval.protocol import compute_ranks
@@ -202,6 +203,17 @@ class Funnel:
         return self._split
 
     @property
+    def seen(self) -> dict[str, Any]:
+        """The run's seen-item policy as its evaluation resolved it (``funnel.json``; :mod:`thinkrec.data.seen`)."""
+        if "seen" not in self.record:
+            from thinkrec.data.seen import decide, repeat_share
+
+            ev, split = self.config.eval, self.split
+            self.record["seen"] = decide(ev.seen, repeat_share(split.train_offsets, split.train_items),
+                                         ev.seen_threshold).to_dict()
+        return self.record["seen"]
+
+    @property
     def models(self) -> dict[str, list[str]]:
         """Trained models in this run, by family."""
         scorers = [n for n in SCORERS if (self.root / SCORERS.get(n).folder(n) / "config.json").exists()]
@@ -273,9 +285,9 @@ class Funnel:
         - ``users``: original user ids; each uses the user's whole known history, unless ``as_of="test"`` (the
           history before the test target, as evaluation sees it) or ``"valid"``. ``histories``: lists of
           original item ids instead (oldest first). Exactly one of the two.
-        - ``exclude_seen`` (default: the run's ``eval.mask_history``) drops items of the history (a generative
-          retriever returns at most its beam, so fewer than ``k`` items can remain; evaluation's masking keeps a
-          repeated target, which a live request cannot know).
+        - ``exclude_seen`` (default: the run's seen-item policy, :attr:`seen`, the one its evaluation used) drops
+          items of the history (a generative retriever returns at most its beam, so fewer than ``k`` items can
+          remain).
         - ``retriever`` / ``reranker``: override ``funnel.json``'s choice; ``reranker=None`` (or ``False``) skips
           re-ranking, ``True`` uses the recorded one (which may be none).
         - ``explain``: S²GR's thinking tokens per item (nearest cluster, its categories, agreement with the next
@@ -288,7 +300,7 @@ class Funnel:
         evaluation ranked (``evaluate`` reproduces its metrics).
         """
         batch = requests if requests is not None else self.requests(users, histories, as_of)
-        exclude_seen = self.config.eval.mask_history if exclude_seen is None else exclude_seen
+        exclude_seen = self.seen["exclude"] if exclude_seen is None else bool(exclude_seen)
         retriever = retriever or self.record.get("retriever")
         if retriever is None:
             raise InvalidArgumentError(f"{self.root}: no trained retriever")
@@ -354,16 +366,13 @@ class Funnel:
                 rec = scorer.recommend(tokens, beam_n, return_thoughts=want_thoughts and scorer.model.thinking)
                 items, scores = rec.items.copy(), rec.scores.astype(np.float32).copy()
                 if exclude_seen:
-                    seen = _seen_mask(items, histories)
-                    items, scores = np.where(seen, -1, items), np.where(seen, -np.inf, scores)
-                    keep = np.argsort(items < 0, axis=1, kind="stable")  # valid items first, order kept
-                    items, scores = np.take_along_axis(items, keep, 1), np.take_along_axis(scores, keep, 1)
+                    keep = np.argsort(seen_mask(items, histories) | (items < 0), axis=1, kind="stable")
+                    items, scores = drop_seen(items, scores, histories)  # the same order as ``keep``
                     rec = _reindexed(rec, keep)
                 return items[:, :n], scores[:, :n], rec
-            s = scorer.score(torch.full((len(histories),), -1, dtype=torch.int64), tokens).float().clone()
+            s = scorer.score(torch.full((len(histories),), -1, dtype=torch.int64), tokens).float()
             if exclude_seen:
-                r = np.repeat(np.arange(len(histories)), [len(h) for h in histories])
-                s[torch.from_numpy(r), torch.from_numpy(flat)] = float("-inf")
+                s = mask_seen_scores(s, histories)
             top = s.topk(min(n, s.shape[1]), dim=1)
             items, scores = top.indices.cpu().numpy(), top.values.cpu().numpy()
             return np.where(np.isfinite(scores), items, -1), scores, None
@@ -495,7 +504,7 @@ class Funnel:
             ev = self.config.eval
             examples = getattr(self.split, part)
             ranks = compute_ranks(self.scorer(model).score, examples, self.config.sasrec.max_len, ev.batch_size,
-                                  ev.mask_history, self.device)
+                                  self.seen["exclude"], self.device)
             return mean_metrics(rank_metrics(ranks, ev.ks))
         from thinkrec.rerank.train import order_metrics
 
@@ -521,22 +530,13 @@ class Funnel:
 
         examples = self.split.test
         if info["candidates"] == "merged":
-            cand = self.merged_candidates([examples.history(i) for i in range(len(examples))], self.config.eval.mask_history)
+            cand = self.merged_candidates([examples.history(i) for i in range(len(examples))], self.seen["exclude"])
             return funnel_lists(examples, cand.items, None, self.split, self.featurizer.category, cfg.history_len,
                                 featurizer=self.featurizer, source_ranks=cand.ranks, source_scores=cand.scores)
-        items, scores = scorer_top_k(self.scorer(info["candidates"]), cfg.k, self.config.sasrec.max_len)(examples)
+        items, scores = scorer_top_k(self.scorer(info["candidates"]), cfg.k, self.config.sasrec.max_len,
+                                     exclude_seen=self.seen["exclude"])(examples)
         return funnel_lists(examples, items, scores, self.split, self.featurizer.category, cfg.history_len,
                             featurizer=self.featurizer)
-
-
-def _seen_mask(items: np.ndarray, histories: list[np.ndarray]) -> np.ndarray:
-    """``[B, n]``: whether ``items[b, j]`` occurs in ``histories[b]`` (one sort over all (row, item) pairs)."""
-    n_items = int(max(items.max(initial=0), max((int(h.max()) for h in histories if len(h)), default=0))) + 2
-    rows = np.repeat(np.arange(len(histories), dtype=np.int64), [len(h) for h in histories])
-    keys = np.unique(rows * n_items + (np.concatenate(histories).astype(np.int64) if len(rows) else rows))
-    q = np.arange(len(items), dtype=np.int64)[:, None] * n_items + items
-    pos = np.minimum(np.searchsorted(keys, q), max(len(keys) - 1, 0))
-    return (keys[pos] == q) & (items >= 0) if len(keys) else np.zeros(items.shape, bool)
 
 
 def _reindexed(rec: Any, keep: np.ndarray) -> Any:

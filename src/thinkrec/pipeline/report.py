@@ -153,7 +153,20 @@ def _rerank_section(root: Path) -> list[str]:
             f"{k.removeprefix('eglr_vs_')} {t['diff']:+.4f} (p {t['p_ttest']:.3g})" for k, t in tests.items()), ""]
     for plot in res.get("plots", []):
         lines += [f"![{Path(plot).stem}]({plot})", ""]
-    return lines
+    return lines + _importance_lines(root)
+
+
+def _importance_lines(root: Path, top: int = 20) -> list[str]:
+    """The LightGBM ranker's feature importance (total gain), when the run trained it."""
+    path = root / "rerank" / "lightgbm" / "importance.json"
+    if not path.exists():
+        return []
+    gain = read_json(path)
+    total = sum(gain.values()) or 1.0
+    ranked = sorted(gain.items(), key=lambda kv: -kv[1])[:top]
+    return [f"### LightGBM feature importance (total gain, top {min(top, len(gain))})", "",
+            "| feature | gain share |", "|---|---|",
+            *(f"| {name} | {v / total:.1%} |" for name, v in ranked), ""]
 
 
 def _llm_section(root: Path) -> list[str]:
@@ -225,4 +238,6 @@ def _funnel_section(root: Path) -> list[str]:
     return ["## The funnel `thinkrec.load` serves", "",
             f"- retriever: **{f.get('retriever')}** — {f.get('retriever_why', '')}",
             f"- re-ranker: **{f.get('reranker') or 'none (the retriever’s order)'}** — {f.get('reranker_why', '')}",
-            f"- LLM: {f.get('llm_why', '')}", ""]
+            f"- LLM: {f.get('llm_why', '')}",
+            *([f"- seen items: **{'excluded' if f['seen']['exclude'] else 'kept'}** in every list, evaluated and "
+               f"served — {f['seen']['why']}"] if "seen" in f else []), ""]

@@ -202,6 +202,8 @@ def _top(root: Path, test: dict[str, Any] | None) -> list[Html]:
         items = [("retriever", f.get("retriever"), f.get("retriever_why")),
                  ("re-ranker", f.get("reranker") or "none (the retriever’s order)", f.get("reranker_why")),
                  ("LLM", f.get("llm") or "not used", f.get("llm_why"))]
+        if "seen" in f:
+            items.append(("seen items", "excluded" if f["seen"]["exclude"] else "kept", f["seen"]["why"]))
         body.append(Html("<ul>" + "".join(f"<li>{esc(k)}: <b>{esc(v)}</b>" + (f" — {esc(w)}" if w else "") + "</li>"
                                           for k, v, w in items) + "</ul>"))
         comparison = f.get("comparison")

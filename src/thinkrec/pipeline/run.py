@@ -57,6 +57,7 @@ class Context:
     timings: dict[str, float] = field(default_factory=dict)
     graph: Graph | None = None
     data_checked: bool = False  # the data pre-flight ran (thinkrec.pipeline.preflight)
+    _seen: Any = None  # the resolved seen-item policy (Context.seen)
 
     @property
     def root(self) -> Path:
@@ -104,6 +105,16 @@ class Context:
             self.scorers[name] = spec.load(self.root / node, self.config.run.device)
         return self.scorers[name]
 
+    def seen(self) -> Any:
+        """The run's seen-item policy resolved on the training split (:mod:`thinkrec.data.seen`)."""
+        from thinkrec.data.seen import decide, repeat_share
+
+        if self._seen is None:
+            split = self.get_split()
+            ev = self.config.eval
+            self._seen = decide(ev.seen, repeat_share(split.train_offsets, split.train_items), ev.seen_threshold)
+        return self._seen
+
     def rerank_source(self) -> str:
         cfg = self.config.rerank
         if cfg.source == "auto":
@@ -135,7 +146,7 @@ def run_data(ctx: Context) -> dict[str, Any]:
 
     d = ctx.config.data
     dataset = load_dataset(d.dataset, d.data_root, format=d.format, **d.options)
-    ctx.split, ctx.data_checked = None, False
+    ctx.split, ctx.data_checked, ctx._seen = None, False, None
     ctx.check_data(dataset)  # before it is saved and anything trains on it
     dataset.save(ctx.root / "data")
     ctx.dataset = dataset
@@ -197,7 +208,7 @@ def _candidates_inputs(ctx: Context) -> dict[str, Any]:
     c = ctx.config.candidates
     return {"sources": candidate_sources(ctx.config), "k": c.k, "per_source": c.per_source,
             "quotas": c.quotas_for(candidate_sources(ctx.config)),
-            "exclude_seen": ctx.config.eval.mask_history, "max_len": ctx.config.sasrec.max_len, **_split_inputs(ctx)}
+            "exclude_seen": ctx.seen().exclude, "max_len": ctx.config.sasrec.max_len, **_split_inputs(ctx)}
 
 
 def run_candidates(ctx: Context) -> dict[str, Any]:
@@ -216,7 +227,7 @@ def run_candidates(ctx: Context) -> dict[str, Any]:
         for name in sources:
             t = time.perf_counter()
             per[name] = scorer_top_k(ctx.scorer(name), per_k, ctx.config.sasrec.max_len,
-                                     exclude_seen=ctx.config.eval.mask_history)(examples)
+                                     exclude_seen=ctx.seen().exclude)(examples)
             info.setdefault("source_s", {}).setdefault(name, 0.0)
             info["source_s"][name] += time.perf_counter() - t
         merged = merge_candidates(per, c.k, quotas).with_targets(per, examples.targets)
@@ -276,7 +287,8 @@ def _lists_inputs(ctx: Context) -> dict[str, Any]:
     r = ctx.config.rerank
     out = {"source": ctx.rerank_source(), "k": r.k, "max_len": r.max_len, "history_len": r.history_len,
            "holdout_frac": r.holdout_frac, "compare_frac": r.compare_frac, "candidates": r.candidates,
-           "seed": r.train.seed, **_split_inputs(ctx)}
+           "seed": r.train.seed, "exclude_seen": ctx.seen().exclude, "feature_groups": r.feature_groups,
+           **_split_inputs(ctx)}
     if _merged(ctx):
         out.update(k=ctx.config.candidates.k, candidates="merged", source_features=r.source_features)
     if _uses_vectors(ctx):
@@ -298,16 +310,20 @@ def _choose_candidates(ctx: Context) -> str:
 
 
 def run_lists(ctx: Context) -> dict[str, Any]:
-    from thinkrec.rerank.lists import item_categories
+    from thinkrec.rerank.lists import item_categories, item_tables
     from thinkrec.rerank.stage import funnel_sets, impression_sets, scorer_top_k
 
     cfg, dataset = ctx.config.rerank, ctx.get_dataset()
     item_vectors = None
+    sid_codes = None
     if _uses_vectors(ctx):
         from thinkrec.tokenize.embed import embed_items
+        from thinkrec.tokenize.sids import SIDMap
         from thinkrec.tokenize.stage import embed_config
 
         item_vectors = embed_items(dataset, embed_config(ctx.config.tokenize))  # cached by the tokenize stage
+        sid_codes = SIDMap.load(ctx.root / "sids" / "sidmap").codes  # the sid feature group
+    tables = item_tables(dataset, sid_codes)
     source, info, compare = ctx.rerank_source(), {}, None
     if source == "impressions":
         train, valid, test, featurizer = impression_sets(dataset, cfg, item_vectors)
@@ -317,20 +333,22 @@ def run_lists(ctx: Context) -> dict[str, Any]:
 
         cand = {p: CandidateSet.load(ctx.root / "candidates" / p) for p in ("valid", "test")}
         train, valid, compare, test, featurizer = merged_sets(ctx.get_split(), cand["valid"], cand["test"],
-                                                              item_categories(dataset), cfg, item_vectors, cfg.train.seed)
+                                                              item_categories(dataset), cfg, item_vectors, cfg.train.seed,
+                                                              tables)
         info = {"candidates": "merged", "sources": list(cand["test"].sources), "recall_at_k": test.meta["recall_at_k"],
                 "compare": _compare_single_sources(compare, cand["valid"], np.asarray(compare.meta["rows"]))}
     else:
         which = _choose_candidates(ctx)
-        top_k = scorer_top_k(ctx.scorer(which), cfg.k, ctx.config.sasrec.max_len)
+        top_k = scorer_top_k(ctx.scorer(which), cfg.k, ctx.config.sasrec.max_len, exclude_seen=ctx.seen().exclude)
         train, valid, test, featurizer = funnel_sets(ctx.get_split(), top_k, item_categories(dataset), cfg,
-                                                     item_vectors, cfg.train.seed)
+                                                     item_vectors, cfg.train.seed, tables)
         info = {"candidates": which, "recall_at_k": test.meta["recall_at_k"]}
     out = ctx.root / "rerank"
     parts = [("train", train), ("valid", valid), ("test", test)] + ([("compare", compare)] if compare is not None else [])
     for part, lists in parts:
         lists.save(out / "lists" / part)
     featurizer.save(out / "featurizer")
+    info["features"] = list(featurizer.feature_names)
     write_json(out / "lists" / "info.json", {"source": source, **info})
     ctx.log(f"rerank: {source} lists — {len(train)} train / {len(valid)} valid / "
             + (f"{len(compare)} compare / " if compare is not None else "") + f"{len(test)} test, up to {test.list_len} items")
@@ -520,10 +538,24 @@ def evaluate_scorer(ctx: Context, name: str) -> tuple[np.ndarray, float]:
             progress(done[0], n_batches)
             return out
 
+    # a scorer's test ranks depend only on its artifacts, the split and the seen policy: reused while those hold
+    # (a run that re-ranks again, or a benchmark variant sharing the node, does not rank the catalogue again)
+    spec = SCORERS.get(name)
+    node = f"{spec.folder(name)}/rescore" if spec.generative else spec.folder(name)
+    key = {"content": [(ctx.graph.marker(n) or {}).get("content") for n in (spec.folder(name), node)],
+           "exclude_seen": ctx.seen().exclude, "max_len": ctx.config.sasrec.max_len, **_split_inputs(ctx)}
+    cache = ctx.root / "eval" / "ranks" / f"{name}.npz"
+    if cache.exists():
+        with np.load(cache, allow_pickle=False) as z:
+            if str(z["key"]) == repr(key) and len(z["ranks"]) == len(examples):
+                return z["ranks"].copy(), float(z["seconds"])
     t = time.perf_counter()
-    ranks = compute_ranks(score, examples, ctx.config.sasrec.max_len, ev.batch_size, ev.mask_history,
+    ranks = compute_ranks(score, examples, ctx.config.sasrec.max_len, ev.batch_size, ctx.seen().exclude,
                           ctx.config.run.device)
-    return ranks, time.perf_counter() - t
+    elapsed = time.perf_counter() - t
+    with atomic_path(cache) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, ranks=ranks, key=np.array(repr(key)), seconds=np.array(elapsed))
+    return ranks, elapsed
 
 
 def run_evaluate(ctx: Context) -> None:
@@ -556,7 +588,8 @@ def run_evaluate(ctx: Context) -> None:
     with atomic_path(ctx.root / "eval" / "per_user.parquet") as tmp:
         pl.DataFrame({"user": split.test.users, **columns}).write_parquet(tmp)
     write_json(ctx.root / "eval" / "metrics.json", results)
-    write_json(ctx.root / "metrics.json", {"dataset": ctx.config.data.dataset, "split": split.kind, "test": results})
+    write_json(ctx.root / "metrics.json", {"dataset": ctx.config.data.dataset, "split": split.kind, "test": results,
+                                           "seen": ctx.seen().to_dict()})
 
 
 def funnel_test_ranks(ctx: Context) -> dict[str, np.ndarray]:
@@ -618,7 +651,7 @@ def run_funnel_record(ctx: Context) -> None:
     """``funnel.json``: which retriever and re-ranker :func:`thinkrec.load` uses, and why (validation figures)."""
     from thinkrec.pipeline.funnel import choose_funnel
 
-    write_json(ctx.root / "funnel.json", choose_funnel(ctx.root, ctx.config))
+    write_json(ctx.root / "funnel.json", {**choose_funnel(ctx.root, ctx.config), "seen": ctx.seen().to_dict()})
 
 
 def run_report(ctx: Context) -> None:

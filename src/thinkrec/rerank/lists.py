@@ -22,6 +22,7 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 from thinkrec.data.dataset import Dataset
+from thinkrec.data.seen import seen_mask
 from thinkrec.data.splits import EvalExamples, SequenceSplit
 from thinkrec.errors import DataRequirementError
 from thinkrec.utils.io import atomic_dir
@@ -39,6 +40,33 @@ FEATURES = (
 )
 N_FEATURES = len(FEATURES)
 RECENT = 10
+LAST_FEW = 3  # history items the per-item group features look back to
+# Optional groups of candidate features (``rerank.feature_groups``), after FEATURES in this order; each reads only
+# the training sequences and the catalogue (never a validation / test target). A group whose table the featurizer
+# lacks (no Semantic IDs, no brands) is left out of the lists' features and says so in their meta.
+FEATURE_GROUPS: dict[str, tuple[str, ...]] = {
+    "cooc": (
+        "log_transition_2",  # log1p(count of 2nd-last history item -> candidate transitions)
+        "log_transition_3",  # … from the 3rd-last
+        "log_cooc_recent",  # log1p(co-occurrences within 3 positions, either order) summed over the last 3 items
+        "transition_prob",  # transitions last -> candidate / all transitions out of the last item
+    ),
+    "sid": (  # Semantic-ID code prefix shared with history items / number of levels (what SIDs add to ranking)
+        "sid_prefix_1", "sid_prefix_2", "sid_prefix_3",  # with the last, 2nd-last and 3rd-last item
+        "sid_prefix_max",  # the longest over the last 10
+        "sid_prefix_share",  # share of the last 10 sharing at least the first code with the candidate
+    ),
+    "brand": (
+        "same_brand_last",  # candidate's brand = the last history item's (known brands only)
+        "brand_share_hist",  # share of the last 10 history items of the candidate's brand
+        "top_cat_share_hist",  # share of the last 10 in the candidate's top-level category
+    ),
+    "trend": (  # sequence-lifecycle trend (the S3-Rec Amazon data carry order, not calendar time)
+        "log_late_pop",  # log1p(count among the last 3 items of training sequences), scaled to [0, 1]
+        "late_share",  # (late count + 1) / (count + 3): bought late in a customer's sequence rather than early
+    ),
+}
+GROUP_NAMES = tuple(FEATURE_GROUPS)
 # Lists over merged candidates add, per candidate source, these columns after FEATURES (named "<source>:<f>").
 SOURCE_FEATURES = (
     "recip_rank",  # 1 / (1 + the source's rank of the candidate); 0 where the source did not return it
@@ -47,8 +75,20 @@ SOURCE_FEATURES = (
 )
 
 
-def feature_names(sources: tuple[str, ...] = ()) -> tuple[str, ...]:
-    return FEATURES + tuple(f"{s}:{f}" for s in sources for f in SOURCE_FEATURES)
+def feature_names(sources: tuple[str, ...] = (), groups: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """Column names: FEATURES, each group's (in ``GROUP_NAMES`` order), then each source's SOURCE_FEATURES."""
+    extra = tuple(f for g in GROUP_NAMES if g in groups for f in FEATURE_GROUPS[g])
+    return FEATURES + extra + tuple(f"{s}:{f}" for s in sources for f in SOURCE_FEATURES)
+
+
+def group_columns(names: tuple[str, ...], group: str) -> list[int]:
+    """Column indices of one feature group (``sources`` for every per-source column) among ``names``."""
+    if group == "sources":
+        return [i for i, n in enumerate(names) if ":" in n]
+    if group not in FEATURE_GROUPS:
+        raise ValueError(f"unknown feature group {group!r}; known: {', '.join((*GROUP_NAMES, 'sources'))}")
+    want = set(FEATURE_GROUPS[group])
+    return [i for i, n in enumerate(names) if n in want]
 
 
 def source_features(ranks: np.ndarray, scores: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -102,6 +142,15 @@ class RerankLists:
         return tuple(self.meta.get("sources", ()))
 
     @property
+    def groups(self) -> tuple[str, ...]:
+        """The optional feature groups in the features (see ``FEATURE_GROUPS``)."""
+        return tuple(self.meta.get("feature_groups", ()))
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return feature_names(self.sources, self.groups)
+
+    @property
     def n_categories(self) -> int:
         return int(self.item_category.max(initial=0)) + 1
 
@@ -142,7 +191,7 @@ class RerankLists:
             save_file({"users": self.users, "history": self.history, "items": self.items, "labels": self.labels,
                        "features": self.features, "item_category": self.item_category}, str(tmp / "lists.safetensors"))
             (tmp / "meta.json").write_text(json.dumps({"source": self.source, "meta": self.meta,
-                                                       "features": feature_names(self.sources)}, indent=2))
+                                                       "features": self.feature_names}, indent=2))
         return Path(path)
 
     @classmethod
@@ -152,7 +201,7 @@ class RerankLists:
             raise FileNotFoundError(f"{path}: no lists.safetensors (build the re-ranking lists first)")
         arrays = load_file(str(path / "lists.safetensors"))
         info = json.loads((path / "meta.json").read_text())
-        expected = feature_names(tuple(info["meta"].get("sources", ())))
+        expected = feature_names(tuple(info["meta"].get("sources", ())), tuple(info["meta"].get("feature_groups", ())))
         if tuple(info.get("features", ())) != expected or arrays["features"].shape[-1] != len(expected):
             raise ValueError(f"{path}: lists were built with features {info.get('features')}, this version uses {expected}")
         return cls(arrays["users"], arrays["history"], arrays["items"], arrays["labels"], arrays["features"],
@@ -171,29 +220,98 @@ def item_categories(dataset: Dataset) -> np.ndarray:
 
 
 class ItemStats:
-    """Popularity and first-order transition counts over a set of sequences (vectorised lookups)."""
+    """Item statistics over a set of sequences (vectorised lookups): popularity, first-order transitions,
+    co-occurrences within ``window`` positions (either order), each item's out-transitions and its count among
+    the last ``late`` items of the sequences."""
 
-    def __init__(self, sequences: list[np.ndarray], n_items: int):
+    def __init__(self, sequences: list[np.ndarray], n_items: int, window: int = LAST_FEW, late: int = LAST_FEW):
         self.n_items = n_items
-        flat = np.concatenate(sequences) if sequences else np.zeros(0, np.int64)
+        seqs = [np.asarray(s, dtype=np.int64) for s in sequences]
+        flat = np.concatenate(seqs) if seqs else np.zeros(0, np.int64)
         self.popularity = np.bincount(flat, minlength=n_items).astype(np.float64)
-        src = np.concatenate([s[:-1] for s in sequences]) if sequences else np.zeros(0, np.int64)
-        dst = np.concatenate([s[1:] for s in sequences]) if sequences else np.zeros(0, np.int64)
-        keys, counts = np.unique(src.astype(np.int64) * n_items + dst, return_counts=True)
-        self.keys, self.counts = keys, counts.astype(np.float64)
+        self.keys, self.counts = self._pairs(seqs, 1, directed=True)
+        self.cooc_keys, self.cooc_counts = self._pairs(seqs, window, directed=False)
+        src = np.concatenate([s[:-1] for s in seqs]) if seqs else np.zeros(0, np.int64)
+        self.out_count = np.bincount(src, minlength=n_items).astype(np.float64)
+        tail = np.concatenate([s[-late:] for s in seqs]) if seqs else np.zeros(0, np.int64)
+        self.late_count = np.bincount(tail, minlength=n_items).astype(np.float64)
+
+    def _pairs(self, seqs: list[np.ndarray], window: int, directed: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Sorted pair keys ``a * n_items + b`` and counts of b following a within ``window`` positions (and, not
+        ``directed``, the reverse pair too)."""
+        parts = []
+        for gap in range(1, window + 1):
+            long = [s for s in seqs if s.size > gap]
+            if not long:
+                break
+            src, dst = np.concatenate([s[:-gap] for s in long]), np.concatenate([s[gap:] for s in long])
+            parts.append(src * self.n_items + dst)
+            if not directed:
+                parts.append(dst * self.n_items + src)
+        keys = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        keys, counts = np.unique(keys, return_counts=True)
+        return keys.astype(np.int64), counts.astype(np.float64)
 
     @classmethod
-    def from_tables(cls, popularity: np.ndarray, keys: np.ndarray, counts: np.ndarray) -> ItemStats:
+    def from_tables(cls, tables: dict[str, np.ndarray]) -> ItemStats:
         stats = cls.__new__(cls)
-        stats.n_items, stats.popularity = int(popularity.shape[0]), popularity.astype(np.float64)
-        stats.keys, stats.counts = keys.astype(np.int64), counts.astype(np.float64)
+        stats.popularity = tables["popularity"].astype(np.float64)
+        stats.n_items = int(stats.popularity.shape[0])
+        stats.keys, stats.counts = tables["transition_keys"].astype(np.int64), tables["transition_counts"].astype(np.float64)
+        stats.cooc_keys, stats.cooc_counts = tables["cooc_keys"].astype(np.int64), tables["cooc_counts"].astype(np.float64)
+        stats.out_count, stats.late_count = tables["out_count"].astype(np.float64), tables["late_count"].astype(np.float64)
         return stats
 
+    def tables(self) -> dict[str, np.ndarray]:
+        return {"popularity": self.popularity, "transition_keys": self.keys, "transition_counts": self.counts,
+                "cooc_keys": self.cooc_keys, "cooc_counts": self.cooc_counts, "out_count": self.out_count,
+                "late_count": self.late_count}
+
+    @staticmethod
+    def _lookup(keys: np.ndarray, counts: np.ndarray, n_items: int, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+        q = np.maximum(src, 0).astype(np.int64) * n_items + np.maximum(dst, 0)
+        if not len(keys):
+            return np.zeros(q.shape)
+        pos = np.clip(np.searchsorted(keys, q), 0, len(keys) - 1)
+        return np.where((keys[pos] == q) & (src >= 0) & (dst >= 0), counts[pos], 0.0)
+
     def transitions(self, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-        q = src.astype(np.int64) * self.n_items + dst
-        pos = np.clip(np.searchsorted(self.keys, q), 0, max(len(self.keys) - 1, 0))
-        hit = (self.keys[pos] == q) if len(self.keys) else np.zeros(q.shape, bool)
-        return np.where(hit & (src >= 0) & (dst >= 0), self.counts[pos] if len(self.keys) else 0.0, 0.0)
+        return self._lookup(self.keys, self.counts, self.n_items, src, dst)
+
+    def cooccurrences(self, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+        return self._lookup(self.cooc_keys, self.cooc_counts, self.n_items, src, dst)
+
+
+@dataclass
+class ItemTables:
+    """Per-item tables the optional feature groups read besides the statistics: Semantic-ID codes ``[n_items,
+    levels]`` (``sid``), brand ids and top-level category ids (``brand``; 0 = unknown)."""
+
+    sid_codes: np.ndarray | None = None
+    brand: np.ndarray | None = None
+    top_category: np.ndarray | None = None
+
+    def available(self, groups: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+        """The requested groups these tables can compute, in ``GROUP_NAMES`` order."""
+        ok = {"cooc": True, "trend": True, "sid": self.sid_codes is not None,
+              "brand": self.brand is not None and bool((self.brand > 0).any())}
+        return tuple(g for g in GROUP_NAMES if g in groups and ok[g])
+
+
+def item_tables(dataset: Dataset, sid_codes: np.ndarray | None = None) -> ItemTables:
+    """Brand ids (``Unknown`` / empty = 0) and top-level category ids (the second category name, under the
+    catalogue's root, else the first; 0 = none) from the catalogue, with the run's Semantic-ID codes."""
+    items = dataset.items.sort("item")
+
+    def ids(values: list[Any]) -> np.ndarray:
+        vocab: dict[str, int] = {}
+        return np.array([0 if not v or str(v).strip().lower() in ("unknown", "none", "nan")
+                         else vocab.setdefault(str(v), len(vocab) + 1) for v in values], dtype=np.int64)
+
+    brand = ids(items["brand"].to_list()) if "brand" in items.columns else None
+    top = ids([(c[1] if len(c) > 1 else c[0]) if c else None for c in items["categories"].to_list()]) \
+        if "categories" in items.columns else None
+    return ItemTables(None if sid_codes is None else np.asarray(sid_codes, dtype=np.int64), brand, top)
 
 
 def build_features(items: np.ndarray, histories: list[np.ndarray], stats: ItemStats, category: np.ndarray,
@@ -212,10 +330,7 @@ def build_features(items: np.ndarray, histories: list[np.ndarray], stats: ItemSt
         feats[..., 1] = np.nan_to_num((s - mu) / np.maximum(sd, 1e-6))
     log_pop = np.log1p(stats.popularity)
     feats[..., 2] = log_pop[safe] / max(log_pop.max(initial=0.0), 1e-6)
-    recent = np.full((n, RECENT), -1, dtype=np.int64)
-    for b, h in enumerate(histories):
-        tail = np.asarray(h, dtype=np.int64)[-RECENT:]
-        recent[b, RECENT - tail.size:] = tail
+    recent = recent_items(histories)
     last = recent[:, -1]
     feats[..., 3] = np.log1p(stats.transitions(np.broadcast_to(last[:, None], items.shape), safe))
     cat = category[safe]
@@ -224,8 +339,7 @@ def build_features(items: np.ndarray, histories: list[np.ndarray], stats: ItemSt
     rc = np.where(recent >= 0, category[np.maximum(recent, 0)], -1)
     n_recent = np.maximum((recent >= 0).sum(1), 1)
     feats[..., 5] = ((cat[:, :, None] == rc[:, None, :]) & (cat[:, :, None] > 0)).sum(-1) / n_recent[:, None]
-    hist_sets = [set(np.asarray(h).tolist()) for h in histories]
-    feats[..., 6] = np.array([[it in hs for it in row] for row, hs in zip(items.tolist(), hist_sets, strict=True)], dtype=np.float32)
+    feats[..., 6] = seen_mask(items, histories)
     if item_vectors is not None:
         v = item_vectors if unit_vectors else unit_rows(item_vectors)
         cand = v[safe]  # [n, L, d]
@@ -236,39 +350,113 @@ def build_features(items: np.ndarray, histories: list[np.ndarray], stats: ItemSt
     return np.where(valid[..., None], feats, 0.0).astype(np.float32)
 
 
+def recent_items(histories: list[np.ndarray], n: int = RECENT) -> np.ndarray:
+    """``[B, n]`` the last ``n`` items of each history, right-aligned (most recent last), −1 padded."""
+    recent = np.full((len(histories), n), -1, dtype=np.int64)
+    for b, h in enumerate(histories):
+        tail = np.asarray(h, dtype=np.int64)[-n:]
+        recent[b, n - tail.size:] = tail
+    return recent
+
+
+def group_features(items: np.ndarray, histories: list[np.ndarray], stats: ItemStats, tables: ItemTables,
+                   groups: tuple[str, ...]) -> np.ndarray:
+    """``[n, L, F]`` the optional groups' columns (``FEATURE_GROUPS``, in ``GROUP_NAMES`` order) for −1 padded
+    candidates and item-id histories."""
+    n, L = items.shape
+    safe, valid = np.maximum(items, 0), items >= 0
+    recent = recent_items(histories)
+    has = recent >= 0  # [n, R]
+    n_recent = np.maximum(has.sum(1), 1)[:, None]
+    cols: list[np.ndarray] = []
+    for g in GROUP_NAMES:
+        if g not in groups:
+            continue
+        if g == "cooc":
+            for back in (2, 3):
+                cols.append(np.log1p(stats.transitions(np.broadcast_to(recent[:, -back, None], items.shape), items)))
+            few = recent[:, -LAST_FEW:]
+            co = stats.cooccurrences(np.broadcast_to(few[:, None, :], (n, L, LAST_FEW)), items[:, :, None])
+            cols.append(np.log1p(co).sum(-1))
+            last = recent[:, -1]
+            out = stats.out_count[np.maximum(last, 0)] * (last >= 0)
+            cols.append(stats.transitions(np.broadcast_to(last[:, None], items.shape), items) / np.maximum(out, 1.0)[:, None])
+        elif g == "sid":
+            codes = tables.sid_codes
+            levels = codes.shape[1]
+            cand = codes[safe]  # [n, L, levels]
+            hist = codes[np.maximum(recent, 0)]  # [n, R, levels]
+            # leading levels equal: a cumulative product over levels of the per-level equality
+            prefix = np.cumprod(cand[:, :, None, :] == hist[:, None, :, :], axis=-1).sum(-1) * has[:, None, :]  # [n, L, R]
+            for back in (1, 2, 3):
+                cols.append(prefix[:, :, -back] / levels)
+            cols.append(prefix.max(-1) / levels)
+            cols.append((prefix >= 1).sum(-1) / n_recent)
+        elif g == "brand":
+            brand = tables.brand
+            cb, hb = brand[safe], np.where(has, brand[np.maximum(recent, 0)], -1)
+            cols.append(((cb == hb[:, -1:]) & (cb > 0)).astype(np.float64))
+            cols.append(((cb[:, :, None] == hb[:, None, :]) & (cb[:, :, None] > 0)).sum(-1) / n_recent)
+            if tables.top_category is not None:
+                ct, ht = tables.top_category[safe], np.where(has, tables.top_category[np.maximum(recent, 0)], -1)
+                cols.append(((ct[:, :, None] == ht[:, None, :]) & (ct[:, :, None] > 0)).sum(-1) / n_recent)
+            else:
+                cols.append(np.zeros((n, L)))
+        elif g == "trend":
+            late = np.log1p(stats.late_count)
+            cols.append(late[safe] / max(late.max(initial=0.0), 1e-6))
+            cols.append((stats.late_count[safe] + 1.0) / (stats.popularity[safe] + 3.0))
+    if not cols:
+        return np.zeros((n, L, 0), np.float32)
+    return np.where(valid[..., None], np.stack(cols, -1), 0.0).astype(np.float32)
+
+
 def unit_rows(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-9)
 
 
 class ListFeaturizer:
-    """What candidate features are computed from: item statistics, categories and item vectors. Saved with the
-    lists (``save``/``load``) so a re-ranker scores new requests with the tables its training lists used."""
+    """What candidate features are computed from: item statistics, categories, item vectors and the optional
+    groups' tables. Saved with the lists (``save``/``load``) so a re-ranker scores new requests with the tables its
+    training lists used."""
 
     def __init__(self, stats: ItemStats, category: np.ndarray, item_vectors: np.ndarray | None = None,
-                 sources: tuple[str, ...] = ()):
+                 sources: tuple[str, ...] = (), tables: ItemTables | None = None, groups: tuple[str, ...] = ()):
         self.stats, self.category = stats, np.asarray(category, dtype=np.int64)
         self.item_vectors = None if item_vectors is None else np.asarray(item_vectors, dtype=np.float32)
         # normalised once: per request it would cost a pass over the whole catalogue's vectors
         self._unit = None if self.item_vectors is None else unit_rows(self.item_vectors).astype(np.float32)
         self.sources = tuple(sources)
+        self.tables = tables or ItemTables()
+        unknown = sorted(set(groups) - set(GROUP_NAMES))
+        if unknown:
+            raise ValueError(f"unknown feature group(s) {unknown}; known: {', '.join(GROUP_NAMES)}")
+        self.groups = self.tables.available(tuple(groups))  # a group without its table is left out
 
     @property
     def n_items(self) -> int:
         return int(self.category.shape[0])
 
     @property
+    def feature_names(self) -> tuple[str, ...]:
+        return feature_names(self.sources, self.groups)
+
+    @property
     def n_features(self) -> int:
-        return len(feature_names(self.sources))
+        return len(self.feature_names)
 
     def features(self, items: np.ndarray, histories: list[np.ndarray], init_scores: np.ndarray | None = None,
                  source_ranks: np.ndarray | None = None, source_scores: np.ndarray | None = None) -> np.ndarray:
-        """FEATURES, then (with sources) each source's SOURCE_FEATURES from its ranks / scores ``[n, L, S]``."""
-        base = build_features(items, histories, self.stats, self.category, init_scores, self._unit, unit_vectors=True)
-        if not self.sources:
-            return base
-        if source_ranks is None or source_ranks.shape[-1] != len(self.sources):
-            raise ValueError(f"featurizer for sources {list(self.sources)} needs their ranks [n, L, {len(self.sources)}]")
-        return np.concatenate([base, source_features(source_ranks, source_scores, items >= 0)], -1)
+        """FEATURES, the groups' columns, then (with sources) each source's SOURCE_FEATURES from its ranks /
+        scores ``[n, L, S]``."""
+        parts = [build_features(items, histories, self.stats, self.category, init_scores, self._unit, unit_vectors=True)]
+        if self.groups:
+            parts.append(group_features(items, histories, self.stats, self.tables, self.groups))
+        if self.sources:
+            if source_ranks is None or source_ranks.shape[-1] != len(self.sources):
+                raise ValueError(f"featurizer for sources {list(self.sources)} needs their ranks [n, L, {len(self.sources)}]")
+            parts.append(source_features(source_ranks, source_scores, items >= 0))
+        return np.concatenate(parts, -1) if len(parts) > 1 else parts[0]
 
     def lists(self, users: np.ndarray, histories: list[np.ndarray], items: np.ndarray, labels: np.ndarray | None,
               init_scores: np.ndarray | None, history_len: int, source: str, meta: dict[str, Any] | None = None,
@@ -276,32 +464,40 @@ class ListFeaturizer:
         """Requests (users, histories as item-id arrays, candidates −1 padded) as :class:`RerankLists`."""
         items = np.asarray(items, dtype=np.int64)
         labels = np.zeros(items.shape, np.float32) if labels is None else np.asarray(labels, np.float32)
-        meta = {**(meta or {}), **({"sources": list(self.sources)} if self.sources else {})}
+        meta = {**(meta or {}), **({"sources": list(self.sources)} if self.sources else {}),
+                **({"feature_groups": list(self.groups)} if self.groups else {})}
         feats = self.features(items, histories, init_scores, source_ranks, source_scores)
         return RerankLists(np.asarray(users, np.int64), pad_left(histories, history_len), items, labels, feats,
                            self.category, source, meta)
 
     def save(self, path: str | Path) -> Path:
-        arrays = {"popularity": self.stats.popularity, "transition_keys": self.stats.keys,
-                  "transition_counts": self.stats.counts, "item_category": self.category}
+        arrays = {**self.stats.tables(), "item_category": self.category}
         if self.item_vectors is not None:
             arrays["item_vectors"] = self.item_vectors
+        for name in ("sid_codes", "brand", "top_category"):
+            if getattr(self.tables, name) is not None:
+                arrays[name] = getattr(self.tables, name)
         with atomic_dir(path) as tmp:
             save_file(arrays, str(tmp / "featurizer.safetensors"))
-            (tmp / "meta.json").write_text(json.dumps({"features": feature_names(self.sources), "n_items": self.n_items,
-                                                       "sources": list(self.sources)}, indent=2))
+            (tmp / "meta.json").write_text(json.dumps({"features": self.feature_names, "n_items": self.n_items,
+                                                       "sources": list(self.sources), "groups": list(self.groups)},
+                                                      indent=2))
         return Path(path)
 
     @classmethod
     def load(cls, path: str | Path) -> ListFeaturizer:
         path = Path(path)
         info = json.loads((path / "meta.json").read_text())
-        sources = tuple(info.get("sources", ()))
-        if tuple(info.get("features", ())) != feature_names(sources):
-            raise ValueError(f"{path}: featurizer for features {info.get('features')}, this version uses {feature_names(sources)}")
+        sources, groups = tuple(info.get("sources", ())), tuple(info.get("groups", ()))
+        if tuple(info.get("features", ())) != feature_names(sources, groups):
+            raise ValueError(f"{path}: featurizer for features {info.get('features')}, this version uses "
+                             f"{feature_names(sources, groups)}")
         a = load_file(str(path / "featurizer.safetensors"))
-        stats = ItemStats.from_tables(a["popularity"], a["transition_keys"], a["transition_counts"])
-        return cls(stats, a["item_category"], a.get("item_vectors"), sources)
+        tables = ItemTables(a.get("sid_codes"), a.get("brand"), a.get("top_category"))
+        featurizer = cls(ItemStats.from_tables(a), a["item_category"], a.get("item_vectors"), sources, tables, groups)
+        if featurizer.groups != groups:
+            raise ValueError(f"{path}: feature groups {list(groups)} recorded, tables for {list(featurizer.groups)}")
+        return featurizer
 
 
 def pad_left(histories: list[np.ndarray], max_len: int) -> np.ndarray:
@@ -392,7 +588,9 @@ def funnel_lists(examples: EvalExamples, candidates: np.ndarray, scores: np.ndar
 
 
 def funnel_featurizer(split: SequenceSplit, category: np.ndarray, item_vectors: np.ndarray | None = None,
-                      sources: tuple[str, ...] = ()) -> ListFeaturizer:
+                      sources: tuple[str, ...] = (), tables: ItemTables | None = None,
+                      groups: tuple[str, ...] = ()) -> ListFeaturizer:
     """Funnel-list features: statistics from the split's training sequences only."""
     seqs = [split.train_sequence(u) for u in range(split.n_users)]
-    return ListFeaturizer(ItemStats([s for s in seqs if s.size], split.n_items), category, item_vectors, sources)
+    return ListFeaturizer(ItemStats([s for s in seqs if s.size], split.n_items), category, item_vectors, sources,
+                          tables, groups)

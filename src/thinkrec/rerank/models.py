@@ -8,11 +8,14 @@ Every model reads a batch from :meth:`RerankLists.tensors`: ``history [B, H]`` (
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
+from thinkrec.rerank.gbdt import LightGBMRanker, train_lightgbm
 from thinkrec.rerank.lists import N_FEATURES
 from thinkrec.utils.config import spec
 from thinkrec.utils.registry import Registry
@@ -362,10 +365,12 @@ class PointerGenerator(RerankBase):
 
 @dataclass(frozen=True)
 class RerankerSpec:
-    cls: type[RerankBase] | None  # None: keep the initial order (no model)
+    cls: type[nn.Module] | None  # None: keep the initial order (no model)
     no_reasoning: bool = False  # the generator with S_max = 0
     rl: bool = False  # fine-tuned by RL against the list evaluator after the supervised warm start
     positional: bool = False  # needs a max list length (learned position embeddings)
+    # not a torch network built from RerankModelConfig: trainer(train, valid, train_config, log) -> (model, history)
+    trainer: Callable[..., tuple[Any, list[dict]]] | None = None
 
 
 RERANKERS: Registry[RerankerSpec] = Registry("re-ranker")
@@ -378,3 +383,5 @@ RERANKERS.register("egrerank", "EG-Rerank: pointer generator + RL against the li
                    RerankerSpec(PointerGenerator, no_reasoning=True, rl=True))
 RERANKERS.register("eglr", "EGLR: EG-Rerank + entropy-gated latent reasoning and dynamic temperature",
                    RerankerSpec(PointerGenerator, rl=True))
+RERANKERS.register("lightgbm", "LightGBM LambdaRank over the candidate features (gradient-boosted trees; the industry workhorse)",
+                   RerankerSpec(LightGBMRanker, trainer=train_lightgbm))

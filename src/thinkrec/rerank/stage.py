@@ -22,7 +22,10 @@ from safetensors.torch import load_file, save_file
 
 from thinkrec.data.dataset import Dataset
 from thinkrec.data.splits import EvalExamples, SequenceSplit
+from thinkrec.rerank.gbdt import LightGBMConfig, LightGBMRanker
 from thinkrec.rerank.lists import (
+    GROUP_NAMES,
+    ItemTables,
     ListFeaturizer,
     RerankLists,
     funnel_featurizer,
@@ -65,6 +68,8 @@ class RerankStageConfig:
     # merged candidates: share of validation lists on which stages are compared (disjoint)
     compare_frac: float = spec(0.1, gt=0.0, lt=1.0)
     source_features: bool = True  # merged candidates: each source's rank and score as candidate features
+    # optional candidate-feature groups (thinkrec.rerank.lists.FEATURE_GROUPS): cooc, sid, brand, trend
+    feature_groups: list[str] = spec(default_factory=lambda: list(GROUP_NAMES), choices=lambda: GROUP_NAMES)
     model: RerankModelConfig = field(default_factory=RerankModelConfig)
     train: RerankTrainConfig = field(default_factory=RerankTrainConfig)
 
@@ -95,12 +100,12 @@ TopK = Callable[[EvalExamples], tuple[np.ndarray, np.ndarray]]
 
 
 def funnel_sets(split: SequenceSplit, top_k: TopK, category: np.ndarray, cfg: RerankStageConfig,
-                item_vectors: np.ndarray | None = None, seed: int = 0) -> Sets:
+                item_vectors: np.ndarray | None = None, seed: int = 0, tables: ItemTables | None = None) -> Sets:
     """Training lists from validation-position targets (a random ``holdout_frac`` of users held out for early
     stopping), test lists from test targets. The retriever never trained on either target."""
     v_items, v_scores = top_k(split.valid)
     t_items, t_scores = top_k(split.test)
-    featurizer = funnel_featurizer(split, category, item_vectors)
+    featurizer = funnel_featurizer(split, category, item_vectors, tables=tables, groups=tuple(cfg.feature_groups))
     fit = funnel_lists(split.valid, v_items, v_scores, split, category, cfg.history_len, featurizer=featurizer)
     test = funnel_lists(split.test, t_items, t_scores, split, category, cfg.history_len, featurizer=featurizer)
     perm = np.random.default_rng(seed).permutation(len(fit))
@@ -110,12 +115,14 @@ def funnel_sets(split: SequenceSplit, top_k: TopK, category: np.ndarray, cfg: Re
 
 def merged_sets(split: SequenceSplit, valid_candidates: CandidateSet, test_candidates: CandidateSet,
                 category: np.ndarray, cfg: RerankStageConfig, item_vectors: np.ndarray | None = None, seed: int = 0,
+                tables: ItemTables | None = None,
                 ) -> tuple[RerankLists, RerankLists, RerankLists, RerankLists, ListFeaturizer]:
     """Lists over merged candidates, with every source's rank and score as features: training lists, the
     early-stopping hold-out and the comparison slice are three disjoint random slices of the validation-position
     lists (targets the retrievers never trained on, histories as they saw them); test lists from test targets.
     Returns (train, holdout, compare, test, featurizer)."""
-    featurizer = funnel_featurizer(split, category, item_vectors, valid_candidates.sources if cfg.source_features else ())
+    featurizer = funnel_featurizer(split, category, item_vectors, valid_candidates.sources if cfg.source_features else (),
+                                   tables, tuple(cfg.feature_groups))
 
     def lists(examples: EvalExamples, cand: CandidateSet) -> RerankLists:
         if len(cand) != len(examples):
@@ -134,13 +141,18 @@ def merged_sets(split: SequenceSplit, valid_candidates: CandidateSet, test_candi
 
 
 # ---------------------------------------------------------------------------------------------- models on disk
-def save_reranker(model: RerankBase | None, name: str, path: str | Path, history: list[dict] | None = None,
-                  list_len: int | None = None) -> Path:
+def save_reranker(model: RerankBase | LightGBMRanker | None, name: str, path: str | Path,
+                  history: list[dict] | None = None, list_len: int | None = None) -> Path:
     """A standalone folder: ``config.json`` (name, model config, list length), ``model.safetensors`` (weights and
-    the item-category table the model was built for), ``history.json``. ``model=None`` saves ``initial``."""
+    the item-category table the model was built for), ``history.json``. ``model=None`` saves ``initial``; a
+    LightGBM ranker saves ``config.json`` (its ``gbdt`` config and feature names), ``model.txt`` (LightGBM's own
+    text format) and ``importance.json`` (gain per feature) instead."""
     with atomic_dir(path) as tmp:
         info: dict[str, Any] = {"name": name}
-        if model is not None:
+        if isinstance(model, LightGBMRanker):
+            model.write(tmp)
+            info.update(gbdt=asdict(model.cfg), features=list(model.feature_names), list_len=int(list_len or 0))
+        elif model is not None:
             state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
             state["__item_category__"] = model.item_category.detach().cpu().long().contiguous()
             save_file(state, str(tmp / "model.safetensors"))
@@ -150,10 +162,13 @@ def save_reranker(model: RerankBase | None, name: str, path: str | Path, history
     return Path(path)
 
 
-def load_reranker(path: str | Path, device: str = "cpu") -> tuple[str, RerankBase | None]:
+def load_reranker(path: str | Path, device: str = "cpu") -> tuple[str, RerankBase | LightGBMRanker | None]:
     """A folder written by :func:`save_reranker` → (name, model or None for ``initial``); needs nothing else."""
     path = Path(path)
     info = json.loads((path / "config.json").read_text())
+    if "gbdt" in info:
+        cfg_gbdt = from_dict(LightGBMConfig, info["gbdt"], where=str(path / "config.json") + ": gbdt")
+        return info["name"], LightGBMRanker.read(path, info["features"], cfg_gbdt).to(device).eval()
     if "model" not in info:
         return info["name"], None
     cfg = from_dict(RerankModelConfig, info["model"], where=str(path / "config.json"))

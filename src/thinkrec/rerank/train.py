@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from thinkrec.eval.metrics import first_hit_ranks, list_metrics, rank_metrics
+from thinkrec.rerank.gbdt import LightGBMConfig, LightGBMRanker
 from thinkrec.rerank.lists import RerankLists
 from thinkrec.rerank.models import RERANKERS, ListEvaluator, PointerGenerator, RerankBase, RerankModelConfig
 from thinkrec.utils import distributed as dist
@@ -65,6 +66,7 @@ class RerankTrainConfig:
     grad_clip: float = spec(1.0, gt=0.0)
     max_train_s: float | None = spec(None, gt=0.0)
     seed: int = 0
+    gbdt: LightGBMConfig = field(default_factory=LightGBMConfig)  # the lightgbm re-ranker (trees, not epochs)
 
 
 def model_config_for(name: str, base: RerankModelConfig, lists: RerankLists | None = None) -> RerankModelConfig:
@@ -83,6 +85,9 @@ def build_model(name: str, item_category: np.ndarray, list_len: int, cfg: Rerank
     spec = RERANKERS.get(name)
     if spec.cls is None:
         raise ValueError(f"re-ranker {name!r} has no model")
+    if spec.trainer is not None:
+        raise ValueError(f"re-ranker {name!r} is not built from a model config: train_reranker trains it, "
+                         "load_reranker loads it")
     kwargs: dict[str, Any] = {"max_len": max(64, list_len)} if spec.positional else {}
     return spec.cls(len(item_category), int(item_category.max(initial=0)) + 1, torch.from_numpy(item_category), cfg, **kwargs)
 
@@ -153,7 +158,7 @@ def generator_supervised_loss(model: PointerGenerator, batch: dict[str, torch.Te
 
 
 @torch.inference_mode()
-def rerank_orders(model: RerankBase | None, lists: RerankLists, batch_size: int = 512, device: str = "cpu",
+def rerank_orders(model: RerankBase | LightGBMRanker | None, lists: RerankLists, batch_size: int = 512, device: str = "cpu",
                   return_traces: bool = False) -> np.ndarray | tuple[np.ndarray, list]:
     """Permutation ``[n, L]`` of each list (candidate indices, best first); ``None`` = the initial order."""
     n, L = lists.items.shape
@@ -388,8 +393,11 @@ def train_supervised(model: RerankBase, train: RerankLists, valid: RerankLists, 
             best, best_state, bad = max(v, best), copy.deepcopy(model.state_dict()), 0
         else:
             bad += 1
-        stop = bad >= config.patience or bool(config.max_train_s and time.perf_counter() - t_start > config.max_train_s)
-        stop = dist.broadcast(stop)
+        capped = bool(config.max_train_s and time.perf_counter() - t_start > config.max_train_s)
+        stop = dist.broadcast(bad >= config.patience or capped)
+        if capped and bad < config.patience and epoch < config.epochs:
+            log(f"{tag}: the {config.max_train_s:.0f}s safety cap (rerank.train.max_train_s) stopped training after "
+                f"epoch {epoch} of {config.epochs}: this result depends on machine speed; raise the cap to reproduce it")
         ckpt.save({"epoch": epoch, "model": model.state_dict(), "opt": opt.state_dict(), "torch_rng": torch.get_rng_state(),
                    "best": best, "best_state": best_state, "bad": bad, "history": history,
                    "spent": time.perf_counter() - t_start, "finished": stop})
@@ -509,6 +517,9 @@ def train_rl(model: PointerGenerator, evaluator: ListEvaluator, train: RerankLis
         if sel > best + 1e-6:
             best, best_state = sel, copy.deepcopy(model.state_dict())
         stop = dist.broadcast(bool(config.max_train_s and time.perf_counter() - t_start > config.max_train_s))
+        if stop and epoch < config.rl_epochs:
+            log(f"{tag}: the {config.max_train_s:.0f}s safety cap (rerank.train.max_train_s) stopped RL after epoch "
+                f"{epoch} of {config.rl_epochs}: this result depends on machine speed; raise the cap to reproduce it")
         ckpt.save({"epoch": epoch, "model": model.state_dict(), "opt": opt.state_dict(), "torch_rng": torch.get_rng_state(),
                    "gen": generator_state(gen), "best": best, "best_state": best_state, "history": history,
                    "spent": time.perf_counter() - t_start, "finished": stop})
@@ -521,13 +532,17 @@ def train_rl(model: PointerGenerator, evaluator: ListEvaluator, train: RerankLis
 def train_reranker(name: str, train: RerankLists, valid: RerankLists, model_config: RerankModelConfig,
                    config: RerankTrainConfig, evaluator: ListEvaluator | None = None, device: str = "cpu",
                    log: Callable[[str], None] = print, checkpoint_dir: str | Path | None = None,
-                   on_step: Callable[[dict[str, Any]], None] | None = None) -> tuple[RerankBase | None, list[dict]]:
+                   on_step: Callable[[dict[str, Any]], None] | None = None,
+                   ) -> tuple[RerankBase | LightGBMRanker | None, list[dict]]:
     """Train one re-ranker by name (``initial`` returns ``None``: the initial order); with ``checkpoint_dir`` a
     killed run resumes where it stopped (supervised and RL phases checkpoint each epoch); ``on_step``: every
-    optimiser step of both phases (:func:`train_supervised`, :func:`train_rl`)."""
+    optimiser step of both phases (:func:`train_supervised`, :func:`train_rl`). A registered ``trainer``
+    (``lightgbm``) trains on its own (``config.gbdt``): minutes at most, so no checkpoints and no ``on_step``."""
     spec = RERANKERS.get(name, "rerank.models")
     if spec.cls is None:
         return None, []
+    if spec.trainer is not None:  # not a torch network (lightgbm): its own trainer, no epochs or checkpoints
+        return spec.trainer(train, valid, config, dist.on_main(log))
     torch.manual_seed(config.seed)
     model = build_model(name, train.item_category, train.list_len, model_config_for(name, model_config, train)).to(device)
     history = train_supervised(model, train, valid, config, device, log, tag=name,

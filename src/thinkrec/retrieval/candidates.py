@@ -25,6 +25,7 @@ from safetensors.numpy import load_file, save_file
 
 from thinkrec.baselines.cooccurrence import CooccurrenceConfig
 from thinkrec.data.batching import pad_histories
+from thinkrec.data.seen import drop_seen, mask_seen_scores
 from thinkrec.data.splits import EvalExamples
 from thinkrec.utils.config import check_valid, spec
 from thinkrec.utils.io import atomic_dir
@@ -191,27 +192,17 @@ def scorer_top_k(scorer: Any, k: int, max_len: int = 50, batch_size: int = 256, 
                     rec = scorer.recommend(tokens, k)
                     it, sc = np.asarray(rec.items[:, :k]), np.asarray(rec.scores[:, :k], np.float32)
                     if exclude_seen:
-                        seen = _seen_mask(examples, rows, it)
-                        it = np.where(seen, -1, it)
-                        front = np.argsort(it < 0, axis=1, kind="stable")
-                        it, sc = np.take_along_axis(it, front, 1), np.take_along_axis(sc, front, 1)
+                        it, sc = drop_seen(it, sc, [examples.history(i) for i in rows])
+                        sc = np.nan_to_num(sc, neginf=-1e9)
                     items[rows, : it.shape[1]], scores[rows, : it.shape[1]] = it, sc
                 else:
                     s = scorer.score(torch.from_numpy(examples.users[rows]), tokens).float()
                     if exclude_seen:
-                        hist = [examples.history(i) for i in rows]
-                        r = np.repeat(np.arange(len(rows)), [len(h) for h in hist])
-                        s[torch.from_numpy(r), torch.from_numpy(np.concatenate(hist).astype(np.int64))] = float("-inf")
+                        s = mask_seen_scores(s, [examples.history(i) for i in rows])
                     top = s.topk(min(k, s.shape[1]), dim=1)
-                    items[rows, : top.indices.shape[1]] = top.indices.numpy()
+                    # an excluded item (−inf) is never a candidate, even when the catalogue runs out
+                    items[rows, : top.indices.shape[1]] = np.where(np.isfinite(top.values.numpy()), top.indices.numpy(), -1)
                     scores[rows, : top.values.shape[1]] = np.nan_to_num(top.values.numpy(), neginf=-1e9)
         return items, scores
 
     return top_k
-
-
-def _seen_mask(examples: EvalExamples, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
-    out = np.zeros(items.shape, bool)
-    for j, i in enumerate(rows):
-        out[j] = np.isin(items[j], examples.history(i))
-    return out

@@ -272,7 +272,11 @@ def train_retriever(
         ckpt.save({"epoch": epoch, "model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                    **stopper.state(), "history": history, "train_time": train_time, "finished": stop})
         if stop:
-            log(f"stopping after epoch {epoch} (best valid N@10 {stopper.best:.4f}, {train_time:.0f}s of training)")
+            capped = not stopper.exhausted and epoch < config.epochs
+            log(f"stopping after epoch {epoch} (best valid N@10 {stopper.best:.4f}, {train_time:.0f}s of training)"
+                + (f": the {config.max_train_s:.0f}s safety cap (retrieval.train.max_train_s) stopped it before epoch "
+                   f"{config.epochs}, so this result depends on machine speed; raise the cap to reproduce it"
+                   if capped else ""))
             break
         if stop_after_epochs is not None and epoch - start_epoch + 1 >= stop_after_epochs:
             break

@@ -189,7 +189,8 @@ class FunnelService:
                 raise ApiError(422, where + "history", f"{len(unknown)} unknown item id(s): {', '.join(unknown[:20])}",
                                unknown=unknown[:100])
             reqs = Requests(np.array([-1], np.int64), [f.item_indices(list(req.history))])
-        key = (req.k, req.exclude_seen, req.explain, req.retriever, (req.reranker or True) if req.rerank else None)
+        exclude_seen = f.seen["exclude"] if req.exclude_seen is None else req.exclude_seen
+        key = (req.k, exclude_seen, req.explain, req.retriever, (req.reranker or True) if req.rerank else None)
         return key, reqs
 
     # -- one micro-batched group: blocking, runs in the batcher's worker thread
@@ -376,7 +377,7 @@ def create_app(funnel: Funnel | str | Path, config: ServeConfig | None = None) -
         return {"run": str(funnel.root), "dataset": str(funnel.config.data.dataset), "n_users": len(funnel.user_ids),
                 "n_items": len(funnel.item_ids), "retrievers": service.retrievers, "rerankers": service.rerankers,
                 "stages": {k: rec.get(k) for k in ("retriever", "reranker", "final", "sources", "llm") if k in rec},
-                "max_k": funnel.max_k(), "batching": vars(config.batching)}
+                "max_k": funnel.max_k(), "batching": vars(config.batching), "seen": funnel.seen}
 
     @app.get("/healthz", summary="The process is up")
     async def healthz() -> dict[str, str]:

@@ -20,7 +20,8 @@ class RecommendRequest(BaseModel):
     history: list[str | int] | None = Field(None, max_length=MAX_HISTORY,
                                             description="Original item ids, oldest first (instead of `user`).")
     k: int = Field(10, description="How many items (1 ≤ k ≤ the funnel's list length, see /v1/info).")
-    exclude_seen: bool | None = Field(None, description="Drop items of the history (default: the run's eval.mask_history).")
+    exclude_seen: bool | None = Field(None, description="Drop items of the history (default: the run's seen-item "
+                                      "policy, the one its evaluation used; GET /v1/info shows it).")
     explain: bool = Field(False, description="S²GR thinking tokens' clusters, EGLR entropy and reasoning steps.")
     retriever: str | None = Field(None, description="Serve another trained retriever (e.g. `sasrec`, `s2gr`, `merged`).")
     rerank: bool = Field(True, description="False: the retriever's (or merged candidates') order, no re-ranker.")
@@ -102,3 +103,4 @@ class Info(BaseModel):
     rerankers: list[str]
     max_k: int
     batching: dict[str, Any]
+    seen: dict[str, Any] = Field(description="The run's seen-item policy: policy, exclude, repeat_share, threshold, why.")
