@@ -88,7 +88,8 @@ class EASE:
         rows, cols = torch.nonzero((srt > 0) & first, as_tuple=True)  # each history item once
         cols = srt[rows, cols] - 1
         if self.device.type == "cpu":  # sparse × dense: O(history × n) per row, no dense multi-hot product
-            hot = torch.sparse_coo_tensor(torch.stack([rows, cols]), torch.ones(rows.numel()), (b, self.n_items))
+            hot = torch.sparse_coo_tensor(torch.stack([rows, cols]), torch.ones(rows.numel()), (b, self.n_items),
+                                          check_invariants=False)
             out = torch.sparse.mm(hot, self.weights)
         else:
             hot = torch.zeros(b, self.n_items, device=self.device)

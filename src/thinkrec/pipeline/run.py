@@ -240,6 +240,11 @@ def run_candidates(ctx: Context) -> dict[str, Any]:
             "source_recall": {n: float(h[:, : c.k].any(1).mean()) for n, h in hits.items()},  # each source's own top-K
             "source_recall@10": {n: float(h[:, :10].any(1).mean()) for n, h in hits.items()},
             "source_recall_in_merged": merged.source_recall(examples.targets),
+            # what each source adds: the merged recall@K without it (a source stays only where this drops, on valid)
+            f"recall@{c.k}_without": {
+                name: merge_candidates({n: v for n, v in per.items() if n != name}, c.k,
+                                       {n: q for n, q in quotas.items() if n != name}).recall(examples.targets)
+                for name in sources if len(sources) > 1 and any(q > 0 for n, q in quotas.items() if n != name)},
         }
         if part == "valid":  # the merge order and each source alone on validation (the funnel's choice without lists)
             info["valid_compare"] = _compare_single_sources(merged, merged, np.arange(len(merged)), examples.targets)

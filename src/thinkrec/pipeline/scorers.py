@@ -105,6 +105,26 @@ SCORERS.register("cooc", "item-to-item co-occurrence in the training sequences (
     _train_cooc, _load_cooc))
 
 
+# ---------------------------------------------------------------------------------------------- EASE
+def _train_ease(ctx: Any, name: str, out: Path) -> dict[str, Any]:
+    from thinkrec.baselines.ease import EASE
+
+    model = EASE.fit(ctx.get_split(), ctx.config.candidates.ease, ctx.config.run.device)
+    model.save_folder(out)
+    return {"items": model.n_items, "l2": model.config.l2}
+
+
+def _load_ease(folder: Path, device: str) -> Any:
+    from thinkrec.baselines.ease import EASE
+
+    return EASE.from_folder(folder, device)
+
+
+SCORERS.register("ease", "EASE (Steck 2019): closed-form item × item ridge regression (a candidate source)", ScorerSpec(
+    "candidates", lambda n: "ease", lambda cfg, n: {"ease": cfg.candidates.ease, **_split_inputs(cfg)}, False,
+    _train_ease, _load_ease))
+
+
 # ---------------------------------------------------------------------------------------------- generative retrievers
 def _train_generative(ctx: Any, name: str, out: Path) -> dict[str, Any]:
     from thinkrec.retrieval.stage import train_one
@@ -148,12 +168,13 @@ _register_generative()
 
 def active_scorers(cfg: Any) -> list[str]:
     """The scorers a config trains: popularity and SASRec when their stages are listed, retrieval.models, and
-    co-occurrence when the candidate stage uses it."""
+    co-occurrence / EASE when the candidate stage uses them."""
     names = [n for n in ("popularity", "sasrec") if n in cfg.stages]
     if "retrieval" in cfg.stages:
         names += [m for m in cfg.retrieval.models if m not in names]
-    if "candidates" in cfg.stages and "cooc" in candidate_sources(cfg):
-        names.append("cooc")
+    if "candidates" in cfg.stages:
+        sources = candidate_sources(cfg)
+        names += [n for n in ("cooc", "ease") if n in sources]
     return names
 
 

@@ -24,6 +24,7 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 from thinkrec.baselines.cooccurrence import CooccurrenceConfig
+from thinkrec.baselines.ease import EASEConfig
 from thinkrec.data.batching import pad_histories
 from thinkrec.data.seen import drop_seen, mask_seen_scores
 from thinkrec.data.splits import EvalExamples
@@ -48,6 +49,7 @@ class CandidateConfig:
     # sources with quota 0 unless quotas say
     fallback: list[str] = spec(default_factory=lambda: ["popularity"], choices=_scorer_names)
     cooc: CooccurrenceConfig = field(default_factory=CooccurrenceConfig)  # the co-occurrence source
+    ease: EASEConfig = field(default_factory=EASEConfig)  # the EASE source (when listed in sources)
 
     def check(self) -> None:
         """Every range error at once, as a :class:`~thinkrec.utils.config.ConfigError` naming ``candidates.<field>``."""
