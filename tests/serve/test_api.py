@@ -60,6 +60,18 @@ def test_recommend_for_a_user_is_the_funnels_list(client, funnel, users):
         assert sorted(it["ranks"]["reranker"] for it in body["items"]) == list(range(1, 8))
 
 
+def test_the_served_list_follows_the_runs_seen_policy(client, funnel, users):
+    seen = client.get("/v1/info").json()["seen"]
+    assert seen == funnel.seen and seen["exclude"] and "repeat" in seen["why"]
+    for user in users[:20]:  # the default: no item of the user's history, as in the evaluated list
+        body = client.post("/v1/recommend", json={"user": user, "k": 10}).json()
+        assert not {h["item_id"] for h in body["history"]} & set(_items(body))
+        assert _items(body) == [it.item_id for it in funnel.recommend(users=[user], k=10, exclude_seen=True)[0].items]
+    # the switch: keeping seen items gives the funnel's list under keep
+    body = client.post("/v1/recommend", json={"user": users[0], "k": 10, "exclude_seen": False}).json()
+    assert _items(body) == [it.item_id for it in funnel.recommend(users=[users[0]], k=10, exclude_seen=False)[0].items]
+
+
 def test_history_request_equals_the_users_request(client, users):
     by_user = client.post("/v1/recommend", json={"user": users[1], "k": 5}).json()
     hist = [h["item_id"] for h in by_user["history"]]
@@ -79,7 +91,8 @@ def test_stage_choice_and_explanations(client, funnel, users):
     assert levels and {"level", "cluster", "categories", "agrees"} <= set(levels[0])
     assert all(0.0 <= v <= 1.0 for v in s2gr["explanation"]["thinking_agreement"].values())
     # EGLR: entropy and reasoning steps per output position
-    eglr = client.post("/v1/recommend", json={"user": users[2], "k": 4, "reranker": "eglr", "explain": True}).json()
+    eglr = client.post("/v1/recommend", json={"user": users[2], "k": 4, "retriever": "merged", "reranker": "eglr",
+                                              "explain": True}).json()
     rr = eglr["explanation"]["reranker_reasoning"]
     assert len(rr["entropy"]) >= 4 and all(s >= 0 for s in rr["reasoning_steps"]) and all(e >= 0 for e in rr["entropy"])
     assert eglr["stages"]["reranker"] == "eglr" and "llm" in eglr["explanation"]

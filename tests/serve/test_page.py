@@ -78,13 +78,16 @@ def test_page_recommends_explains_searches_and_shows_errors(funnel, server, brow
     # (b) a known user, EGLR, explain on: the funnel's list, the user's history, EGLR's reasoning table
     user = str(funnel.user_ids[3])
     d.find_element(By.ID, "user").send_keys(user)
+    Select(d.find_element(By.ID, "retriever")).select_by_value("merged")  # EGLR re-ranks the merged candidates
     Select(d.find_element(By.ID, "reranker")).select_by_value("eglr")
     assert d.find_element(By.ID, "explain").is_selected()
+    # the seen-item switch starts at the run's policy (the evaluated list's), its reason as the tooltip
+    assert d.find_element(By.ID, "exclude-seen").is_selected() == funnel.seen["exclude"]
     k = int(d.find_element(By.ID, "k").get_attribute("value"))
     assert k == 10
     d.find_element(By.ID, "recommend").click()
     rows = _wait(d, lambda d: _rows(d) or False)
-    expected = funnel.recommend(users=[user], k=10, reranker="eglr")[0]
+    expected = funnel.recommend(users=[user], k=10, retriever="merged", reranker="eglr")[0]
     assert len(rows) == k
     assert _row_ids(rows) == [it.item_id for it in expected.items]
     history = [li.text for li in d.find_elements(By.CSS_SELECTOR, "#history li")]
@@ -125,7 +128,7 @@ def test_page_recommends_explains_searches_and_shows_errors(funnel, server, brow
     d.find_element(By.ID, "recommend").click()
     _wait(d, lambda d: d.find_element(By.ID, "history-note").text == "given history" and _rows(d))
     assert not _error_shown(d)
-    by_history = funnel.recommend(histories=[[top["item_id"]]], k=10, reranker="eglr")[0]
+    by_history = funnel.recommend(histories=[[top["item_id"]]], k=10, retriever="merged", reranker="eglr")[0]
     assert _row_ids(_rows(d)) == [it.item_id for it in by_history.items]
     assert [li.text for li in d.find_elements(By.CSS_SELECTOR, "#history li")] == [f"{top['title']} [{top['item_id']}]"]
 
