@@ -340,7 +340,7 @@ def _print_rerank(root: Path) -> None:
 @_reported_command
 def train_reranker_cmd(
     config: ConfigOpt = None, set_: SetOpt = None, dataset: DatasetOpt = None, data_root: RootOpt = None,
-    model: Annotated[str, typer.Option("--model", "-m", help="eglr | prm | dlcm | seq2slate | egrerank | dnn")] = "eglr",
+    model: Annotated[str, typer.Option("--model", "-m", help="eglr | prm | dlcm | seq2slate | egrerank | dnn | lightgbm")] = "eglr",
     name: Annotated[str | None, typer.Option(help="Run name (folder under run.out_dir).")] = None,
 ) -> None:
     """Stage 3: train a re-ranker (and the list evaluator it is compared and RL-trained against) on the dataset's
