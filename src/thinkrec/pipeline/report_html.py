@@ -437,6 +437,12 @@ def _rerank(root: Path) -> list[Html]:
     png = curves_plot(series, "epoch (supervised, then RL)", "valid NDCG@5", "Re-ranker training: validation NDCG@5")
     if png:
         out += [Html("<h3>Training curves</h3>"), image(png, "re-ranker training")]
+    gain = _json(root / "rerank" / "lightgbm" / "importance.json")
+    if gain:
+        top = sorted(gain.items(), key=lambda kv: -kv[1])[:20]
+        png = barh_plot([k for k, _ in top], [v / (sum(gain.values()) or 1.0) for _, v in top],
+                        "share of total gain", "LightGBM feature importance (top 20)")
+        out += [Html("<h3>LightGBM feature importance (total gain)</h3>"), image(png, "LightGBM feature importance")]
     return out
 
 
