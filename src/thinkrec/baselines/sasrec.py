@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -102,6 +102,11 @@ class SASRecConfig:
                                      f"(got {self.negatives})"))
         return out
 
+    def model_class(self) -> type[SASRec]:
+        """The model this config builds (a method, not a field: a subclass such as BSARec's config picks its own
+        model without changing this dataclass or its hash)."""
+        return SASRec
+
 
 LOSSES = ("ce", "sampled", "gbce")
 NEGATIVE_SAMPLING = ("uniform", "in-batch", "mixed")
@@ -109,8 +114,8 @@ NEGATIVE_SAMPLING = ("uniform", "in-batch", "mixed")
 
 def check_config(config: SASRecConfig) -> None:
     """Refuse unknown loss / sampler names and impossible sizes before any training starts (every error at once,
-    as a :class:`~thinkrec.utils.config.ConfigError` naming ``sasrec.<field>``)."""
-    check_valid(config, "sasrec")
+    as a :class:`~thinkrec.utils.config.ConfigError` naming ``sasrec.<field>``, or the variant's section)."""
+    check_valid(config, config.model_class().kind)
 
 
 def sampled_softmax_loss(
@@ -182,16 +187,24 @@ class Block(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.attn_dropout = dropout
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+    def attend(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+        """``x`` plus its causal self-attention (pre-LN residual)."""
         b, t, d = x.shape
         q, k, v = self.qkv(self.ln1(x)).view(b, t, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=self.attn_dropout if self.training else 0.0)
-        x = x + self.drop(self.proj(a.transpose(1, 2).reshape(b, t, d)))
+        return x + self.drop(self.proj(a.transpose(1, 2).reshape(b, t, d)))
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """``valid`` [B, L] (non-padded positions) is unused here; variants' blocks (BSARec's filter) read it."""
+        x = self.attend(x, attn_mask)
         return x + self.drop(self.ffn(self.ln2(x)))
 
 
 class SASRec(nn.Module):
     """Causal Transformer over item tokens (item + 1, 0 = pad), output embeddings tied to the input."""
+
+    kind: ClassVar[str] = "sasrec"  # config.json's "model" and the config section named in errors
+    config_type: ClassVar[type[SASRecConfig]] = SASRecConfig
 
     def __init__(self, n_items: int, config: SASRecConfig):
         super().__init__()
@@ -201,9 +214,14 @@ class SASRec(nn.Module):
         self.item_emb = nn.Embedding(n_items + 1, d, padding_idx=0, sparse=config.sparse_items)
         self.pos_emb = nn.Embedding(config.max_len, d)
         self.drop = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(Block(d, config.n_heads, config.ffn_mult, config.dropout) for _ in range(config.n_layers))
+        self.blocks = nn.ModuleList(self.make_block() for _ in range(config.n_layers))
         self.ln_f = nn.LayerNorm(d)
         self.apply(normal_init)
+
+    def make_block(self) -> nn.Module:
+        """One layer (a variant overrides this)."""
+        c = self.config
+        return Block(c.d_model, c.n_heads, c.ffn_mult, c.dropout)
 
     def hidden(self, tokens: torch.Tensor) -> torch.Tensor:
         """Hidden states [B, L, d] for left-padded tokens [B, L] (L ≤ max_len)."""
@@ -217,7 +235,7 @@ class SASRec(nn.Module):
         mask = causal & (valid[:, None, :] | torch.eye(t, dtype=torch.bool, device=tokens.device))
         mask = mask[:, None]
         for blk in self.blocks:
-            x = blk(x, mask)
+            x = blk(x, mask, valid)
         return self.ln_f(x)
 
     def item_weights(self) -> torch.Tensor:
@@ -272,7 +290,7 @@ class SASRec(nn.Module):
         """A standalone model folder: ``config.json`` (config + catalogue size) + ``model.safetensors``."""
         path = Path(path)
         self.save(path / "model.safetensors")
-        write_json(path / "config.json", {"model": "sasrec", "n_items": self.n_items, "config": asdict(self.config)})
+        write_json(path / "config.json", {"model": self.kind, "n_items": self.n_items, "config": asdict(self.config)})
         return path
 
     @classmethod
@@ -280,7 +298,9 @@ class SASRec(nn.Module):
         """Load a folder written by :meth:`save_folder`; needs nothing else."""
         path = Path(path)
         meta = read_json(path / "config.json")
-        config = from_dict(SASRecConfig, meta["config"], where=str(path / "config.json"))
+        if meta.get("model", cls.kind) != cls.kind:
+            raise ValueError(f"{path} holds a {meta['model']!r} model, not {cls.kind!r}")
+        config = from_dict(cls.config_type, meta["config"], where=str(path / "config.json"))
         return cls.load(path / "model.safetensors", config, int(meta["n_items"]), device).eval()
 
 
@@ -321,7 +341,7 @@ def train_sasrec(
     log, progress = dist.on_main(log), dist.on_main(progress)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    model = SASRec(split.n_items, config).to(device)
+    model = config.model_class()(split.n_items, config).to(device)  # SASRec, or a variant's (BSARec)
     # In-batch draws follow the targets' frequency: logQ uses the training targets' item distribution.
     counts = np.bincount(split.train_items, minlength=split.n_items).astype(np.float64) + 1.0
     log_q = torch.from_numpy(np.log(counts / counts.sum())).float().to(device)

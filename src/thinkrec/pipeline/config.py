@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from thinkrec.baselines.bsarec import BSARecConfig
 from thinkrec.baselines.sasrec import SASRecConfig
 from thinkrec.data.seen import DEFAULT_THRESHOLD, SEEN_POLICIES
 from thinkrec.llm.stage import LLMStageConfig
@@ -130,6 +131,8 @@ class RunConfig:
     run: RunSection = field(default_factory=RunSection)
     data: DataSection = field(default_factory=DataSection)
     sasrec: SASRecConfig = field(default_factory=SASRecConfig)
+    # BSARec (a SASRec variant, scorer `bsarec`): trained only when listed in candidates.sources
+    bsarec: BSARecConfig = field(default_factory=BSARecConfig)
     tokenize: TokenizeConfig = field(default_factory=TokenizeConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     candidates: CandidateConfig = field(default_factory=CandidateConfig)
@@ -172,6 +175,7 @@ class RunConfig:
 # dotted field → the stage whose seed it takes (None: the field takes run.device)
 DERIVED: dict[str, str | None] = {
     "sasrec.seed": "sasrec",
+    "bsarec.seed": "bsarec",
     "tokenize.seed": "sids",
     "tokenize.device": None,
     "retrieval.train.seed": "retrieval",

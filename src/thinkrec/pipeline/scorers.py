@@ -56,14 +56,15 @@ SCORERS.register("popularity", "most popular: training-set item counts (the floo
 
 # ---------------------------------------------------------------------------------------------- SASRec
 def _train_sasrec(ctx: Any, name: str, out: Path) -> dict[str, Any]:
+    """SASRec, or a variant trained by the same loop from its own config section (``bsarec``)."""
     import numpy as np
 
     from thinkrec.baselines.sasrec import train_sasrec
     from thinkrec.utils.io import write_json
 
-    cfg = ctx.config.sasrec
-    model, history = train_sasrec(ctx.get_split(), cfg, ctx.config.run.device, log=lambda m: ctx.log(f"sasrec: {m}"),
-                                  progress=ctx.stage_progress("sasrec"), checkpoint_dir=ctx.checkpoints("sasrec"))
+    cfg = getattr(ctx.config, name)
+    model, history = train_sasrec(ctx.get_split(), cfg, ctx.config.run.device, log=lambda m: ctx.log(f"{name}: {m}"),
+                                  progress=ctx.stage_progress(name), checkpoint_dir=ctx.checkpoints(name))
     if not dist.is_main():  # torchrun: every rank trained, rank 0 writes
         return {}
     model.save_folder(out)
@@ -83,6 +84,19 @@ def _load_sasrec(folder: Path, device: str) -> Any:
 SCORERS.register("sasrec", "SASRec: causal Transformer; full-softmax CE, sampled softmax or gBCE (sasrec.loss)", ScorerSpec(
     "sasrec", lambda n: "sasrec", lambda cfg, n: {"sasrec": cfg.sasrec, **_split_inputs(cfg)}, False, _train_sasrec,
     _load_sasrec, distributed=True))
+
+
+# ---------------------------------------------------------------------------------------------- BSARec
+def _load_bsarec(folder: Path, device: str) -> Any:
+    from thinkrec.baselines.bsarec import BSARec
+
+    return BSARec.from_folder(folder, device)
+
+
+SCORERS.register("bsarec", "BSARec (Shin et al. 2024): SASRec mixing attention with a learned frequency filter; "
+                 "trained when listed in candidates.sources", ScorerSpec(
+    "sasrec", lambda n: "bsarec", lambda cfg, n: {"bsarec": cfg.bsarec, **_split_inputs(cfg)}, False, _train_sasrec,
+    _load_bsarec, distributed=True))
 
 
 # ---------------------------------------------------------------------------------------------- co-occurrence
@@ -168,13 +182,13 @@ _register_generative()
 
 def active_scorers(cfg: Any) -> list[str]:
     """The scorers a config trains: popularity and SASRec when their stages are listed, retrieval.models, and
-    co-occurrence / EASE when the candidate stage uses them."""
+    co-occurrence / EASE / BSARec when the candidate stage uses them."""
     names = [n for n in ("popularity", "sasrec") if n in cfg.stages]
     if "retrieval" in cfg.stages:
         names += [m for m in cfg.retrieval.models if m not in names]
     if "candidates" in cfg.stages:
         sources = candidate_sources(cfg)
-        names += [n for n in ("cooc", "ease") if n in sources]
+        names += [n for n in ("cooc", "ease", "bsarec") if n in sources]
     return names
 
 
