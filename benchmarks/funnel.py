@@ -14,6 +14,8 @@ SASRec, retrievers, co-occurrence) and changes one factor:
 - ``no-<group>`` (``cooc``, ``sid``, ``brand``, ``trend``, ``sources``): the LightGBM re-ranker without one group of
   candidate features (``sources``: each source's rank / score columns) — compare with the default's
   ``funnel-lightgbm`` row (the same re-ranker with every group);
+- ``slots-bsarec-tiger``: merged slots only for BSARec and TIGER (SASRec, co-occurrence, EASE: features and
+  fallback, quota 0) — the sources whose removal lowers the merged recall@K on validation;
 - ``sources-sasrec`` / ``sources-generative`` / ``sources-nogen``: SASRec only, the generative retrievers only,
   everything but the generative retrievers;
 - ``k20`` / ``k100``: merged set size (default 50).
@@ -50,6 +52,9 @@ VARIANTS: dict[str, list[str]] = {
     **{f"no-{g}": [f"rerank.feature_groups=[{','.join(x for x in GROUP_NAMES if x != g)}]", *_ABLATE]
        for g in GROUP_NAMES},
     "no-sources": ["rerank.source_features=false", *_ABLATE],
+    # candidates only from the sources that raise the merged recall@K on validation (BSARec, TIGER); SASRec,
+    # co-occurrence and EASE stay as features of those candidates and as fallbacks (quota 0)
+    "slots-bsarec-tiger": ["candidates.quotas={sasrec: 0, cooc: 0, ease: 0}", *_ABLATE],
     "sources-sasrec": ["candidates.sources=[sasrec]"],
     "sources-generative": [],  # filled from the preset's retrieval.models
     "sources-nogen": [],
