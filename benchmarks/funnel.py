@@ -96,8 +96,8 @@ def _rows(dataset: str, root: Path, suffix: str, wall: float, singles: bool, see
             "seen": record["seen"]}
     rows = [row("funnel", dataset, prefix + suffix, head, wall, stage_s=timings, node_s=stage_s, **tags)]
     if singles:
-        for name, m in funnel["models"].items():
-            if name != final and "ci95" in m:
+        for name, m in funnel["models"].items():  # the served one too, under its own name (funnel-<reranker>)
+            if "ci95" in m:
                 rows.append(row("funnel", dataset, f"funnel-{name}{suffix}", {**_metrics(m), **common}, wall, **tags))
         for name, entry in test.items():
             if name not in ("funnel", "paired_tests") and "metrics" in entry:
