@@ -64,6 +64,11 @@ def decide(policy: str, share: float, threshold: float = DEFAULT_THRESHOLD) -> S
     return SeenDecision(policy, exclude, share, threshold, why)
 
 
+def resolve_seen(policy: str, threshold: float, train_offsets: np.ndarray, train_items: np.ndarray) -> SeenDecision:
+    """The decision for a run: ``policy`` with the repeat share of its training sequences (CSR)."""
+    return decide(policy, repeat_share(train_offsets, train_items), threshold)
+
+
 def seen_mask(items: np.ndarray, histories: list[np.ndarray]) -> np.ndarray:
     """``[B, n]``: whether ``items[b, j]`` (−1 = padding, never seen) occurs in ``histories[b]``; one sort over
     all (row, item) pairs, no loop over rows."""

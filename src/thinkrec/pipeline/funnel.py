@@ -206,11 +206,11 @@ class Funnel:
     def seen(self) -> dict[str, Any]:
         """The run's seen-item policy as its evaluation resolved it (``funnel.json``; :mod:`thinkrec.data.seen`)."""
         if "seen" not in self.record:
-            from thinkrec.data.seen import decide, repeat_share
+            from thinkrec.data.seen import resolve_seen
 
             ev, split = self.config.eval, self.split
-            self.record["seen"] = decide(ev.seen, repeat_share(split.train_offsets, split.train_items),
-                                         ev.seen_threshold).to_dict()
+            self.record["seen"] = resolve_seen(ev.seen, ev.seen_threshold, split.train_offsets,
+                                               split.train_items).to_dict()
         return self.record["seen"]
 
     @property

@@ -107,12 +107,11 @@ class Context:
 
     def seen(self) -> Any:
         """The run's seen-item policy resolved on the training split (:mod:`thinkrec.data.seen`)."""
-        from thinkrec.data.seen import decide, repeat_share
+        from thinkrec.data.seen import resolve_seen
 
         if self._seen is None:
-            split = self.get_split()
-            ev = self.config.eval
-            self._seen = decide(ev.seen, repeat_share(split.train_offsets, split.train_items), ev.seen_threshold)
+            split, ev = self.get_split(), self.config.eval
+            self._seen = resolve_seen(ev.seen, ev.seen_threshold, split.train_offsets, split.train_items)
         return self._seen
 
     def rerank_source(self) -> str:
@@ -545,9 +544,8 @@ def evaluate_scorer(ctx: Context, name: str) -> tuple[np.ndarray, float]:
 
     # a scorer's test ranks depend only on its artifacts, the split and the seen policy: reused while those hold
     # (a run that re-ranks again, or a benchmark variant sharing the node, does not rank the catalogue again)
-    spec = SCORERS.get(name)
-    node = f"{spec.folder(name)}/rescore" if spec.generative else spec.folder(name)
-    key = {"content": [(ctx.graph.marker(n) or {}).get("content") for n in (spec.folder(name), node)],
+    key = {"content": [(ctx.graph.marker(n) or {}).get("content") for n in (SCORERS.get(name).folder(name),
+                                                                             _source_node(name))],
            "exclude_seen": ctx.seen().exclude, "max_len": ctx.config.sasrec.max_len, **_split_inputs(ctx)}
     cache = ctx.root / "eval" / "ranks" / f"{name}.npz"
     if cache.exists():

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from thinkrec.rerank.lists import RerankLists, feature_names
+from thinkrec.rerank.lists import RerankLists
 from thinkrec.utils import progress
 from thinkrec.utils.config import spec
 
@@ -54,12 +54,9 @@ def _threads(cfg: LightGBMConfig) -> int:
 
 
 def lists_feature_names(lists: RerankLists) -> tuple[str, ...]:
-    """The lists' feature names (their own when they carry them, else :func:`feature_names` of their sources);
-    generic ``feature_<i>`` when those do not match the width of ``lists.features``."""
-    names = getattr(lists, "feature_names", None)
-    if callable(names):
-        names = names()
-    names = tuple(names or feature_names(lists.sources))
+    """The lists' feature names; generic ``feature_<i>`` when they do not match the width of ``lists.features``
+    (lists built in code with features of their own)."""
+    names = lists.feature_names
     if len(names) != lists.n_features:
         names = tuple(f"feature_{i}" for i in range(lists.n_features))
     return names
