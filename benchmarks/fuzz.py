@@ -3,7 +3,7 @@
     python benchmarks/fuzz.py [--targets s3rec,lcrec,...] [--cases 10000] [--seed 0] [--run RUN_DIR]
     python benchmarks/fuzz.py --replay recbole:1234      # one case again, with its traceback
 
-Each case is built by the library's case runners (:mod:`thinkrec.utils.fuzz`) from its own
+Each case is built by the library's case runners (:mod:`thinkrec.testing.fuzz`) from its own
 ``random.Random(f"{seed}/{target}/{case}")``, so any case replays alone: a valid input generated at random, 0-3
 random mutations (truncation, bad bytes and encodings, wrong types, NaN / inf, negative or huge ids, duplicate
 rows, empty files, missing or swapped columns, deep nesting; for the API also unknown keys, nested junk, non-JSON
@@ -37,7 +37,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import row, save_rows  # noqa: E402
-from thinkrec.utils.fuzz import LOADER_TARGETS, TARGETS, ApiFuzzer, config_keys, run_loader_case, run_set_case  # noqa: E402
+from thinkrec.testing.fuzz import (  # noqa: E402
+    LOADER_TARGETS,
+    TARGETS,
+    ApiFuzzer,
+    config_keys,
+    run_loader_case,
+    run_set_case,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 # A funnel small enough to train in seconds on a CPU: the serving tests' settings (synthetic shop, merged candidates,
@@ -108,7 +115,7 @@ class Campaign:
 
 def _signature(exc: BaseException) -> str:
     tb = traceback.extract_tb(exc.__traceback__)
-    inner = next((f for f in reversed(tb) if "/thinkrec/" in f.filename and "/utils/fuzz.py" not in f.filename),
+    inner = next((f for f in reversed(tb) if "/thinkrec/" in f.filename and "/testing/fuzz.py" not in f.filename),
                  tb[-1] if tb else None)
     where = f"{Path(inner.filename).name}:{inner.lineno}" if inner else "?"
     return f"{type(exc).__name__} at {where}"

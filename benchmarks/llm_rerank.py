@@ -117,7 +117,7 @@ def partial(ctx) -> dict:  # noqa: ANN001 - a pipeline Context
     """The summary of a run cut short (``--partial``): finished phases from their records, pre-rank and teacher rows
     recomputed on the same lists (``wall_s`` of the rows is then 0: the stage has not finished)."""
     from thinkrec.llm.stage import partial_summary
-    from thinkrec.pipeline.run import llm_inputs
+    from thinkrec.pipeline.stages.llm import llm_inputs
 
     catalogue, _, train, valid, test, _ = llm_inputs(ctx)
     return partial_summary(catalogue, train, test, valid, ctx.config.llm, ctx.root / "checkpoints" / "llm" / "stage")

@@ -29,7 +29,8 @@ from thinkrec.data.batching import pad_histories  # noqa: E402
 from thinkrec.eval.metrics import mean_metrics, rank_metrics  # noqa: E402
 from thinkrec.eval.stats import bootstrap_ci, paired_test  # noqa: E402
 from thinkrec.pipeline.config import load_run_config  # noqa: E402
-from thinkrec.pipeline.run import evaluate_scorer, open_run, share_nodes  # noqa: E402
+from thinkrec.pipeline.run import open_run, share_nodes
+from thinkrec.pipeline.stages.evaluate import evaluate_scorer  # noqa: E402
 from thinkrec.retrieval.beam import constrained_beam_search  # noqa: E402
 from thinkrec.retrieval.inference import thought_agreement  # noqa: E402
 

@@ -594,8 +594,9 @@ def serve_cmd(
 
     batching = BatcherConfig(window_ms=window_ms, max_batch=max_batch, max_queue=max_queue)
     config = check_valid(ServeConfig(batching=batching, per_source=per_source), "serve")
-    console.print(f"serving {run} at http://{host}:{port}/ (API docs at /docs; Ctrl-C to stop)")
-    serve(run, host, port, config, device=device, log_level=log_level)
+    serve(run, host, port, config, device=device, log_level=log_level, announce=lambda f: console.print(
+        f"serving {run} (generation {f.generation or 'unpublished'}) at http://{host}:{port}/ "
+        "(API docs at /docs; Ctrl-C to stop)"))
 
 
 def main() -> None:

@@ -36,7 +36,7 @@ def test_an_internal_error_shows_its_traceback_and_asks_for_a_report(tmp_path, m
     def broken(ctx):
         raise exc
 
-    monkeypatch.setattr("thinkrec.pipeline.run.run_data", broken)
+    monkeypatch.setattr("thinkrec.pipeline.stages.data.run_data", broken)
     res = _run(tmp_path)
     assert res.exit_code == 1, res.output
     assert "Traceback (most recent call last)" in res.output and "in broken" in res.output
@@ -53,7 +53,7 @@ def test_a_user_error_prints_its_message_alone(tmp_path, monkeypatch, exc) -> No
     def refuses(ctx):
         raise exc
 
-    monkeypatch.setattr("thinkrec.pipeline.run.run_data", refuses)
+    monkeypatch.setattr("thinkrec.pipeline.stages.data.run_data", refuses)
     res = _run(tmp_path)
     assert res.exit_code == 2, res.output
     assert res.output.startswith("error: " + str(exc).splitlines()[0]) and "Traceback" not in res.output

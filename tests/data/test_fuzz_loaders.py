@@ -1,5 +1,5 @@
 """Fuzzing every loader: valid fixtures mutated at random either load to a dataset that passes its invariants or
-raise DataFormatError naming a file of the case (``thinkrec.utils.fuzz``; the large campaign is
+raise DataFormatError naming a file of the case (``thinkrec.testing.fuzz``; the large campaign is
 ``benchmarks/fuzz.py``), plus one regression test per bug the fuzzing found."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from thinkrec.data.loaders.movielens import load_movielens
 from thinkrec.data.loaders.recbole import load_recbole
 from thinkrec.data.loaders.s3rec import load_s3rec, load_s3rec_path
 from thinkrec.data.loaders.tabular import load_table
-from thinkrec.utils.fuzz import LOADED, LOADER_TARGETS, REJECTED, run_loader_case
+from thinkrec.testing.fuzz import LOADED, LOADER_TARGETS, REJECTED, run_loader_case
 
 from .conftest import Writer
 

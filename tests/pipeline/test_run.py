@@ -54,7 +54,7 @@ def test_run_writes_a_complete_run_directory_and_resumes(tmp_path):
     root = tmp_path / "t"
     for rel in ["config.yaml", "metrics.json", "log.txt", "report.md", "sasrec/model.safetensors", "sasrec/history.json",
                 "data/meta.json", "data/interactions.parquet", "eval/per_user.parquet", "plots/sasrec_training.png",
-                "retrieval/s2gr/model.safetensors", "retrieval/s2gr/checkpoint/state.safetensors", "retrieval/tiger/history.json"]:
+                "retrieval/s2gr/model.safetensors", "retrieval/s2gr/lineage.json", "retrieval/tiger/history.json"]:
         assert (root / rel).exists(), rel
     metrics = read_json(root / "metrics.json")["test"]
     assert set(metrics) >= {"popularity", "sasrec", "tiger", "s2gr", "paired_tests"}

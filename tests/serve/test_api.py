@@ -203,3 +203,47 @@ def test_prometheus_metrics(client, users):
     for name in ("thinkrec_request_seconds_bucket", "thinkrec_batch_size_count", "thinkrec_queue_depth",
                  'thinkrec_stage_seconds_total{stage="retrieval"}', 'thinkrec_stage_seconds_total{stage="rerank"}'):
         assert name in text, name
+
+
+def test_an_internal_error_is_a_json_500_with_a_request_id_logged_and_counted(funnel, monkeypatch, caplog):
+    app = create_app(funnel, ServeConfig(batching=BatcherConfig(window_ms=1, max_batch=8, max_queue=8)))
+    with TestClient(app, raise_server_exceptions=False) as c:
+        user = c.get("/v1/users", params={"limit": 1}).json()["users"][0]
+
+        def broken(*args, **kwargs):
+            raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (50x24 and 9x32)")
+
+        monkeypatch.setattr(app.state.service.funnel, "recommend", broken)
+        r = c.post("/v1/recommend", json={"user": user, "k": 5}, headers={"X-Request-ID": "req-42"})
+        assert r.status_code == 500 and r.headers["content-type"] == "application/json"
+        err = r.json()["error"]
+        assert err["status"] == 500 and err["request_id"] == "req-42" and "RuntimeError" in err["message"]
+        assert r.headers["X-Request-ID"] == "req-42"
+        assert any("req-42" in rec.getMessage() and rec.exc_info for rec in caplog.records)
+        anon = c.post("/v1/recommend", json={"user": user, "k": 5})
+        assert anon.status_code == 500 and len(anon.json()["error"]["request_id"]) == 16
+        metrics = c.get("/metrics").text
+        assert 'thinkrec_internal_errors_total{type="RuntimeError"} 2.0' in metrics
+        assert 'thinkrec_requests_total{endpoint="/v1/recommend",status="500"} 2.0' in metrics
+
+
+@pytest.mark.parametrize("port, says", [(99999, "a TCP port is 0–65535"), (None, "Address already in use")])
+def test_serve_start_up_failures_are_one_line_and_exit_2(served_run, port, says):
+    import socket
+    import subprocess
+    import sys
+
+    busy = None
+    if port is None:  # a port another process listens on
+        busy = socket.socket()
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+    try:
+        proc = subprocess.run([sys.executable, "-m", "thinkrec.cli", "serve", "--run", str(served_run), "--port",
+                               str(port)], capture_output=True, text=True, timeout=120)
+    finally:
+        if busy is not None:
+            busy.close()
+    lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and says in lines[0], proc.stdout + proc.stderr

@@ -1,6 +1,6 @@
 """Fuzzing the serving API's request bodies: random types for every field, huge numbers, unknown keys, nested
 junk, non-JSON bytes and wrong content types get a 4xx naming the field, or a 200 — never a 5xx
-(``thinkrec.utils.fuzz.ApiFuzzer``; the large campaign is ``benchmarks/fuzz.py``)."""
+(``thinkrec.testing.fuzz.ApiFuzzer``; the large campaign is ``benchmarks/fuzz.py``)."""
 
 import random
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from thinkrec.utils.fuzz import REJECTED, ApiFuzzer
+from thinkrec.testing.fuzz import REJECTED, ApiFuzzer
 
 
 @pytest.fixture(scope="module")

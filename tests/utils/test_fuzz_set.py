@@ -1,14 +1,14 @@
 """Fuzzing ``--set`` strings: random ``key=value`` overrides through ``load_run_config`` (and the whole-config
 check ``thinkrec run`` makes) succeed or raise ConfigError — never another exception
-(``thinkrec.utils.fuzz.run_set_case``; the large campaign is ``benchmarks/fuzz.py``)."""
+(``thinkrec.testing.fuzz.run_set_case``; the large campaign is ``benchmarks/fuzz.py``)."""
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from thinkrec.pipeline.config import load_run_config
+from thinkrec.testing.fuzz import LOADED, REJECTED, config_keys, run_set_case
 from thinkrec.utils.config import ConfigError
-from thinkrec.utils.fuzz import LOADED, REJECTED, config_keys, run_set_case
 
 KEYS = config_keys()
 

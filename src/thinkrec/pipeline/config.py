@@ -40,10 +40,13 @@ SPLITS = ("loo", "leave-one-out", "leave_one_out", "temporal", "global-temporal"
 READ_ONLY_STAGES = ("evaluate", "report")
 
 
-def _stage_names() -> tuple[str, ...]:
-    from thinkrec.pipeline.run import STAGE_NAMES
+#: the ``stages:`` names, in funnel order (each maps to a group of graph nodes: thinkrec.pipeline.run)
+STAGE_NAMES = ("data", "popularity", "sasrec", "tokenize", "retrieval", "candidates", "rerank", "llm", "evaluate", "report")
 
+
+def _stage_names() -> tuple[str, ...]:
     return STAGE_NAMES
+
 
 
 def _format_names() -> tuple[str, ...]:

@@ -1,9 +1,12 @@
 """A trained funnel loaded from its run directory: ``thinkrec.load(run).recommend(...)``.
 
-The loaded funnel reads only its run directory: the catalogue and histories (``data/``), each model's folder
-(scorers, re-rankers), the re-ranking featurizer's tables (popularity, transitions, categories, item vectors),
-the re-score weights (``retrieval/<name>/rescore.json``) and ``funnel.json``, the record of which retriever and
-re-ranker the funnel uses and why.
+The loaded funnel reads only its run directory's current generation (:mod:`thinkrec.pipeline.generations`: the
+snapshot the last finished evaluation published, never the folders a running ``thinkrec run`` is rewriting): the
+catalogue and histories (``data/``), each model's folder (scorers, re-rankers), the re-ranking featurizer's tables
+(popularity, transitions, categories, item vectors), the re-score weights (``retrieval/<name>/rescore.json``) and
+``funnel.json``, the record of which retriever and re-ranker the funnel uses and why. Every node it uses is
+checked at load against the lineage of the nodes it was built on (:func:`~thinkrec.pipeline.generations.check_nodes`):
+a re-ranker trained on another featurizer is refused, naming it, before any request.
 """
 
 from __future__ import annotations
@@ -14,15 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from thinkrec.data.batching import pad_histories
 from thinkrec.data.dataset import Dataset
-from thinkrec.data.seen import drop_seen, mask_seen_scores, seen_mask
 from thinkrec.errors import InvalidArgumentError, MissingInputError, UnknownNameError
 from thinkrec.eval.metrics import mean_metrics, rank_metrics
 from thinkrec.eval.protocol import compute_ranks
 from thinkrec.pipeline.config import RunConfig, load_run_config, resolve
+from thinkrec.pipeline.generations import StaleNodeError, check_nodes, current
 from thinkrec.pipeline.scorers import SCORERS
 from thinkrec.utils.io import read_json
 
@@ -163,11 +164,37 @@ class Requests:
                         [h for p in parts for h in p.histories])
 
 
+def funnel_nodes(record: dict[str, Any], scorer_trained: Any = None) -> dict[str, str | None]:
+    """The graph nodes (→ home folders) the funnel of ``record`` (``funnel.json``) serves from: the data, every
+    scorer it retrieves with (merged: each source; plus popularity for cold starts where trained), the re-score
+    weights of a generative one, the re-ranker and its featurizer, the LLM adapter."""
+    nodes: dict[str, str | None] = {"data": "data"}
+    retriever = record.get("retriever")
+    scorers = list(record.get("sources") or []) if retriever == "merged" else ([retriever] if retriever else [])
+    if scorer_trained is None or scorer_trained("popularity"):
+        scorers.append("popularity")
+    for name in dict.fromkeys(scorers):
+        spec = SCORERS.get(name)
+        nodes[spec.folder(name)] = spec.folder(name)
+        if spec.generative:
+            nodes[f"{spec.folder(name)}/rescore"] = None
+    if record.get("reranker"):
+        nodes[f"rerank/{record['reranker']}"] = f"rerank/{record['reranker']}"
+        nodes["rerank/lists"] = "rerank/featurizer"
+    if record.get("llm"):
+        nodes["llm"] = "llm"
+    return nodes
+
+
 class Funnel:
     """The trained funnel of one run directory (see :func:`load`)."""
 
     def __init__(self, run_dir: str | Path, device: str | None = None):
-        self.root = Path(run_dir)
+        self.run_root = Path(run_dir)
+        generation = current(self.run_root)
+        # the published generation; a run directory that never finished an evaluation is read as it is (checked)
+        self.root = generation or self.run_root
+        self.generation = generation.name if generation is not None else None
         if not (self.root / "config.yaml").exists():
             raise MissingInputError(f"{self.root}: not a run directory (no config.yaml)")
         cfg = load_run_config(self.root / "config.yaml")
@@ -177,6 +204,9 @@ class Funnel:
         self.device = self.config.run.device
         self.record = read_json(self.root / "funnel.json") if (self.root / "funnel.json").exists() \
             else choose_funnel(self.root, self.config)
+        # before anything loads: every node served is complete and built on the others (one line naming it, else)
+        check_nodes(self.root, funnel_nodes(self.record, lambda n: (self.root / SCORERS.get(n).folder(n)).is_dir()),
+                    self.run_root)
         self.dataset = Dataset.load(self.root / "data")
         self._split = None
         self._scorers: dict[str, Any] = {}
@@ -197,7 +227,7 @@ class Funnel:
     @property
     def split(self) -> Any:
         if self._split is None:
-            from thinkrec.pipeline.run import split_of
+            from thinkrec.pipeline.split import split_of
 
             self._split = split_of(self.dataset, self.config)
         return self._split
@@ -215,12 +245,30 @@ class Funnel:
 
     @property
     def models(self) -> dict[str, list[str]]:
-        """Trained models in this run, by family."""
-        scorers = [n for n in SCORERS if (self.root / SCORERS.get(n).folder(n) / "config.json").exists()]
+        """Trained models in this run, by family: those complete and consistent with the nodes they were built on."""
+        scorers = [n for n in SCORERS if (self.root / SCORERS.get(n).folder(n) / "config.json").exists()
+                   and self._consistent(self._scorer_nodes(n))]
         rerank = self.root / "rerank"
-        rerankers = sorted(p.name for p in rerank.iterdir() if (p / "config.json").exists() and p.name != "evaluator") \
-            if rerank.exists() else []
+        rerankers = sorted(p.name for p in rerank.iterdir() if (p / "config.json").exists() and p.name != "evaluator"
+                           and self._consistent(self._reranker_nodes(p.name))) if rerank.exists() else []
         return {"scorers": scorers, "rerankers": rerankers}
+
+    @staticmethod
+    def _scorer_nodes(name: str) -> dict[str, str | None]:
+        spec = SCORERS.get(name)
+        folder = spec.folder(name)
+        return {folder: folder, **({f"{folder}/rescore": None} if spec.generative else {})}
+
+    @staticmethod
+    def _reranker_nodes(name: str) -> dict[str, str | None]:
+        return {f"rerank/{name}": f"rerank/{name}", "rerank/lists": "rerank/featurizer"}
+
+    def _consistent(self, nodes: dict[str, str | None]) -> bool:
+        try:
+            check_nodes(self.root, nodes, self.run_root)
+        except StaleNodeError:
+            return False
+        return True
 
     def scorer(self, name: str) -> Any:
         if name not in self._scorers:
@@ -228,6 +276,7 @@ class Funnel:
             folder = self.root / spec.folder(name)
             if not (folder / "config.json").exists():
                 raise InvalidArgumentError(f"{folder}: no trained {name} in this run (trained: {', '.join(self.models['scorers'])})")
+            check_nodes(self.root, self._scorer_nodes(name), self.run_root)
             self._scorers[name] = spec.load(folder, self.device)
         return self._scorers[name]
 
@@ -238,6 +287,7 @@ class Funnel:
             folder = self.root / "rerank" / name
             if not (folder / "config.json").exists():
                 raise InvalidArgumentError(f"{folder}: no trained re-ranker {name!r} (trained: {', '.join(self.models['rerankers'])})")
+            check_nodes(self.root, self._reranker_nodes(name), self.run_root)
             self._rerankers[name] = load_reranker(folder, self.device)[1]
         return self._rerankers[name]
 
@@ -353,29 +403,13 @@ class Funnel:
 
     def _candidates(self, name: str, histories: list[np.ndarray], n: int, exclude_seen: bool, want_thoughts: bool
                     ) -> tuple[np.ndarray, np.ndarray, Any]:
-        """Top-``n`` items [B, n] (−1 where fewer) and scores of scorer ``name`` for the histories."""
-        scorer = self.scorer(name)
-        offsets = np.concatenate([[0], np.cumsum([len(h) for h in histories])]).astype(np.int64)
-        flat = np.concatenate(histories).astype(np.int64) if histories else np.zeros(0, np.int64)
-        # the pipeline's evaluation window for every scorer (models cut longer inputs to their own window)
-        tokens = torch.from_numpy(pad_histories(offsets, flat, np.arange(len(histories)), self.config.sasrec.max_len))
-        tokens = tokens.to(self.device)
-        with torch.inference_mode():
-            if SCORERS.get(name).generative:
-                beam_n = max(scorer.beam_size, n)
-                rec = scorer.recommend(tokens, beam_n, return_thoughts=want_thoughts and scorer.model.thinking)
-                items, scores = rec.items.copy(), rec.scores.astype(np.float32).copy()
-                if exclude_seen:
-                    keep = np.argsort(seen_mask(items, histories) | (items < 0), axis=1, kind="stable")
-                    items, scores = drop_seen(items, scores, histories)  # the same order as ``keep``
-                    rec = _reindexed(rec, keep)
-                return items[:, :n], scores[:, :n], rec
-            s = scorer.score(torch.full((len(histories),), -1, dtype=torch.int64), tokens).float()
-            if exclude_seen:
-                s = mask_seen_scores(s, histories)
-            top = s.topk(min(n, s.shape[1]), dim=1)
-            items, scores = top.indices.cpu().numpy(), top.values.cpu().numpy()
-            return np.where(np.isfinite(scores), items, -1), scores, None
+        """Top-``n`` items [B, n] (−1 where fewer) and scores of scorer ``name`` for the histories: the candidate
+        stage's own function (:func:`~thinkrec.retrieval.candidates.source_top_k`), the evaluation window of every
+        scorer (models cut longer inputs to their own window)."""
+        from thinkrec.retrieval.candidates import source_top_k
+
+        return source_top_k(self.scorer(name), histories, n, self.config.sasrec.max_len, exclude_seen, self.device,
+                            return_thoughts=want_thoughts)
 
     def merged_candidates(self, histories: list[np.ndarray], exclude_seen: bool = False) -> Any:
         """The merged candidate set (:class:`~thinkrec.retrieval.candidates.CandidateSet`) of the run's sources for
@@ -386,8 +420,7 @@ class Funnel:
         sources = self.record.get("sources") or read_json(self.root / "candidates" / "info.json")["sources"]
         per = {}
         for name in sources:
-            items, scores, _ = self._candidates(name, histories, c.per_source or c.k, exclude_seen, False)
-            per[name] = (items, np.where(items >= 0, scores, 0.0).astype(np.float32))
+            per[name] = self._candidates(name, histories, c.per_source or c.k, exclude_seen, False)[:2]
         return merge_candidates(per, c.k, c.quotas_for(list(sources)))
 
     def _recommend_batch(self, batch: Requests, rows: np.ndarray, k: int, n_cand: int, explain: bool,
@@ -512,6 +545,28 @@ class Funnel:
         per = order_metrics(lists, self.rerank(model, lists))
         return {k: float(np.mean(v)) for k, v in per.items()}
 
+    def verify(self, n_users: int = 200, seed: int = 0) -> dict[str, Any]:
+        """Serve the final list to ``n_users`` test users (seeded; their histories as evaluation saw them) and
+        compare each one's N@10 with the per-user figure this generation's evaluation recorded
+        (``eval/per_user.parquet``): ``{"users", "mismatches", "max_abs_diff"}``. A deployment smoke test."""
+        import polars as pl
+
+        path = self.root / "eval" / "per_user.parquet"
+        column = "funnel/ndcg@10"
+        frame = pl.read_parquet(path) if path.exists() else None
+        if frame is None or column not in frame.columns:
+            raise MissingInputError(f"{path}: no per-user N@10 of the final list (run the evaluate stage)")
+        rng = np.random.default_rng(seed)
+        rows = np.sort(rng.choice(frame.height, min(n_users, frame.height), replace=False))
+        users = [self._user_ids[int(u)] for u in frame["user"].to_numpy()[rows]]
+        targets = self.split.test.targets[rows]
+        served = np.zeros(len(rows))
+        for i, rec in enumerate(self.recommend(users=users, as_of="test", k=10)):
+            hit = [j for j, it in enumerate(rec.items) if it.item == int(targets[i])]
+            served[i] = 1.0 / np.log2(hit[0] + 2) if hit else 0.0
+        diff = np.abs(served - frame[column].to_numpy()[rows])
+        return {"users": len(rows), "mismatches": int((diff > 1e-9).sum()), "max_abs_diff": float(diff.max(initial=0.0))}
+
     def rebuild_lists(self, part: str = "test") -> Any:
         """The re-ranking stage's lists of ``part`` rebuilt from the run's data, retriever and featurizer."""
         from thinkrec.rerank.lists import funnel_lists, impression_requests, temporal_thirds
@@ -526,7 +581,7 @@ class Funnel:
             return {"train": train, "valid": valid, "test": test}[part]
         if part != "test":
             raise ValueError("funnel training lists are a seeded hold-out of validation examples; rebuild only 'test'")
-        from thinkrec.rerank.stage import scorer_top_k
+        from thinkrec.retrieval.candidates import scorer_top_k
 
         examples = self.split.test
         if info["candidates"] == "merged":
@@ -534,15 +589,9 @@ class Funnel:
             return funnel_lists(examples, cand.items, None, self.split, self.featurizer.category, cfg.history_len,
                                 featurizer=self.featurizer, source_ranks=cand.ranks, source_scores=cand.scores)
         items, scores = scorer_top_k(self.scorer(info["candidates"]), cfg.k, self.config.sasrec.max_len,
-                                     exclude_seen=self.seen["exclude"])(examples)
+                                     exclude_seen=self.seen["exclude"], device=self.device)(examples)
         return funnel_lists(examples, items, scores, self.split, self.featurizer.category, cfg.history_len,
                             featurizer=self.featurizer)
-
-
-def _reindexed(rec: Any, keep: np.ndarray) -> Any:
-    from dataclasses import replace
-
-    return replace(rec, beam_index=np.take_along_axis(rec.beam_index, keep, 1))
 
 
 def load(run_dir: str | Path, device: str | None = None) -> Funnel:

@@ -4,7 +4,12 @@ A node declares the config it reads (``inputs``: a function of the resolved :cla
 artifacts it reads (``upstream``) and the artifacts it writes (``artifacts``: paths under the run directory).
 Its cache key is the hash of its inputs and of its upstream nodes' *content* hashes (hashes of the bytes of their
 artifacts, not their paths), so changing any input reruns that node and everything downstream of it, nothing else.
-Each finished node leaves ``stages/<name>.json`` in the run directory: key, content hash, what it reported.
+Each finished node leaves ``stages/<name>.json`` in the run directory: key, content hash, what it reported, and
+the content hashes of the upstream nodes it was built from; the same lineage goes into each of its home folders
+(``lineage.json``, left out of the content hash), so a model folder says on its own what it was trained on. A node
+that starts rebuilding first removes its marker and lineage files: from that instant it, and through the keys
+everything downstream of it, is no longer current, and a half-written folder never carries a lineage.
+:mod:`thinkrec.pipeline.generations` publishes consistent snapshots of the whole directory for loading.
 
 While a node runs, its trainers keep their resumable state in ``checkpoints/<name>/`` (stamped with the node's
 key, so a checkpoint left by other inputs is discarded, never resumed); the folder goes once the marker is written.
@@ -39,6 +44,11 @@ class Node:
     artifacts: tuple[str, ...]  # files / folders (relative to the run dir) that are this node's output
     run: Callable[[Any], dict[str, Any] | None]  # Context → info recorded in the marker
     distributed: bool = False  # runs on every rank of a torchrun launch (a data-parallel trainer), else on rank 0
+    homes: tuple[str, ...] = ()  # folders this node alone writes: each gets its lineage.json (what it was built on)
+
+
+#: A node's lineage file in each of its home folders: node, key, its own content, its upstream nodes' contents.
+LINEAGE = "lineage.json"
 
 
 def content_hash(root: Path, paths: tuple[str, ...]) -> str:
@@ -46,7 +56,8 @@ def content_hash(root: Path, paths: tuple[str, ...]) -> str:
     h = hashlib.sha256()
     for rel in paths:
         p = root / rel
-        files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else ([p] if p.exists() else [])
+        files = sorted(f for f in p.rglob("*") if f.is_file() and f.name != LINEAGE) if p.is_dir() \
+            else ([p] if p.exists() else [])
         if not files:
             raise FileNotFoundError(f"{p}: the artifact a finished stage should have written is missing")
         for f in files:
@@ -107,6 +118,24 @@ class Graph:
         m = self.marker(name)
         return m is not None and m.get("key") == self.key(name)
 
+    def upstream_content(self, name: str) -> dict[str, str | None]:
+        return {u: (self.marker(u) or {}).get("content") for u in self.nodes[name].upstream(self.ctx)}
+
+    def _write_lineage(self, name: str, marker: dict[str, Any]) -> None:
+        """``lineage.json`` into each home folder of ``name``: what the folder was built from."""
+        record = {"node": name, "key": marker["key"], "content": marker["content"],
+                  "upstream": marker.get("upstream_content", self.upstream_content(name))}
+        for home in self.nodes[name].homes:
+            if (self.root / home).is_dir():
+                write_json(self.root / home / LINEAGE, record)
+
+    def _invalidate(self, name: str) -> None:
+        """Before ``name`` rewrites its artifacts: its marker and lineage go first, so neither it nor anything
+        downstream of it (whose keys hold its content) counts as current until it finishes again."""
+        self.marker_path(name).unlink(missing_ok=True)
+        for home in self.nodes[name].homes:
+            (self.root / home / LINEAGE).unlink(missing_ok=True)
+
     def ensure(self, name: str) -> dict[str, Any]:
         """Bring ``name`` up to date (its upstream first) and return its marker."""
         if name not in self.nodes:
@@ -119,6 +148,9 @@ class Graph:
                 self.ensure(up)
             if dist.broadcast(self.is_current(name)):  # rank 0's view, on every rank
                 self.log(f"{name}: up to date, reusing {', '.join(node.artifacts)}")
+                if dist.is_main() and any(not (self.root / h / LINEAGE).exists() for h in node.homes
+                                          if (self.root / h).is_dir()):
+                    self._write_lineage(name, self.marker(name) or {})  # a run directory of an older thinkrec
             elif node.distributed or not dist.active():
                 self._run(name)
             else:  # rank 0 runs it alone; the others wait, then read its artifacts
@@ -139,7 +171,9 @@ class Graph:
         node = self.nodes[name]
         t = time.perf_counter()
         key = self.key(name)
+        self.log(f"{name}: building")
         if dist.is_main():
+            self._invalidate(name)
             self._open_checkpoints(name, key)
         dist.barrier()  # stale checkpoints are gone before any rank looks for one
         self._running.append(name)
@@ -149,10 +183,10 @@ class Graph:
             self._running.pop()
         wall = time.perf_counter() - t
         if dist.is_main():
-            write_json(self.marker_path(name), {
-                "key": key, "content": content_hash(self.root, node.artifacts), "finished": time.time(),
-                "wall_s": wall, "info": info, "upstream": node.upstream(self.ctx),
-                "inputs": to_dict(node.inputs(self.ctx)),
-            })
+            marker = {"key": key, "content": content_hash(self.root, node.artifacts), "finished": time.time(),
+                      "wall_s": wall, "info": info, "upstream": node.upstream(self.ctx),
+                      "upstream_content": self.upstream_content(name), "inputs": to_dict(node.inputs(self.ctx))}
+            self._write_lineage(name, marker)  # the folders first: a marker always finds its lineage written
+            write_json(self.marker_path(name), marker)
             shutil.rmtree(self.checkpoint_dir(name), ignore_errors=True)
         dist.barrier()

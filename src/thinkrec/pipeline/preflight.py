@@ -35,7 +35,7 @@ def needs_sids(config: Any, stages: Iterable[str]) -> bool:
 
 def data_problems(dataset: Dataset, config: Any, stages: Iterable[str], split: SequenceSplit | None = None) -> list[str]:
     """Every reason the requested ``stages`` cannot run on ``dataset`` under ``config`` (empty: none found)."""
-    from thinkrec.pipeline.run import split_of
+    from thinkrec.pipeline.split import split_of
 
     stages = list(stages)
     name = dataset.name

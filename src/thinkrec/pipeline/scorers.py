@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from thinkrec.pipeline.split import split_inputs
 from thinkrec.utils import distributed as dist
 from thinkrec.utils.registry import Registry
 
@@ -31,11 +32,6 @@ class ScorerSpec:
 SCORERS: Registry[ScorerSpec] = Registry("next-item scorer")
 
 
-def _split_inputs(cfg: Any) -> dict[str, Any]:
-    d = cfg.data
-    return {"split": d.split, "valid_frac": d.valid_frac, "test_frac": d.test_frac}
-
-
 # ---------------------------------------------------------------------------------------------- popularity
 def _train_popularity(ctx: Any, name: str, out: Path) -> dict[str, Any]:
     from thinkrec.baselines.popularity import Popularity
@@ -51,7 +47,7 @@ def _load_popularity(folder: Path, device: str) -> Any:
 
 
 SCORERS.register("popularity", "most popular: training-set item counts (the floor)", ScorerSpec(
-    "popularity", lambda n: "popularity", lambda cfg, n: _split_inputs(cfg), False, _train_popularity, _load_popularity))
+    "popularity", lambda n: "popularity", lambda cfg, n: split_inputs(cfg), False, _train_popularity, _load_popularity))
 
 
 # ---------------------------------------------------------------------------------------------- SASRec
@@ -82,7 +78,7 @@ def _load_sasrec(folder: Path, device: str) -> Any:
 
 
 SCORERS.register("sasrec", "SASRec: causal Transformer; full-softmax CE, sampled softmax or gBCE (sasrec.loss)", ScorerSpec(
-    "sasrec", lambda n: "sasrec", lambda cfg, n: {"sasrec": cfg.sasrec, **_split_inputs(cfg)}, False, _train_sasrec,
+    "sasrec", lambda n: "sasrec", lambda cfg, n: {"sasrec": cfg.sasrec, **split_inputs(cfg)}, False, _train_sasrec,
     _load_sasrec, distributed=True))
 
 
@@ -95,7 +91,7 @@ def _load_bsarec(folder: Path, device: str) -> Any:
 
 SCORERS.register("bsarec", "BSARec (Shin et al. 2024): SASRec mixing attention with a learned frequency filter; "
                  "trained when listed in candidates.sources", ScorerSpec(
-    "sasrec", lambda n: "bsarec", lambda cfg, n: {"bsarec": cfg.bsarec, **_split_inputs(cfg)}, False, _train_sasrec,
+    "sasrec", lambda n: "bsarec", lambda cfg, n: {"bsarec": cfg.bsarec, **split_inputs(cfg)}, False, _train_sasrec,
     _load_bsarec, distributed=True))
 
 
@@ -115,7 +111,7 @@ def _load_cooc(folder: Path, device: str) -> Any:
 
 
 SCORERS.register("cooc", "item-to-item co-occurrence in the training sequences (a candidate source)", ScorerSpec(
-    "candidates", lambda n: "cooc", lambda cfg, n: {"cooc": cfg.candidates.cooc, **_split_inputs(cfg)}, False,
+    "candidates", lambda n: "cooc", lambda cfg, n: {"cooc": cfg.candidates.cooc, **split_inputs(cfg)}, False,
     _train_cooc, _load_cooc))
 
 
@@ -135,7 +131,7 @@ def _load_ease(folder: Path, device: str) -> Any:
 
 
 SCORERS.register("ease", "EASE (Steck 2019): closed-form item × item ridge regression (a candidate source)", ScorerSpec(
-    "candidates", lambda n: "ease", lambda cfg, n: {"ease": cfg.candidates.ease, **_split_inputs(cfg)}, False,
+    "candidates", lambda n: "ease", lambda cfg, n: {"ease": cfg.candidates.ease, **split_inputs(cfg)}, False,
     _train_ease, _load_ease))
 
 
@@ -144,16 +140,9 @@ def _train_generative(ctx: Any, name: str, out: Path) -> dict[str, Any]:
     from thinkrec.retrieval.stage import train_one
     from thinkrec.tokenize.stage import load_tokenize
 
-    if ctx.graph.marker(f"retrieval/{name}") is not None:  # finished for other inputs: its checkpoint is stale
-        import shutil
-
-        from thinkrec.retrieval.train import checkpoint_path
-
-        if dist.is_main():
-            shutil.rmtree(checkpoint_path(out), ignore_errors=True)
-        dist.barrier()
     _, summary = train_one(name, ctx.get_split(), load_tokenize(ctx.root / "sids"), ctx.config.retrieval, out.parent,
-                           ctx.config.run.device, log=lambda m: ctx.log(f"{name}: {m}"), progress=ctx.stage_progress(name))
+                           ctx.config.run.device, log=lambda m: ctx.log(f"{name}: {m}"), progress=ctx.stage_progress(name),
+                           checkpoint_dir=ctx.checkpoints(name))  # the graph discards it when the inputs change
     return summary
 
 
@@ -165,7 +154,7 @@ def _load_generative(folder: Path, device: str) -> Any:
 
 def _generative_inputs(cfg: Any, name: str) -> dict[str, Any]:
     r = cfg.retrieval
-    return {"model": r.model_config(name), "train": r.train, **_split_inputs(cfg)}
+    return {"model": r.model_config(name), "train": r.train, **split_inputs(cfg)}
 
 
 def _register_generative() -> None:

@@ -45,10 +45,7 @@ from thinkrec.rerank.train import (
     reward_kind,
     train_reranker,
 )
-from thinkrec.retrieval.candidates import (
-    CandidateSet,
-    scorer_top_k,  # noqa: F401  (re-exported: the stage's callers use it)
-)
+from thinkrec.retrieval.candidates import CandidateSet
 from thinkrec.utils import distributed as dist
 from thinkrec.utils.config import from_dict, spec
 from thinkrec.utils.io import atomic_dir

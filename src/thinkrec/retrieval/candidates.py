@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from safetensors.numpy import load_file, save_file
 from thinkrec.baselines.cooccurrence import CooccurrenceConfig
 from thinkrec.baselines.ease import EASEConfig
 from thinkrec.data.batching import pad_histories
-from thinkrec.data.seen import drop_seen, mask_seen_scores
+from thinkrec.data.seen import drop_seen, mask_seen_scores, seen_mask
 from thinkrec.data.splits import EvalExamples
 from thinkrec.utils.config import check_valid, spec
 from thinkrec.utils.io import atomic_dir
@@ -179,32 +179,61 @@ def merge_candidates(per_source: Mapping[str, tuple[np.ndarray, np.ndarray]], k:
 
 TopK = Callable[[EvalExamples], tuple[np.ndarray, np.ndarray]]
 
+#: the score of an empty slot (no item): finite, so that features and merges never see an inf
+NO_SCORE = -1e9
 
-def scorer_top_k(scorer: Any, k: int, max_len: int = 50, batch_size: int = 256, exclude_seen: bool = False) -> TopK:
-    """Top-K candidates (and scores) of one source: beams of a generative scorer, or a full-ranking scorer's
-    top-K. ``exclude_seen`` drops the history's items (a full ranking masks them; beams are filtered)."""
+
+def source_top_k(scorer: Any, histories: list[np.ndarray], k: int, max_len: int = 50, exclude_seen: bool = False,
+                 device: str = "cpu", users: np.ndarray | None = None, return_thoughts: bool = False,
+                 ) -> tuple[np.ndarray, np.ndarray, Any]:
+    """One source's top-``k`` for dense-id histories — the one function the candidate stage, the re-ranking
+    lists and the served funnel all call, so the pipeline's lists and the served ones are the same.
+
+    Returns items ``[B, k]`` (−1 where fewer), scores (:data:`NO_SCORE` there) and, for a generative scorer, its
+    :class:`~thinkrec.retrieval.inference.Recommendation` re-indexed to the kept beams (explanations), else None.
+    A generative scorer searches its whole beam (at least ``k``); ``exclude_seen`` drops the history's items from
+    it before the cut, so as many of the ``k`` slots as the beam allows are filled. A full-ranking scorer masks the
+    history (``−inf``) and takes its top-``k``; a masked item is never a candidate, even when the catalogue runs out.
+    ``users``: dense user ids for the scorer (−1: a history given directly; default all −1)."""
+    b = len(histories)
+    offsets = np.concatenate([[0], np.cumsum([len(h) for h in histories])]).astype(np.int64)
+    flat = np.concatenate(histories).astype(np.int64) if b else np.zeros(0, np.int64)
+    tokens = torch.from_numpy(pad_histories(offsets, flat, np.arange(b), max_len)).to(device)
+    rec = None
+    with torch.inference_mode():
+        if hasattr(scorer, "recommend"):
+            thoughts = return_thoughts and bool(getattr(getattr(scorer, "model", None), "thinking", False))
+            rec = scorer.recommend(tokens, max(int(scorer.beam_size), k), return_thoughts=thoughts)
+            items, scores = np.asarray(rec.items).copy(), np.asarray(rec.scores, np.float32).copy()
+            if exclude_seen:
+                keep = np.argsort(seen_mask(items, histories) | (items < 0), axis=1, kind="stable")
+                items, scores = drop_seen(items, scores, histories)  # the same order as ``keep``
+                rec = replace(rec, beam_index=np.take_along_axis(rec.beam_index, keep, 1))
+        else:
+            user_ids = np.full(b, -1, np.int64) if users is None else np.asarray(users, np.int64)
+            s = scorer.score(torch.from_numpy(user_ids).to(device), tokens).float()
+            if exclude_seen:
+                s = mask_seen_scores(s, histories)
+            top = s.topk(min(k, s.shape[1]), dim=1)
+            scores = top.values.cpu().numpy()
+            items = np.where(np.isfinite(scores), top.indices.cpu().numpy(), -1)
+    out_items, out_scores = np.full((b, k), -1, np.int64), np.full((b, k), NO_SCORE, np.float32)
+    n = min(k, items.shape[1])
+    out_items[:, :n] = items[:, :n]
+    out_scores[:, :n] = np.where(items[:, :n] >= 0, np.nan_to_num(scores[:, :n], neginf=NO_SCORE), NO_SCORE)
+    return out_items, out_scores, rec
+
+
+def scorer_top_k(scorer: Any, k: int, max_len: int = 50, batch_size: int = 256, exclude_seen: bool = False,
+                 device: str = "cpu") -> TopK:
+    """:func:`source_top_k` over evaluation examples, in batches: ``examples → (items, scores)``."""
 
     def top_k(examples: EvalExamples) -> tuple[np.ndarray, np.ndarray]:
-        items, scores = np.full((len(examples), k), -1, np.int64), np.zeros((len(examples), k), np.float32)
+        items, scores = np.full((len(examples), k), -1, np.int64), np.full((len(examples), k), NO_SCORE, np.float32)
         for lo in range(0, len(examples), batch_size):
             rows = np.arange(lo, min(lo + batch_size, len(examples)))
-            tokens = torch.from_numpy(pad_histories(examples.offsets, examples.items, rows, max_len))
-            with torch.inference_mode():
-                if hasattr(scorer, "recommend"):
-                    rec = scorer.recommend(tokens, k)
-                    it, sc = np.asarray(rec.items[:, :k]), np.asarray(rec.scores[:, :k], np.float32)
-                    if exclude_seen:
-                        it, sc = drop_seen(it, sc, [examples.history(i) for i in rows])
-                        sc = np.nan_to_num(sc, neginf=-1e9)
-                    items[rows, : it.shape[1]], scores[rows, : it.shape[1]] = it, sc
-                else:
-                    s = scorer.score(torch.from_numpy(examples.users[rows]), tokens).float()
-                    if exclude_seen:
-                        s = mask_seen_scores(s, [examples.history(i) for i in rows])
-                    top = s.topk(min(k, s.shape[1]), dim=1)
-                    # an excluded item (−inf) is never a candidate, even when the catalogue runs out
-                    items[rows, : top.indices.shape[1]] = np.where(np.isfinite(top.values.numpy()), top.indices.numpy(), -1)
-                    scores[rows, : top.values.shape[1]] = np.nan_to_num(top.values.numpy(), neginf=-1e9)
+            items[rows], scores[rows], _ = source_top_k(scorer, [examples.history(i) for i in rows], k, max_len,
+                                                        exclude_seen, device, examples.users[rows])
         return items, scores
 
     return top_k

@@ -1,7 +1,8 @@
 """Stage 2 as one call: train TIGER and/or S²GR on a split's sequences over stage 1's SIDs, save to a folder.
 
-Each model lands in ``<out_dir>/<name>/``: ``model.safetensors`` + ``config.json`` (the model), ``checkpoint/``
-(the per-epoch checkpoint, safetensors + JSON, a killed run resumes from), ``history.json`` and ``train_metrics.json``.
+Each model lands in ``<out_dir>/<name>/``: ``model.safetensors`` + ``config.json`` (the model), ``history.json`` and
+``train_metrics.json``; the per-epoch checkpoint a killed run resumes from (safetensors + JSON) goes to
+``checkpoint_dir/checkpoint/`` (in a pipeline run: the node's folder under ``checkpoints/``, never the model's).
 """
 
 from __future__ import annotations
@@ -67,15 +68,18 @@ def train_one(
     device: str = "cpu",
     log: Callable[[str], None] = print,
     progress: Callable[[int, int], None] | None = None,
+    checkpoint_dir: str | Path | None = None,
 ) -> tuple[GenerativeRetriever, dict[str, Any]]:
-    """Train retriever ``name`` ("tiger" | "s2gr") into ``out_dir/name``; resumes from its checkpoint."""
+    """Train retriever ``name`` ("tiger" | "s2gr") into ``out_dir/name``; resumes from its checkpoint (in
+    ``checkpoint_dir``, default the model's folder)."""
     mcfg = cfg.model_config(name)
     out = Path(out_dir) / name
     clusters = None
     if mcfg.thinking and mcfg.align:
         clusters = code_clusters(sids.quantizer.codebooks(), sids.sidmap.radix, mcfg.n_clusters, seed=cfg.train.seed)
     t = time.perf_counter()
-    model, history = train_retriever(split, sids.sidmap, mcfg, cfg.train, device, clusters, out, log, progress,
+    model, history = train_retriever(split, sids.sidmap, mcfg, cfg.train, device, clusters, checkpoint_dir or out,
+                                     log, progress,
                                      codebooks=sids.quantizer.codebooks() if mcfg.codebook_init else None)
     wall = time.perf_counter() - t
     if not dist.is_main():  # torchrun: every rank trained, rank 0 writes

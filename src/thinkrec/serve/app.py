@@ -8,6 +8,9 @@ requests share one batched beam search and one re-ranker pass. ``/metrics`` is P
 from __future__ import annotations
 
 import asyncio
+import logging
+import secrets
+import socket
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -86,6 +89,11 @@ class _Metrics:
         self.stage_seconds = Counter("thinkrec_stage_seconds", "Seconds spent per funnel stage", ["stage"], registry=r)
         self.queue_depth = Gauge("thinkrec_queue_depth", "Requests waiting for a batch", registry=r)
         self.overloaded = Counter("thinkrec_overloaded", "Requests refused with 503 (queue full)", registry=r)
+        self.errors = Counter("thinkrec_internal_errors", "Requests answered 500 (a bug), by exception type",
+                              ["type"], registry=r)
+
+
+log = logging.getLogger("thinkrec.serve")
 
 
 class _BodyLimit:
@@ -330,9 +338,17 @@ def create_app(funnel: Funnel | str | Path, config: ServeConfig | None = None) -
     @app.middleware("http")
     async def _count(request: Request, call_next: Any) -> Response:
         t0 = time.perf_counter()
-        response = await call_next(request)
+        request_id = request.headers.get("x-request-id") or secrets.token_hex(8)
+        try:
+            response = await call_next(request)
+        except Exception as exc:  # a bug, not the client's mistake: a JSON 500 with an id to find the traceback by
+            log.exception("request %s %s %s failed", request_id, request.method, request.url.path)
+            metrics.errors.labels(type(exc).__name__).inc()
+            response = _error(500, None, f"internal error ({type(exc).__name__}); the server log has the traceback "
+                              f"under request id {request_id}", request_id=request_id)
         route = request.scope.get("route")
         endpoint = getattr(route, "path", "unmatched")
+        response.headers["X-Request-ID"] = request_id
         metrics.requests.labels(endpoint, str(response.status_code)).inc()
         metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)
         return response
@@ -377,7 +393,8 @@ def create_app(funnel: Funnel | str | Path, config: ServeConfig | None = None) -
         return {"run": str(funnel.root), "dataset": str(funnel.config.data.dataset), "n_users": len(funnel.user_ids),
                 "n_items": len(funnel.item_ids), "retrievers": service.retrievers, "rerankers": service.rerankers,
                 "stages": {k: rec.get(k) for k in ("retriever", "reranker", "final", "sources", "llm") if k in rec},
-                "max_k": funnel.max_k(), "batching": vars(config.batching), "seen": funnel.seen}
+                "max_k": funnel.max_k(), "batching": vars(config.batching), "seen": funnel.seen,
+                "generation": funnel.generation}
 
     @app.get("/healthz", summary="The process is up")
     async def healthz() -> dict[str, str]:
@@ -421,8 +438,10 @@ def _warm_up(service: FunnelService) -> None:
 
 
 def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, config: ServeConfig | None = None,
-          device: str | None = None, log_level: str = "info") -> None:
-    """Load the run's funnel and serve it with uvicorn until SIGINT / SIGTERM (queued requests are answered)."""
+          device: str | None = None, log_level: str = "info", announce: Any = None) -> None:
+    """Load the run's funnel and serve it with uvicorn until SIGINT / SIGTERM (queued requests are answered).
+    A start-up failure (bad port, port in use, a run directory that cannot be served) raises a
+    :class:`~thinkrec.errors.UserError` before anything listens; ``announce(funnel)`` runs once it is loaded."""
     import torch
     import uvicorn
 
@@ -431,5 +450,29 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, config
     # trained weights leave denormal activations, which cost x86 several times a normal float (beam_speed.json)
     torch.set_flush_denormal(True)
     config = config or ServeConfig()
-    app = create_app(load(run_dir, device), config)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=int(config.drain_timeout_s))
+    sock = listen_socket(host, port)  # before the (slow) load: a busy port fails at once, in one line
+    funnel = load(run_dir, device)
+    app = create_app(funnel, config)
+    if announce is not None:
+        announce(funnel)
+    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=int(config.drain_timeout_s)))
+    server.run(sockets=[sock])
+
+
+def listen_socket(host: str, port: int) -> socket.socket:
+    """A bound, listening TCP socket; a port out of range, an unknown host or a port in use is a
+    :class:`~thinkrec.errors.InvalidArgumentError` saying so (the CLI prints that line and exits 2)."""
+    from thinkrec.errors import InvalidArgumentError
+
+    if not 0 <= int(port) <= 65535:
+        raise InvalidArgumentError(f"--port {port}: a TCP port is 0–65535")
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, int(port)))
+        sock.listen(2048)
+    except (OSError, OverflowError) as exc:
+        raise InvalidArgumentError(f"cannot listen on {host}:{port}: {getattr(exc, 'strerror', None) or exc}") from None
+    sock.set_inheritable(True)
+    return sock

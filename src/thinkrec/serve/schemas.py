@@ -104,3 +104,5 @@ class Info(BaseModel):
     max_k: int
     batching: dict[str, Any]
     seen: dict[str, Any] = Field(description="The run's seen-item policy: policy, exclude, repeat_share, threshold, why.")
+    generation: str | None = Field(None, description="The published generation of the run directory served "
+                                   "(generations/<n>; None: a directory never published, read as it is).")

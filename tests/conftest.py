@@ -1,5 +1,5 @@
-"""A tiny trained funnel (synthetic data, merged candidates, TIGER + S²GR + SASRec + co-occurrence, DNN and EGLR
-re-rankers) shared by the serving tests."""
+"""Session fixtures: a tiny trained funnel (synthetic data, merged candidates, TIGER + S²GR + SASRec +
+co-occurrence, DNN and EGLR re-rankers) shared by the serving and generation tests (copy it before changing it)."""
 
 from pathlib import Path
 

@@ -1,0 +1,102 @@
+"""Published generations: a rebuild in progress or killed never changes what ``thinkrec.load`` serves, and a node
+built on other inputs than the ones beside it is refused at load, naming it."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import thinkrec
+from thinkrec.pipeline.config import load_run_config
+from thinkrec.pipeline.generations import StaleNodeError, current
+from thinkrec.utils.io import read_json, write_json
+
+#: a change of the re-ranking features: the featurizer (and so every re-ranker) is rebuilt with other columns
+NEW_FEATURES = {"rerank.feature_groups": []}
+
+
+def _copy(run: Path, dst: Path, workshop_only: bool = False) -> Path:
+    shutil.copytree(run, dst, ignore=shutil.ignore_patterns("generations") if workshop_only else None)
+    return dst
+
+
+def _served_lists(funnel, users):
+    return [[it.item_id for it in r.items] for r in funnel.recommend(users=users, as_of="test", k=10)]
+
+
+def test_a_rebuilt_featurizer_beside_old_rerankers_is_never_served(served_run, tmp_path):
+    from thinkrec.pipeline.run import open_run
+
+    root = _copy(served_run, tmp_path / "r")
+    before = thinkrec.load(root)
+    users = before.user_ids[:30]
+    expected = _served_lists(before, users)
+    n_features = len(before.featurizer.feature_names)
+    # the lists (and featurizer) are rebuilt for the new config; the re-rankers are not, as when a kill lands
+    # between the two nodes
+    ctx = open_run(load_run_config(root / "config.yaml", [f"{k}={v}" for k, v in NEW_FEATURES.items()]), root,
+                   log=lambda m: None)
+    ctx.graph.ensure("rerank/lists")
+    assert len(read_json(root / "rerank" / "featurizer" / "meta.json")["features"]) < n_features
+    after = thinkrec.load(root)  # the published generation: the funnel the last evaluation measured
+    assert after.generation == before.generation and len(after.featurizer.feature_names) == n_features
+    assert _served_lists(after, users) == expected
+    # the folders as they are (what a loader without generations would read) are refused before any request,
+    # naming the stale re-ranker and the command that rebuilds it
+    ws = _copy(root, tmp_path / "ws", workshop_only=True)
+    record = read_json(ws / "funnel.json")
+    write_json(ws / "funnel.json", {**record, "retriever": "merged", "reranker": "eglr"})
+    with pytest.raises(StaleNodeError, match=r"rerank/eglr was built on rerank/lists \w+, but the rerank/lists "
+                                             r"beside it is \w+ — rebuild it: thinkrec run --config .* --stages rerank"):
+        thinkrec.load(ws)
+    # asked for by name, a stale re-ranker is refused too (and is not listed as trained)
+    write_json(ws / "funnel.json", {**record, "reranker": None})
+    if record.get("retriever") != "merged" or record.get("reranker") is None:
+        ws_funnel = thinkrec.load(ws)
+        assert "eglr" not in ws_funnel.models["rerankers"]
+        with pytest.raises(StaleNodeError, match="rerank/eglr"):
+            ws_funnel.reranker("eglr")
+
+
+KILL_BEFORE_RECORD = """
+import os, signal, sys
+import thinkrec
+from thinkrec.pipeline import graph
+
+real = graph.Graph._write_lineage
+
+
+def killed(self, name, marker):
+    if name == sys.argv[3]:  # the node's artifacts are written; its lineage and marker are not
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(self, name, marker)
+
+
+graph.Graph._write_lineage = killed
+thinkrec.run(sys.argv[1] + "/config.yaml", log=lambda m: None, **{"run.out_dir": sys.argv[2], "run.name": "r",
+                                                                 "rerank.feature_groups": []})
+"""
+
+
+def test_a_kill_between_a_nodes_write_and_its_record_leaves_the_previous_generation(served_run, tmp_path):
+    root = _copy(served_run, tmp_path / "r")
+    before = thinkrec.load(root)
+    users = before.user_ids[:30]
+    expected = _served_lists(before, users)
+    proc = subprocess.run([sys.executable, "-c", KILL_BEFORE_RECORD, str(root), str(tmp_path), "rerank/lists"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert not (root / "stages" / "rerank.lists.json").exists() and not (root / "rerank" / "lists" / "lineage.json").exists()
+    loaded = thinkrec.load(root)
+    assert loaded.generation == before.generation and _served_lists(loaded, users) == expected
+    # the next run resumes from what is consistent: it rebuilds the lists and everything after, and publishes
+    thinkrec.run(root / "config.yaml", log=lambda m: None, **{"run.out_dir": str(tmp_path), "run.name": "r", **NEW_FEATURES})
+    new = thinkrec.load(root)
+    assert int(new.generation) == int(before.generation) + 1 and current(root) == root / "generations" / new.generation
+    assert len(new.featurizer.feature_names) < len(before.featurizer.feature_names)
+    # each generation serves what its own evaluation measured
+    assert before.verify(100)["mismatches"] == 0 and new.verify(100)["mismatches"] == 0
