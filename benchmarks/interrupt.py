@@ -7,11 +7,13 @@ every write step, with config edits between restarts; after each kill, load and 
    duration (from the ``<node>: building`` / ``<step>: writing`` lines of its log).
 2. ``--kills`` attempts on one directory. Attempt i targets step ``i mod n`` of that list (every graph node, then
    the evaluation, funnel record, generation publish and report writes). Before it, the config is edited as a user
-   would: for a target upstream of re-ranking, the synthetic data's seed flips (everything rebuilds); for a target
-   in or after re-ranking, the re-ranking feature groups flip (the upstream nodes are reused — a resume). The run
-   starts; when its log shows the target starting, the driver waits a uniform random time in [0, 1.2 × the
-   step's reference duration] (so some kills land in the gap between a node's writes and the next node) and
-   SIGKILLs it. Where it landed is the last step the log shows started.
+   would: for a target upstream of re-ranking, the synthetic data gets a seed never used before (everything
+   rebuilds); for a target in or after re-ranking, the re-ranking feature groups change to the next subset (the
+   upstream nodes are reused — a resume). The directory starts as a copy of the finished reference run (its first
+   generation). The run starts; when it prints the target's start, the driver waits a uniform random time in
+   [0, 1.2 × the step's reference duration] (so some kills land in the gap between a node's writes and the next
+   node) and SIGKILLs it. Where it landed is the last step the log shows started. Steps no kill landed in (a few
+   milliseconds long) are then retried (``--sweep`` times at most) with the kill at the instant they start.
 3. After each kill: ``thinkrec.load`` + :meth:`Funnel.verify` (the served final list of 200 test users against
    the per-user N@10 its generation's evaluation recorded) must match, or the load must refuse with a
    :class:`~thinkrec.errors.UserError` (a clean refusal); then ``thinkrec serve`` on the directory must either
@@ -58,7 +60,11 @@ BASE = [
     "rerank.train.epochs=2", "rerank.train.evaluator_epochs=2", "rerank.train.rl_epochs=1",
 ]
 DATA = "data.options={{n_users: 600, n_items: 300, n_impressions: 300, seed: {seed}}}"
-FEATURES = ("rerank.feature_groups=[cooc, sid, brand, trend]", "rerank.feature_groups=[cooc]")
+#: re-ranking edits: every subset of the feature groups, in a fixed order (a kill never sees the same one twice in a
+#: row, so the nodes after re-ranking's lists are always rebuilt)
+GROUPS = ("cooc", "sid", "brand", "trend")
+FEATURES = tuple(f"rerank.feature_groups=[{', '.join(g for j, g in enumerate(GROUPS) if mask >> j & 1)}]"
+                 for mask in range(15, -1, -1))
 DOWNSTREAM = ("rerank/", "evaluate", "funnel", "publish", "report")
 STEP = re.compile(r"^(\S+): (building|writing)$")
 
@@ -75,11 +81,13 @@ def command(run_dir: Path, overrides: list[str]) -> list[str]:
     return args
 
 
-def log_steps(run_dir: Path) -> list[tuple[float, str]]:
-    """(time, step) of every step start in the run's log, oldest first."""
+def log_steps(run_dir: Path, text: str | None = None) -> list[tuple[float, str]]:
+    """(time, step) of every step start in the run's log (or in ``text``), oldest first."""
     log = run_dir / "log.txt"
+    if text is None:
+        text = log.read_text(errors="replace") if log.exists() else ""
     out = []
-    for line in log.read_text(errors="replace").splitlines() if log.exists() else []:
+    for line in text.splitlines():
         stamp, _, msg = line[:23], line[23:24], line[24:]
         m = STEP.match(msg.strip())
         if m:
@@ -175,6 +183,7 @@ def check_server(run_dir: Path) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--kills", type=int, default=57)
+    ap.add_argument("--sweep", type=int, default=6, help="extra tries per step no kill landed in")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(ROOT / "runs" / "interrupt-bench"))
     args = ap.parse_args()
@@ -195,29 +204,34 @@ def main() -> None:
     print(f"uninterrupted run: {time.perf_counter() - t_start:.0f} s; {len(steps)} steps: "
           + ", ".join(f"{s} {d:.1f}s" for s, d in dur.items()), flush=True)
 
+    shutil.copytree(ref_dir, killed_dir)  # a finished run with its first generation: the kills edit and rerun it
     rng = np.random.default_rng(args.seed)
     state = {"data_seed": 0, "features": 0}
+    seeds_used = {0}
     kills: list[dict[str, Any]] = []
-    for i in range(args.kills):
-        target = steps[i % len(steps)]
-        if target.startswith(DOWNSTREAM):
-            state["features"] ^= 1  # a re-ranking edit: upstream nodes reused
-        else:
-            state["data_seed"] ^= 1  # a data edit: everything rebuilds
+    schedule = [(steps[i % len(steps)], False) for i in range(args.kills)]
+    i = 0
+    while i < len(schedule):
+        target, sweep = schedule[i]
+        if target.startswith(DOWNSTREAM):  # a re-ranking edit: the upstream nodes are reused (a resume)
+            state["features"] = (state["features"] + 1) % len(FEATURES)
+        else:  # a data edit (a seed never used before): everything rebuilds
+            state["data_seed"] = max(seeds_used) + 1
+            seeds_used.add(state["data_seed"])
         overrides = config_args(state["data_seed"], state["features"])
         n_before = len(log_steps(killed_dir))
-        proc = subprocess.Popen(command(killed_dir, overrides), env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)
-        landed, killed = None, False
-        while proc.poll() is None:
-            started = [s for _, s in log_steps(killed_dir)[n_before:]]
-            if target in started:
-                time.sleep(float(rng.uniform(0.0, 1.2 * dur[target])))
+        delay = 0.0 if sweep else float(rng.uniform(0.0, 1.2 * dur[target]))
+        proc = subprocess.Popen(command(killed_dir, overrides), env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, bufsize=1)
+        killed = False
+        for line in proc.stdout:  # the run prints each step as it starts: no polling latency
+            m = STEP.match(line.strip())
+            if m and m.group(1) == target:
+                time.sleep(delay)
                 if proc.poll() is None:
                     proc.send_signal(signal.SIGKILL)
                     killed = True
                 break
-            time.sleep(0.005)
         proc.wait()
         started = [s for _, s in log_steps(killed_dir)[n_before:]]
         landed = started[-1] if started else "(start-up)"
@@ -227,12 +241,17 @@ def main() -> None:
                 raise SystemExit(f"attempt {i + 1} failed instead of being killed:\n{err[-3000:]}")
         load = check_load(killed_dir)
         server = check_server(killed_dir)
-        rec = {"attempt": i + 1, "target": target, "killed": killed, "landed": landed if killed else None,
+        rec = {"attempt": i + 1, "target": target, "sweep": sweep, "killed": killed, "landed": landed if killed else None,
                "config": dict(state), "load": load, "server": server}
         kills.append(rec)
         print(f"{i + 1:3d} target {target:28s} {'killed in ' + landed if killed else 'finished first':40s} "
               f"load: {'refused' if 'refused' in load else ('INCONSISTENT' if load['inconsistent'] else 'gen ' + str(load.get('generation')) + ' matches')}"
               f"; server: {'refused' if not server['started'] else str(server['5xx']) + ' 5xx'}", flush=True)
+        i += 1
+        if i == len(schedule):  # a sweep: steps no kill landed in yet (a few ms long), killed as soon as they start
+            hit = {k["landed"] for k in kills if k["killed"]}
+            tries = {s: sum(k["target"] == s for k in kills) for s in steps}
+            schedule += [(s, True) for s in steps if s not in hit and tries[s] < args.kills // len(steps) + args.sweep]
 
     # back to config A and to the end: the same metrics and weights as the uninterrupted run
     done = subprocess.run(command(killed_dir, config_a), env=env, capture_output=True, text=True)

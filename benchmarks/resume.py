@@ -68,7 +68,10 @@ def outcome(run_dir: Path) -> dict[str, Any]:
                for p in sorted([run_dir / "eval" / "metrics.json", run_dir / "funnel.json",
                                 *run_dir.glob("rerank/*/metrics.json")]) if p.exists()}
     weights = {str(p.relative_to(run_dir)): weights_digest(p)
-               for p in sorted(run_dir.rglob("*.safetensors")) if "checkpoints" not in p.parts and p.name != "state.safetensors"}
+               for p in sorted(run_dir.rglob("*.safetensors")) if p.name != "state.safetensors"
+               # the workshop's model files: not checkpoints, published copies, or temporaries of killed writes
+               and not ({"checkpoints", "generations"} & set(p.relative_to(run_dir).parts))
+               and not any(part.startswith(".") for part in p.relative_to(run_dir).parts)}
     return {"metrics": metrics, "weights": weights}
 
 

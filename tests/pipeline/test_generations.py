@@ -100,3 +100,37 @@ def test_a_kill_between_a_nodes_write_and_its_record_leaves_the_previous_generat
     assert len(new.featurizer.feature_names) < len(before.featurizer.feature_names)
     # each generation serves what its own evaluation measured
     assert before.verify(100)["mismatches"] == 0 and new.verify(100)["mismatches"] == 0
+
+
+def test_a_record_evaluated_on_other_builds_and_a_run_never_evaluated_are_refused(served_run, tmp_path):
+    root = _copy(served_run, tmp_path / "r")
+    generation = current(root)
+    record = read_json(generation / "funnel.json")
+    node, content = next(iter(record["built_on"].items()))
+    assert content == read_json(generation / "stages" / f"{node.replace('/', '.')}.json")["content"]
+    write_json(generation / "funnel.json", {**record, "built_on": {**record["built_on"], node: "0" * 16}})
+    with pytest.raises(StaleNodeError, match=rf"funnel.json was evaluated on {node} 0{{16}}, but the {node} beside "
+                                             r"it is \w+ — rebuild it: thinkrec run --config .* --stages evaluate$"):
+        thinkrec.load(root)
+    # a directory no evaluation finished in (no funnel.json): nothing measured to serve
+    ws = _copy(served_run, tmp_path / "ws", workshop_only=True)
+    (ws / "funnel.json").unlink()
+    with pytest.raises(StaleNodeError, match="funnel.json is missing: no evaluation has finished"):
+        thinkrec.load(ws)
+
+
+def test_publishing_links_files_and_keeps_the_two_latest_generations(served_run, tmp_path):
+    from thinkrec.pipeline.generations import KEEP, publish
+
+    root = _copy(served_run, tmp_path / "r", workshop_only=True)
+    (root / "checkpoints" / "x").mkdir(parents=True)
+    (root / "checkpoints" / "x" / "state.json").write_text("{}")
+    (root / "rerank" / ".lists.tmp123-ab").write_text("half")  # a killed write's temporary
+    folders = [publish(root) for _ in range(KEEP + 2)]
+    assert sorted(p.name for p in (root / "generations").iterdir() if p.is_dir()) == [f.name for f in folders[-KEEP:]]
+    latest = current(root)
+    assert latest == folders[-1]
+    assert not (latest / "checkpoints").exists() and not (latest / "rerank" / ".lists.tmp123-ab").exists()
+    assert not (latest / "log.txt").exists() and (latest / "funnel.json").exists()
+    model = root / "sasrec" / "model.safetensors"
+    assert (latest / "sasrec" / "model.safetensors").stat().st_ino == model.stat().st_ino  # a link, not a copy

@@ -202,11 +202,14 @@ class Funnel:
             cfg.run.device = device
         self.config = resolve(cfg)
         self.device = self.config.run.device
-        self.record = read_json(self.root / "funnel.json") if (self.root / "funnel.json").exists() \
-            else choose_funnel(self.root, self.config)
-        # before anything loads: every node served is complete and built on the others (one line naming it, else)
+        if not (self.root / "funnel.json").exists():
+            raise StaleNodeError(self.run_root, "funnel.json", "is missing: no evaluation has finished in this run "
+                                 "directory, so there is no measured funnel to serve", "evaluate")
+        self.record = read_json(self.root / "funnel.json")
+        # before anything loads: every node served is complete, built on the others, and the one the evaluation
+        # measured (one line naming the node, else)
         check_nodes(self.root, funnel_nodes(self.record, lambda n: (self.root / SCORERS.get(n).folder(n)).is_dir()),
-                    self.run_root)
+                    self.run_root, self.record.get("built_on"))
         self.dataset = Dataset.load(self.root / "data")
         self._split = None
         self._scorers: dict[str, Any] = {}

@@ -43,8 +43,8 @@ class StaleNodeError(UserError, RuntimeError):
 
     def __init__(self, root: Path, node: str, why: str, stage: str):
         self.node = node
-        super().__init__(f"{root}: {node} {why} — rebuild it: thinkrec run --config {root}/config.yaml "
-                         f"--stages {stage} evaluate")
+        stages = stage if stage == "evaluate" else f"{stage} evaluate"
+        super().__init__(f"{root}: {node} {why} — rebuild it: thinkrec run --config {root}/config.yaml --stages {stages}")
 
 
 def current(root: str | Path) -> Path | None:
@@ -118,13 +118,15 @@ def lineage(root: Path, home: str) -> dict[str, Any] | None:
     return read_json(p) if p.exists() else None
 
 
-def check_nodes(root: str | Path, nodes: dict[str, str], run_root: Path | None = None) -> None:
+def check_nodes(root: str | Path, nodes: dict[str, str | None], run_root: Path | None = None,
+                evaluated: dict[str, str] | None = None) -> None:
     """Raise :class:`StaleNodeError` unless every node of ``nodes`` ({node: home folder}) and every node upstream
     of it that has a home is complete (a lineage) and was built on the content of the upstream nodes present.
 
     ``nodes`` maps node names to their home folders (``data`` → ``data``, ``rerank/eglr`` → ``rerank/eglr``);
     upstream nodes are found through the lineages and checked too (transitively). ``run_root``: the run
-    directory named in the message (the generation's parent)."""
+    directory named in the message (the generation's parent); ``evaluated``: the contents ``funnel.json`` recorded
+    for the nodes its evaluation measured (``built_on``), which the nodes present must still have."""
     root = Path(root)
     where = run_root or root
     homes = dict(nodes)
@@ -149,6 +151,10 @@ def check_nodes(root: str | Path, nodes: dict[str, str], run_root: Path | None =
         for up in rec.get("upstream", {}):
             homes.setdefault(up, home_of(up))
             todo.append(up)
+    for name, content in (evaluated or {}).items():
+        if name in seen and seen[name].get("content") != content:
+            raise StaleNodeError(where, "funnel.json", f"was evaluated on {name} {content}, but the {name} beside it "
+                                 f"is {seen[name].get('content')}", "evaluate")
     for name, rec in seen.items():
         for up, content in rec.get("upstream", {}).items():
             have = seen[up].get("content")

@@ -135,6 +135,10 @@ class Graph:
         self.marker_path(name).unlink(missing_ok=True)
         for home in self.nodes[name].homes:
             (self.root / home / LINEAGE).unlink(missing_ok=True)
+        for rel in (*self.nodes[name].artifacts, *self.nodes[name].homes):  # temporaries a killed write left
+            p = self.root / rel
+            for tmp in p.parent.glob(f".{p.name}.*") if p.parent.is_dir() else ():
+                shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
 
     def ensure(self, name: str) -> dict[str, Any]:
         """Bring ``name`` up to date (its upstream first) and return its marker."""

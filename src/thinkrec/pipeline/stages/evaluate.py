@@ -156,9 +156,13 @@ def funnel_results(ctx: Context, single: dict[str, dict[str, np.ndarray]], k_mai
 
 def run_funnel_record(ctx: Context) -> None:
     """``funnel.json``: which retriever and re-ranker :func:`thinkrec.load` uses, and why (validation figures)."""
-    from thinkrec.pipeline.funnel import choose_funnel
+    from thinkrec.pipeline.funnel import choose_funnel, funnel_nodes
 
-    write_json(ctx.root / "funnel.json", {**choose_funnel(ctx.root, ctx.config), "seen": ctx.seen().to_dict()})
+    record = choose_funnel(ctx.root, ctx.config)
+    # the contents of the nodes this evaluation measured: a loader refuses the record beside any other build
+    built_on = {n: (ctx.graph.marker(n) or {}).get("content")
+                for n in funnel_nodes(record, lambda s: ctx.graph.marker(SCORERS.get(s).folder(s)) is not None)}
+    write_json(ctx.root / "funnel.json", {**record, "seen": ctx.seen().to_dict(), "built_on": built_on})
 
 
 def publish_generation(ctx: Context) -> None:
