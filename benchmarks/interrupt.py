@@ -10,9 +10,9 @@ every write step, with config edits between restarts; after each kill, load and 
    would: for a target upstream of re-ranking, the synthetic data gets a seed never used before (everything
    rebuilds); for a target in or after re-ranking, the re-ranking feature groups change to the next subset (the
    upstream nodes are reused — a resume). The directory starts as a copy of the finished reference run (its first
-   generation). The run starts; when it prints the target's start, the driver waits a uniform random time in
+   generation). The run starts; when its log shows the target's start, the driver waits a uniform random time in
    [0, 1.2 × the step's reference duration] (so some kills land in the gap between a node's writes and the next
-   node) and SIGKILLs it. Where it landed is the last step the log shows started. Steps no kill landed in (a few
+   node) and SIGKILLs it (the driver tails the run's log every 0.2 ms). Where it landed is the last step the log shows started. Steps no kill landed in (a few
    milliseconds long) are then retried (``--sweep`` times at most) with the kill at the instant they start.
 3. After each kill: ``thinkrec.load`` + :meth:`Funnel.verify` (the served final list of 200 test users against
    the per-user N@10 its generation's evaluation recorded) must match, or the load must refuse with a
@@ -52,7 +52,7 @@ from resume import outcome  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = [
-    "run.threads=2", "run.seed=0",
+    "run.threads=1", "run.seed=0",  # one core for the run, the other for the driver that times the kills
     "sasrec.epochs=3", "sasrec.patience=3",
     "tokenize.quantizer.codebook_size=8",
     "retrieval.train.epochs=2", "retrieval.train.valid_users=200",
@@ -101,7 +101,7 @@ def durations(run_dir: Path) -> dict[str, float]:
     steps = log_steps(run_dir)
     lines = (run_dir / "log.txt").read_text().splitlines()
     end = datetime.strptime(lines[-1][:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
-    return {name: max(0.01, (steps[i + 1][0] if i + 1 < len(steps) else end) - t) for i, (t, name) in enumerate(steps)}
+    return {name: max(0.0005, (steps[i + 1][0] if i + 1 < len(steps) else end) - t) for i, (t, name) in enumerate(steps)}
 
 
 def check_load(run_dir: Path) -> dict[str, Any]:
@@ -221,17 +221,25 @@ def main() -> None:
         overrides = config_args(state["data_seed"], state["features"])
         n_before = len(log_steps(killed_dir))
         delay = 0.0 if sweep else float(rng.uniform(0.0, 1.2 * dur[target]))
-        proc = subprocess.Popen(command(killed_dir, overrides), env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, bufsize=1)
-        killed = False
-        for line in proc.stdout:  # the run prints each step as it starts: no polling latency
-            m = STEP.match(line.strip())
-            if m and m.group(1) == target:
-                time.sleep(delay)
-                if proc.poll() is None:
-                    proc.send_signal(signal.SIGKILL)
-                    killed = True
-                break
+        log = killed_dir / "log.txt"
+        offset = log.stat().st_size if log.exists() else 0
+        proc = subprocess.Popen(command(killed_dir, overrides), env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True, preexec_fn=lambda: os.nice(10))
+        killed, pending = False, b""
+        with open(log, "rb") as fh:  # the log exists (copied from the reference run): tail its new bytes
+            fh.seek(offset)
+            while proc.poll() is None:  # a tight poll (the console's live display delays stdout by ~0.1 s)
+                pending += fh.read()
+                *lines, pending = pending.split(b"\n")
+                if any((m := STEP.match(ln[24:].decode(errors="replace").strip())) and m.group(1) == target
+                       for ln in lines):
+                    if delay:
+                        time.sleep(delay)
+                    if proc.poll() is None:
+                        proc.send_signal(signal.SIGKILL)
+                        killed = True
+                    break
+                time.sleep(0.0002)
         proc.wait()
         started = [s for _, s in log_steps(killed_dir)[n_before:]]
         landed = started[-1] if started else "(start-up)"
