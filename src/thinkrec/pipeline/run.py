@@ -2,9 +2,11 @@
 
 Nodes: ``data`` → ``sids`` (Semantic IDs) → one node per next-item scorer (``popularity``, ``sasrec``,
 ``retrieval/<name>`` + ``retrieval/<name>/rescore``) → ``rerank/lists`` → ``rerank/evaluator`` →
-``rerank/<model>`` → ``llm``. ``evaluate``, ``funnel`` (the record of which models the loaded funnel uses and
-why) and ``report`` read what the nodes wrote and always run. The ``stages:`` names of a config map to node
-groups (:data:`STAGE_NAMES`).
+``rerank/<model>`` → ``llm``, each family defined in its own module of :mod:`thinkrec.pipeline.stages`.
+``evaluate``, ``funnel`` (the record of which models the loaded funnel uses and why), ``publish`` (the generation
+``thinkrec.load`` reads, :mod:`thinkrec.pipeline.generations`) and ``report`` read what the nodes wrote and always
+run. This module maps the ``stages:`` names of a config (:data:`~thinkrec.pipeline.config.STAGE_NAMES`) to those
+nodes and steps and runs them.
 
 Under ``torchrun`` (``WORLD_SIZE`` > 1) :func:`run_pipeline` starts the process group; the data-parallel trainers
 (``sasrec``, ``retrieval/<name>``, ``rerank/evaluator``, ``rerank/<model>``) train on every rank, everything else
