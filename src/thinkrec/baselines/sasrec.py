@@ -19,7 +19,6 @@ decompose: a rank's in-batch candidates are its slice's targets, a smaller pool 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,14 +37,12 @@ from thinkrec.eval.protocol import evaluate_full_ranking
 from thinkrec.utils import distributed as dist
 from thinkrec.utils.checkpoint import Checkpointer, generator_state, set_generator_state
 from thinkrec.utils.config import check_valid, config_hash, from_dict, spec
-from thinkrec.utils.faults import check_finite, kill_point
+from thinkrec.utils.fit import FitConfig, fit
 from thinkrec.utils.io import atomic_path, read_json, write_json
 from thinkrec.utils.nn import normal_init
-from thinkrec.utils.optim import LazyAdamW, SparseRows, clip_grad_norm
+from thinkrec.utils.optim import LazyAdamW, SparseRows
 from thinkrec.utils.training import (
     AMP_MODES,
-    EarlyStopping,
-    autocast,
     length_bucketed_batches,
     lr_lambda,
     param_groups,
@@ -355,82 +352,57 @@ def train_sasrec(
     step_loss = dist.data_parallel(model, lambda m, inp, tgt: m.loss(inp, tgt, log_q), config.compile)
     valid = dist.shard_of(split.valid)
 
-    stopper, history, spent = EarlyStopping(config.patience), [], 0.0
     ckpt = Checkpointer(checkpoint_dir, config_hash({"sasrec": config, "n_items": split.n_items,
                                                      "n_train": len(split.train_items)}), log)
-    start = 1
-    if (state := ckpt.load()) is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        set_generator_state(rng, state["rng"])
-        torch.set_rng_state(state["torch_rng"])
-        stopper.load(state["stopper"])
-        history, spent, start = state["history"], state["spent"], state["epoch"] + 1
-        log(f"resumed from {ckpt.directory} after epoch {state['epoch']}")
-        if state["finished"]:
-            start = config.epochs + 1
-    t_start = time.perf_counter() - spent
-    for epoch in range(start, config.epochs + 1):
-        model.train()
-        dist.decorrelate(config.seed, epoch)
-        t0 = time.perf_counter()
-        total, n = 0.0, 0
-        for step, rows in enumerate(_epoch_batches(rows_all, lengths, config, rng)):
-            inp, tgt = shifted_pair(split.train_offsets, split.train_items, rows[dist.batch_slice(len(rows))],
-                                    config.max_len)
-            (weight,) = dist.share(int((tgt > 0).sum()), device=device)  # this rank's share of the batch's targets
-            inp_t, tgt_t = torch.from_numpy(inp).to(device), torch.from_numpy(tgt).to(device)
-            # Trim leading columns that are padding for the whole batch (most sequences are short).
-            first = int((tgt_t > 0).any(0).nonzero()[0])
-            with autocast(device, config.amp):
-                loss = step_loss(inp_t[:, first:], tgt_t[:, first:]) * weight
-            batch_loss = dist.reduce_mean(loss.detach())  # the whole batch's loss, the same on every rank
-            check_finite(batch_loss, "sasrec", f"{epoch}.{step}", "loss")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip:
-                clip_grad_norm(model.parameters(), config.grad_clip)
-            opt.step()
-            sched.step()
-            total += batch_loss.item() * len(rows)
-            n += len(rows)
-            if on_step:
-                on_step({"epoch": epoch, "step": step, "loss": batch_loss.item()})
-            if progress:
-                progress(step + 1, steps_per_epoch)
-            kill_point()
-        train_s = time.perf_counter() - t0
-        row: dict[str, Any] = {"epoch": epoch, "loss": total / max(1, n), "train_s": train_s}
-        if epoch % config.eval_every == 0 or epoch == config.epochs:
-            model.eval()
-            t1 = time.perf_counter()
-            per_user = evaluate_full_ranking(
-                model.score, valid, ks=(10,), max_len=config.max_len, batch_size=config.eval_batch_size, device=device
-            )[1] if len(valid) else {}
-            metrics = mean_metrics(dist.gather_arrays(per_user))  # every rank: the metrics over all validation users
-            row.update({f"valid_{k}": v for k, v in metrics.items()}, eval_s=time.perf_counter() - t1)
-            if stopper.update(metrics["ndcg@10"], model):
-                row["best"] = True
-        history.append(row)
-        log(
-            f"epoch {epoch}: loss {row['loss']:.4f}  train {train_s:.1f}s"
-            + (f"  valid N@10 {row['valid_ndcg@10']:.4f} R@10 {row['valid_recall@10']:.4f}" if "valid_ndcg@10" in row else "")
-        )
-        if on_epoch:
-            on_epoch(row)
-        out_of_time = dist.broadcast(bool(config.max_train_s and time.perf_counter() - t_start > config.max_train_s))
-        ckpt.save({"epoch": epoch, "model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                   "rng": generator_state(rng), "torch_rng": torch.get_rng_state(), "stopper": stopper.state(),
-                   "history": history, "spent": time.perf_counter() - t_start,
-                   "finished": stopper.exhausted or out_of_time})
-        if stopper.exhausted:
-            log(f"early stop after epoch {epoch} (best valid N@10 {stopper.best:.4f})")
-            break
-        if out_of_time:
-            log(f"time budget {config.max_train_s:.0f}s spent after epoch {epoch} (best valid N@10 {stopper.best:.4f})")
-            break
-    if stopper.best_state is not None:
-        model.load_state_dict(stopper.best_state)
-    model.eval()
+    task = _SASRecTask(model, split, config, rows_all, lengths, rng, step_loss, valid, device)
+    fit_config = FitConfig("sasrec", config.epochs, config.patience, config.grad_clip, config.amp, config.max_train_s,
+                           "sasrec.max_train_s", config.eval_every)
+    history = fit(task, opt, sched, fit_config, ckpt, log, progress, on_step, on_epoch, device=device)
     return model, history
+
+
+@dataclass
+class _SASRecTask:
+    """SASRec's part of :func:`~thinkrec.utils.fit.fit`: length-bucketed batches shuffled by one RNG carried across
+    epochs (and checkpoints), the model's loss on each batch's shifted sequences, full-ranking validation."""
+
+    model: SASRec
+    split: SequenceSplit
+    config: SASRecConfig
+    rows: np.ndarray  # training sequences with at least one target
+    lengths: np.ndarray
+    rng: np.random.Generator
+    step_loss: Callable[..., torch.Tensor]
+    valid: Any
+    device: str
+
+    def start_epoch(self, epoch: int) -> list[np.ndarray]:
+        dist.decorrelate(self.config.seed, epoch)
+        return _epoch_batches(self.rows, self.lengths, self.config, self.rng)
+
+    def loss(self, rows: np.ndarray, epoch: int, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor], float]:
+        inp, tgt = shifted_pair(self.split.train_offsets, self.split.train_items, rows[dist.batch_slice(len(rows))],
+                                self.config.max_len)
+        (weight,) = dist.share(int((tgt > 0).sum()), device=self.device)  # this rank's share of the batch's targets
+        inp_t, tgt_t = torch.from_numpy(inp).to(self.device), torch.from_numpy(tgt).to(self.device)
+        first = int((tgt_t > 0).any(0).nonzero()[0])  # leading columns that are padding for the whole batch go
+        loss = self.step_loss(inp_t[:, first:], tgt_t[:, first:]) * weight
+        return loss, {"loss": dist.reduce_mean(loss.detach())}, float(len(rows))
+
+    def validate(self) -> dict[str, float]:
+        self.model.eval()
+        per_user = evaluate_full_ranking(self.model.score, self.valid, ks=(10,), max_len=self.config.max_len,
+                                         batch_size=self.config.eval_batch_size, device=self.device)[1] \
+            if len(self.valid) else {}
+        return mean_metrics(dist.gather_arrays(per_user))  # every rank: the metrics over all validation users
+
+    def state(self) -> dict[str, Any]:
+        return {"rng": generator_state(self.rng)}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        set_generator_state(self.rng, state["rng"])
+
+    def describe(self, row: dict[str, Any]) -> str:
+        return (f"epoch {row['epoch']}: loss {row['loss']:.4f}  train {row['train_s']:.1f}s"
+                + (f"  valid N@10 {row['valid_ndcg@10']:.4f} R@10 {row['valid_recall@10']:.4f}"
+                   if "valid_ndcg@10" in row else ""))

@@ -50,6 +50,7 @@ from thinkrec.utils import progress
 from thinkrec.utils.checkpoint import Checkpointer, subdir
 from thinkrec.utils.config import config_hash, device_error, non_empty, spec
 from thinkrec.utils.io import read_json, write_json
+from thinkrec.utils.selection import select_best
 
 SAMPLING_MODES = ("target", "reject")
 
@@ -216,8 +217,8 @@ def choose_deployment(results: dict[str, Any], phases: Sequence[str]) -> tuple[s
         return None, "not used: no validation lists were answered (llm.n_valid = 0), so nothing shows it helps"
     valid = {p: results[p]["valid"]["ndcg@5"] for p in phases if "valid" in results.get(p, {})}
     figures = ", ".join(f"{p} {v:.4f}" for p, v in valid.items())
-    best = max(valid, key=valid.get) if valid else None
-    if best is not None and round(valid[best], 6) > round(base["ndcg@5"], 6):
+    best = select_best({"pre-rank": base["ndcg@5"], **valid}, prefer=("pre-rank",))  # ties keep the input
+    if best != "pre-rank":
         return best, (f"{best}: best validation N@5 on {base['n']} lists ({figures}) above the pre-rank order's "
                       f"{base['ndcg@5']:.4f}")
     return None, (f"not used: no phase beat the pre-rank order's validation N@5 {base['ndcg@5']:.4f} on {base['n']} "

@@ -26,6 +26,7 @@ from thinkrec.pipeline.config import RunConfig, load_run_config, resolve
 from thinkrec.pipeline.generations import StaleNodeError, check_nodes, current
 from thinkrec.pipeline.scorers import SCORERS
 from thinkrec.utils.io import read_json
+from thinkrec.utils.selection import select_best
 
 
 # ---------------------------------------------------------------------------------------------- the record
@@ -63,7 +64,7 @@ def choose_funnel(root: str | Path, config: RunConfig) -> dict[str, Any]:
     if lists_info.get("source") == "funnel" and metrics_file.exists():
         v = {n: m["ndcg@5"] for n, m in read_json(metrics_file).get("valid", {}).items()}
         if v:
-            best = max(v, key=lambda n: (round(v[n], 6), n == "initial"))  # ties keep the input order
+            best = select_best(v, prefer=("initial",))  # ties keep the input order
             out["reranker"] = None if best == "initial" else best
             out["reranker_why"] = "best validation N@5 (initial = the retriever's order): " + ", ".join(
                 f"{n} {x:.4f}" for n, x in v.items())
@@ -103,7 +104,7 @@ def _choose_merged(lists_info: dict[str, Any], rerank_metrics: dict[str, Any], m
         if name != "initial" and metric in v:
             options[name] = v[metric]
     order = list(options)
-    final = max(order, key=lambda n: (round(options[n], 6), -order.index(n)))
+    final = select_best(options)
     best_source = max(sources, key=lambda n: options.get(n, -1.0))
     lost = []
     if options["candidates"] < options[best_source]:

@@ -16,7 +16,6 @@ combined batch's.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,13 +35,11 @@ from thinkrec.tokenize.sids import SIDMap
 from thinkrec.utils import distributed as dist
 from thinkrec.utils.checkpoint import Checkpointer
 from thinkrec.utils.config import config_hash, from_dict, spec
-from thinkrec.utils.faults import check_finite, kill_point
+from thinkrec.utils.fit import FitConfig, fit
 from thinkrec.utils.io import atomic_file, atomic_path
-from thinkrec.utils.optim import LazyAdamW, clip_grad_norm  # = AdamW unless sparse_item_grad
+from thinkrec.utils.optim import LazyAdamW  # = AdamW unless sparse_item_grad
 from thinkrec.utils.training import (
     AMP_MODES,
-    EarlyStopping,
-    autocast,
     length_bucketed_batches,
     lr_lambda,
     param_groups,
@@ -208,79 +205,56 @@ def train_retriever(
 
     key = config_hash({"model": model_config, "train": config, "radix": sidmap.radix, "n_items": sidmap.n_items})
     ckpt = Checkpointer(checkpoint_path(checkpoint_dir) if checkpoint_dir else None, key, log, strict=True)
-    stopper = EarlyStopping(config.patience)
-    start_epoch, history, train_time = 1, [], 0.0
-    if (state := ckpt.load(device)) is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        start_epoch = state["epoch"] + 1
-        stopper.load(state)
-        history, train_time = state["history"], state["train_time"]
-        log(f"resumed from {ckpt.directory} after epoch {state['epoch']}")
-        if state.get("finished"):
-            start_epoch = config.epochs + 1
-
-    epoch = start_epoch
-    for epoch in range(start_epoch, config.epochs + 1):
-        rng = np.random.default_rng([config.seed, epoch])
-        torch.manual_seed(config.seed * 100_003 + epoch)
-        dist.decorrelate(config.seed, epoch)
-        model.train()
-        t0 = time.perf_counter()
-        sums: dict[str, float] = {}
-        n = 0
-        batches = data.epoch(rng)
-        for step, units in enumerate(batches):
-            inp, tgt = data.tensors(units[dist.batch_slice(len(units))], device)
-            mine = int((tgt > 0).sum())
-            (weight,) = dist.share(mine, device=device)  # this rank's share of the batch's targets
-            with autocast(device, config.amp):
-                parts = step_losses(inp, tgt)
-                loss = parts["loss"] * weight
-            batch, w = _batch_terms(parts, mine)  # the whole batch's terms and targets, the same on every rank
-            check_finite(batch["loss"], "retrieval", f"{epoch}.{step}", "loss")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip:
-                clip_grad_norm(model.parameters(), config.grad_clip)
-            opt.step()
-            sched.step()
-            for k, v in batch.items():
-                sums[k] = sums.get(k, 0.0) + float(v) * w
-            n += w
-            if on_step:
-                on_step({"epoch": epoch, "step": step, **{k: float(v) for k, v in batch.items()}})
-            if progress:
-                progress(step + 1, len(batches))
-            kill_point()
-        train_s = time.perf_counter() - t0
-        train_time += train_s
-        row: dict[str, Any] = {"epoch": epoch, **{k: v / max(1, n) for k, v in sums.items()}, "train_s": train_s,
-                               "samples_per_s": n / max(train_s, 1e-9)}
-        t1 = time.perf_counter()
-        per_user = evaluate_full_ranking(scorer.score, valid, ks=(10,), max_len=model_config.max_len,
-                                         batch_size=config.eval_batch_size, device=device)[1] if len(valid) else {}
-        metrics = mean_metrics(dist.gather_arrays(per_user))  # every rank: the metrics over all validation users
-        row.update({f"valid_{k}": v for k, v in metrics.items()}, eval_s=time.perf_counter() - t1)
-        if stopper.update(metrics["ndcg@10"], model):
-            row["best"] = True
-        history.append(row)
-        log(f"epoch {epoch}: loss {row['loss']:.4f} (rec {row['rec']:.4f}) train {train_s:.1f}s "
-            f"{row['samples_per_s']:.0f} samples/s  valid N@10 {metrics['ndcg@10']:.4f} R@10 {metrics['recall@10']:.4f}")
-        stop = dist.broadcast(stopper.exhausted or (config.max_train_s is not None and train_time >= config.max_train_s))
-        ckpt.save({"epoch": epoch, "model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                   **stopper.state(), "history": history, "train_time": train_time, "finished": stop})
-        if stop:
-            capped = not stopper.exhausted and epoch < config.epochs
-            log(f"stopping after epoch {epoch} (best valid N@10 {stopper.best:.4f}, {train_time:.0f}s of training)"
-                + (f": the {config.max_train_s:.0f}s safety cap (retrieval.train.max_train_s) stopped it before epoch "
-                   f"{config.epochs}, so this result depends on machine speed; raise the cap to reproduce it"
-                   if capped else ""))
-            break
-        if stop_after_epochs is not None and epoch - start_epoch + 1 >= stop_after_epochs:
-            break
-    if stopper.best_state is not None:
-        model.load_state_dict(stopper.best_state)
-    model.eval()
+    task = _RetrieverTask(model, data, config, step_losses, scorer, valid, model_config.max_len, device)
+    fit_config = FitConfig("retrieval", config.epochs, config.patience, config.grad_clip, config.amp, config.max_train_s,
+                           "retrieval.train.max_train_s")
+    history = fit(task, opt, sched, fit_config, ckpt, log, progress, on_step, stop_after_epochs=stop_after_epochs,
+                  device=device)
     return model, history
+
+
+@dataclass
+class _RetrieverTask:
+    """The generative retriever's part of :func:`~thinkrec.utils.fit.fit`: each epoch's shuffling and dropout
+    seeded by ``(seed, epoch)`` (nothing to carry across checkpoints), the model's loss terms per batch weighted by
+    its targets, beam-search validation N@10 on the fixed validation subset."""
+
+    model: GenerativeRetriever
+    data: _Batches
+    config: RetrieverTrainConfig
+    step_losses: Callable[..., dict[str, torch.Tensor]]
+    scorer: GenerativeScorer
+    valid: Any
+    max_len: int
+    device: str
+
+    def start_epoch(self, epoch: int) -> list[Any]:
+        rng = np.random.default_rng([self.config.seed, epoch])
+        torch.manual_seed(self.config.seed * 100_003 + epoch)
+        dist.decorrelate(self.config.seed, epoch)
+        return self.data.epoch(rng)
+
+    def loss(self, units: Any, epoch: int, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor], float]:
+        inp, tgt = self.data.tensors(units[dist.batch_slice(len(units))], self.device)
+        mine = int((tgt > 0).sum())
+        (weight,) = dist.share(mine, device=self.device)  # this rank's share of the batch's targets
+        parts = self.step_losses(inp, tgt)
+        batch, w = _batch_terms(parts, mine)  # the whole batch's terms and targets, the same on every rank
+        return parts["loss"] * weight, batch, float(w)
+
+    def validate(self) -> dict[str, float]:
+        per_user = evaluate_full_ranking(self.scorer.score, self.valid, ks=(10,), max_len=self.max_len,
+                                         batch_size=self.config.eval_batch_size, device=self.device)[1] \
+            if len(self.valid) else {}
+        return mean_metrics(dist.gather_arrays(per_user))  # every rank: the metrics over all validation users
+
+    def state(self) -> dict[str, Any]:
+        return {}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    def describe(self, row: dict[str, Any]) -> str:
+        return (f"epoch {row['epoch']}: loss {row['loss']:.4f} (rec {row['rec']:.4f}) train {row['train_s']:.1f}s "
+                f"{row['samples_per_s']:.0f} samples/s  valid N@10 {row['valid_ndcg@10']:.4f} "
+                f"R@10 {row['valid_recall@10']:.4f}")

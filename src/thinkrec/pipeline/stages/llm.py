@@ -10,6 +10,7 @@ from thinkrec.pipeline.context import Context
 from thinkrec.pipeline.graph import Node
 from thinkrec.pipeline.stages.rerank import load_lists
 from thinkrec.utils.io import read_json
+from thinkrec.utils.selection import select_best
 
 
 def llm_pre_ranker(ctx: Context) -> str:
@@ -19,7 +20,7 @@ def llm_pre_ranker(ctx: Context) -> str:
     if want != "funnel":
         return want
     valid = {m: read_json(ctx.root / "rerank" / m / "metrics.json")["valid"]["ndcg@5"] for m in ctx.config.rerank.models}
-    return max(valid, key=lambda n: (round(valid[n], 6), n == "initial")) if valid else "initial"
+    return select_best(valid, prefer=("initial",)) if valid else "initial"
 
 
 def _llm_upstream(ctx: Context) -> list[str]:
