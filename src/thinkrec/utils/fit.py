@@ -70,18 +70,8 @@ def fit(task: FitTask, opt: torch.optim.Optimizer, sched: Any, config: FitConfig
     """Train ``task.model`` (resuming from ``checkpoint``) and return the history; the model ends in eval mode with
     the best validation weights. ``stop_after_epochs`` ends this call early, as a kill would (tests, chunked runs)."""
     model = task.model
-    stopper, history, spent, start = EarlyStopping(config.patience), [], 0.0, 1
-    if (state := checkpoint.load(device)) is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        torch.set_rng_state(state["torch_rng"])
-        stopper.load(state["stopper"])
-        task.load_state(state["task"])
-        history, spent, start = state["history"], state["spent"], state["epoch"] + 1
-        log(f"resumed from {checkpoint.directory} after epoch {state['epoch']}")
-        if state["finished"]:
-            start = config.epochs + 1
+    stopper = EarlyStopping(config.patience)
+    history, spent, start = _resume(task, opt, sched, stopper, checkpoint, config, log, device)
     t_start = time.perf_counter() - spent
     for epoch in range(start, config.epochs + 1):
         batches = task.start_epoch(epoch)
@@ -140,3 +130,19 @@ def fit(task: FitTask, opt: torch.optim.Optimizer, sched: Any, config: FitConfig
         model.load_state_dict(stopper.best_state)
     model.eval()
     return history
+
+
+def _resume(task: FitTask, opt: torch.optim.Optimizer, sched: Any, stopper: EarlyStopping, checkpoint: Checkpointer,
+            config: FitConfig, log: Callable[[str], None], device: str) -> tuple[list[dict[str, Any]], float, int]:
+    """Restore everything a checkpoint holds; ``(history, wall seconds spent, first epoch to run)``."""
+    if (state := checkpoint.load(device)) is None:
+        return [], 0.0, 1
+    task.model.load_state_dict(state["model"])
+    opt.load_state_dict(state["opt"])
+    sched.load_state_dict(state["sched"])
+    torch.set_rng_state(state["torch_rng"])
+    stopper.load(state["stopper"])
+    task.load_state(state["task"])
+    log(f"resumed from {checkpoint.directory} after epoch {state['epoch']}")
+    start = config.epochs + 1 if state["finished"] else state["epoch"] + 1
+    return state["history"], state["spent"], start
