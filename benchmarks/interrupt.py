@@ -192,7 +192,6 @@ def main() -> None:
     for d in (ref_dir, killed_dir):
         shutil.rmtree(d, ignore_errors=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("THINKREC_KILL_AT_STEP", None)
     t_start = time.perf_counter()
 
     config_a = config_args(0, 0)

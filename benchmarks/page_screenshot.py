@@ -15,7 +15,7 @@ from pathlib import Path
 
 from thinkrec.pipeline.funnel import load
 from thinkrec.serve import ServeConfig, create_app
-from thinkrec.serve.testing import headless_chrome, running_server
+from thinkrec.testing.browser import headless_chrome, running_server
 
 
 def main(argv: list[str] | None = None) -> None:

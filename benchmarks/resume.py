@@ -108,7 +108,6 @@ def main() -> None:
     for d in (full_dir, killed_dir):
         shutil.rmtree(d, ignore_errors=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "MKL_CBWR": os.environ.get("MKL_CBWR", "AUTO")}
-    env.pop("THINKREC_KILL_AT_STEP", None)
 
     t0 = time.perf_counter()
     done = subprocess.run(command(full_dir), env=env, capture_output=True, text=True)

@@ -1,5 +1,6 @@
 """Trains one small model with checkpoints on; the resume tests run it in a subprocess, SIGKILL it at a seeded
-step (``THINKREC_KILL_AT_STEP``), run it again and compare with an uninterrupted run.
+step (``THINKREC_KILL_AT_STEP``: a hook in :data:`thinkrec.utils.faults.STEP_HOOKS` kills the process at the N-th
+training step it reaches, counted over every trainer), run it again and compare with an uninterrupted run.
 
     python -m tests.resume.driver TRAINER WORKDIR
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -119,9 +121,22 @@ TRAINERS = {"sasrec": _sasrec, "rqvae": lambda ck: _quantizer("rqvae", ck), "cob
             "rerank": _rerank, "llm": _llm}
 
 
+_steps = 0
+
+
+def _count_and_kill() -> None:
+    """The fault injector: SIGKILL at the ``THINKREC_KILL_AT_STEP``-th training step, as ``kill -9`` would."""
+    global _steps
+    _steps += 1
+    kill_at = int(os.environ.get("THINKREC_KILL_AT_STEP", "0") or 0)
+    if kill_at and _steps >= kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def main(trainer: str, workdir: str) -> None:
     from thinkrec.utils import faults
 
+    faults.STEP_HOOKS.append(_count_and_kill)
     torch.set_num_threads(1)
     work = Path(workdir)
     ck = work / "checkpoints"
@@ -132,7 +147,7 @@ def main(trainer: str, workdir: str) -> None:
 
         save_file({k: v.detach().contiguous().clone() for k, v in state.items()}, str(work / "state.safetensors"))
     (work / "result.json").write_text(json.dumps({
-        "digest": _digest(state), "history": _clean(history), "steps": faults._steps, "had_checkpoint": had,
+        "digest": _digest(state), "history": _clean(history), "steps": _steps, "had_checkpoint": had,
     }, default=str))
 
 

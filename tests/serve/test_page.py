@@ -8,7 +8,7 @@ import urllib.request
 import pytest
 
 from thinkrec.serve import ServeConfig, create_app
-from thinkrec.serve.testing import APT_HINT, headless_chrome, missing_browser, running_server
+from thinkrec.testing.browser import APT_HINT, headless_chrome, missing_browser, running_server
 
 WAIT_S = 30
 

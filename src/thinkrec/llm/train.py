@@ -193,7 +193,7 @@ def _watch_steps(trainer: Any, stage: str) -> None:
     """Each optimizer step: a non-finite loss stops the stage (naming it); the resume tests' kill point."""
     from transformers.trainer_callback import TrainerCallback
 
-    from thinkrec.utils.faults import NumericalError, kill_point
+    from thinkrec.utils.faults import NumericalError, training_step
 
     class Watch(TrainerCallback):
         def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **_: Any) -> None:
@@ -202,7 +202,7 @@ def _watch_steps(trainer: Any, stage: str) -> None:
                 raise NumericalError(stage, state.global_step, "loss", f"loss {loss}")
 
         def on_step_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
-            kill_point()
+            training_step()
 
     trainer.add_callback(Watch())
 

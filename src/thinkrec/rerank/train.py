@@ -33,7 +33,7 @@ from thinkrec.utils import distributed as dist
 from thinkrec.utils import progress
 from thinkrec.utils.checkpoint import Checkpointer, generator_state, set_generator_state, subdir
 from thinkrec.utils.config import config_hash, spec
-from thinkrec.utils.faults import check_finite, kill_point
+from thinkrec.utils.faults import check_finite, training_step
 from thinkrec.utils.training import param_groups
 
 RERANK_MODELS = RERANKERS.names()
@@ -244,7 +244,7 @@ def _train_epoch(model: nn.Module, step: Callable[[dict[str, torch.Tensor]], tor
         tot, n = tot + float(batch) * len(idx), n + len(idx)
         if on_step:
             on_step({"stage": stage, "epoch": epoch, "step": i, "loss": float(batch)})
-        kill_point()
+        training_step()
     return tot / max(n, 1)
 
 
@@ -505,7 +505,7 @@ def train_rl(model: PointerGenerator, evaluator: ListEvaluator, train: RerankLis
             sums["reward"] += float(reward.mean()) * len(idx)
             sums["pg"] += float(dist.reduce_mean(pg.detach())) * len(idx)
             n += len(idx)
-            kill_point()
+            training_step()
         v = _valid_ndcg5(model, valid, device)
         sel = select_score(v)
         history.append({"stage": "rl", "epoch": epoch, "reward": sums["reward"] / max(n, 1), "pg": sums["pg"] / max(n, 1),

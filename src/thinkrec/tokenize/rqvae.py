@@ -56,7 +56,7 @@ from thinkrec.tokenize.base import FitContext, Quantizer
 from thinkrec.tokenize.rqkmeans import balanced_kmeans, code_usage, faiss_kmeans, set_faiss_threads
 from thinkrec.utils.checkpoint import Checkpointer, generator_state, set_generator_state
 from thinkrec.utils.config import check_valid, config_hash, device_error, spec
-from thinkrec.utils.faults import NumericalError, kill_point
+from thinkrec.utils.faults import NumericalError, training_step
 
 
 @dataclass
@@ -354,7 +354,7 @@ class RQVAE(Quantizer):
                 logs, codes = self._train_step(xs[idx], opt)
                 if not math.isfinite(logs["loss"]):
                     raise NumericalError(f"tokenize {self.name}", f"{epoch}.{start // bs}", "loss", f"loss {logs['loss']}")
-                kill_point()
+                training_step()
                 for lvl in range(L):
                     counts[lvl] += torch.bincount(codes[:, lvl], minlength=K).float()
                 for k, v in logs.items():

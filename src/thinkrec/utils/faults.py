@@ -3,15 +3,13 @@
 ``check_finite`` stops a stage at the first NaN / inf in a loss, an embedding or a score tensor with the stage,
 the step and the tensor's name, instead of training on (or serving) garbage.
 
-``kill_point`` is the fault injector of the resume tests: with ``THINKREC_KILL_AT_STEP=N`` in the environment
-the process SIGKILLs itself at the N-th training step it reaches (counted over every trainer in the process), as
-an operator's ``kill -9`` would. Unset (always, outside tests), it costs one integer increment.
+``training_step`` is the hook point every trainer's inner loop reaches once per step; tests install callbacks in
+:data:`STEP_HOOKS` (the resume tests: SIGKILL at a chosen step). With none installed it costs an empty loop.
 """
 
 from __future__ import annotations
 
-import os
-import signal
+from collections.abc import Callable
 
 import torch
 
@@ -38,13 +36,12 @@ def check_finite(t: torch.Tensor, stage: str, step: int | str, name: str, allow_
         raise NumericalError(stage, step, name, f"{nan} NaN, {inf} inf of {t.numel()} values")
 
 
-_steps = 0
-_kill_at = int(os.environ.get("THINKREC_KILL_AT_STEP", "0") or 0)
+#: callbacks run at every training step, in order; the runtime installs none. The resume tests install one that
+#: SIGKILLs the process at a chosen step, as an operator's ``kill -9`` would (``tests/resume/driver.py``).
+STEP_HOOKS: list[Callable[[], None]] = []
 
 
-def kill_point() -> None:
-    """One training step reached; SIGKILL this process at the configured one (see the module docstring)."""
-    global _steps
-    _steps += 1
-    if _kill_at and _steps >= _kill_at:
-        os.kill(os.getpid(), signal.SIGKILL)
+def training_step() -> None:
+    """One training step reached (every trainer's inner loop calls this): the installed hooks run."""
+    for hook in STEP_HOOKS:
+        hook()

@@ -4,8 +4,9 @@ A trainer describes its model's training as a :class:`FitTask` (the epoch's batc
 any state of its own to resume) and calls :func:`fit` with its optimiser, scheduler and :class:`FitConfig`. The loop
 owns everything else, the same way for every model: a checkpoint after every epoch (model, optimiser, scheduler,
 torch RNG, early stopping with its best weights, history, wall time, the task's own state), exact resume from it,
-the numerical check of every batch loss, the kill point of the resume tests, the wall-clock cap (a cap, never a
-budget: it logs when it stops a run), ``on_step`` / ``on_epoch`` hooks and, at the end, the best weights restored.
+the numerical check of every batch loss, the training-step hook (where the resume tests kill), the wall-clock cap
+(a cap, never a budget: it logs when it stops a run), ``on_step`` / ``on_epoch`` hooks and, at the end, the best
+weights restored.
 Under torch.distributed every rank runs the loop; rank 0 logs and writes the checkpoint (:class:`Checkpointer`).
 """
 
@@ -21,7 +22,7 @@ from torch import nn
 
 from thinkrec.utils import distributed as dist
 from thinkrec.utils.checkpoint import Checkpointer
-from thinkrec.utils.faults import check_finite, kill_point
+from thinkrec.utils.faults import check_finite, training_step
 from thinkrec.utils.optim import clip_grad_norm
 from thinkrec.utils.training import EarlyStopping, autocast
 
@@ -97,7 +98,7 @@ def fit(task: FitTask, opt: torch.optim.Optimizer, sched: Any, config: FitConfig
                 on_step({"epoch": epoch, "step": step, **values})
             if progress:
                 progress(step + 1, len(batches))
-            kill_point()
+            training_step()
         train_s = time.perf_counter() - t0
         row: dict[str, Any] = {"epoch": epoch, **{k: v / max(1.0, n) for k, v in sums.items()}, "train_s": train_s,
                                "samples_per_s": n / max(train_s, 1e-9)}
