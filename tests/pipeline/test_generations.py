@@ -134,3 +134,20 @@ def test_publishing_links_files_and_keeps_the_two_latest_generations(served_run,
     assert not (latest / "log.txt").exists() and (latest / "funnel.json").exists()
     model = root / "sasrec" / "model.safetensors"
     assert (latest / "sasrec" / "model.safetensors").stat().st_ino == model.stat().st_ino  # a link, not a copy
+
+
+def test_a_run_directory_of_an_older_thinkrec_is_adopted_without_retraining(served_run, tmp_path):
+    root = _copy(served_run, tmp_path / "r", workshop_only=True)
+    for lineage in root.rglob("lineage.json"):  # what a run directory from before lineages looks like
+        lineage.unlink()
+    for marker in (root / "stages").glob("*.json"):
+        record = read_json(marker)
+        record.pop("upstream_content", None)
+        write_json(marker, record)
+    finished = {p.name: read_json(p)["finished"] for p in (root / "stages").glob("*.json")}
+    with pytest.raises(StaleNodeError, match="has no finished build here"):
+        thinkrec.load(root)
+    thinkrec.run(root / "config.yaml", log=lambda m: None, **{"run.out_dir": str(tmp_path), "run.name": "r"})
+    assert {p.name: read_json(p)["finished"] for p in (root / "stages").glob("*.json")} == finished  # none rebuilt
+    adopted = thinkrec.load(root)
+    assert adopted.generation is not None and adopted.verify(50)["mismatches"] == 0

@@ -139,9 +139,9 @@ def check_nodes(root: str | Path, nodes: dict[str, str | None], run_root: Path |
         home = homes.get(name)
         if home is None:  # a node without a home folder (the re-score weights): its marker holds the lineage
             marker = root / "stages" / f"{name.replace('/', '.')}.json"
-            rec = read_json(marker) if marker.exists() else None
-            if rec is not None and "upstream_content" in rec:
-                rec = {"node": name, "content": rec["content"], "upstream": rec["upstream_content"]}
+            raw = read_json(marker) if marker.exists() else None
+            rec = None if raw is None or "upstream_content" not in raw else \
+                {"node": name, "content": raw["content"], "upstream": raw["upstream_content"]}
         else:
             rec = lineage(root, home)
         if rec is None:

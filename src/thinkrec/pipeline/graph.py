@@ -152,9 +152,13 @@ class Graph:
                 self.ensure(up)
             if dist.broadcast(self.is_current(name)):  # rank 0's view, on every rank
                 self.log(f"{name}: up to date, reusing {', '.join(node.artifacts)}")
-                if dist.is_main() and any(not (self.root / h / LINEAGE).exists() for h in node.homes
-                                          if (self.root / h).is_dir()):
-                    self._write_lineage(name, self.marker(name) or {})  # a run directory of an older thinkrec
+                marker = self.marker(name) or {}
+                if dist.is_main() and ("upstream_content" not in marker or any(
+                        not (self.root / h / LINEAGE).exists() for h in node.homes if (self.root / h).is_dir())):
+                    # a run directory of an older thinkrec: its lineage, from the marker the key just confirmed
+                    marker["upstream_content"] = self.upstream_content(name)
+                    self._write_lineage(name, marker)
+                    write_json(self.marker_path(name), marker)
             elif node.distributed or not dist.active():
                 self._run(name)
             else:  # rank 0 runs it alone; the others wait, then read its artifacts
