@@ -169,10 +169,11 @@ def home_of(node: str) -> str | None:
 
 
 def stage_of(node: str) -> str:
-    """The ``stages:`` entry that rebuilds ``node``."""
-    top = node.split("/")[0]
-    if node == "sids":
-        return "tokenize"
-    if top in ("retrieval", "rerank", "llm", "data", "candidates", "sasrec", "popularity"):
-        return top
-    return "candidates"  # cooc, ease, bsarec: trained for the candidate stage
+    """The ``stages:`` entry that rebuilds ``node`` (a scorer's: the one its registry entry names)."""
+    from thinkrec.pipeline.scorers import SCORERS
+
+    folder = node.removesuffix("/rescore")
+    for entry in SCORERS.entries():
+        if entry.obj.folder(entry.name) == folder:
+            return entry.obj.stage
+    return {"sids": "tokenize"}.get(node, node.split("/")[0])  # data, candidates, rerank/…, llm
